@@ -1,0 +1,62 @@
+"""featuremaps: see what a PyTorch model sees.
+
+Capture the feature maps of any layer of any model, visualize them, explain
+predictions, and turn it all into a self-contained report.
+
+Example:
+    >>> import featuremaps as fm
+    >>> model, preprocess = fm.load_model()                      # doctest: +SKIP
+    >>> x = preprocess(fm.load_image(fm.sample_image("cat")))    # doctest: +SKIP
+    >>> maps = fm.get_feature_maps(model, x, layers="*conv*")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .capture import FeatureExtractor, get_feature_maps, parse_bytes
+from .errors import (
+    CaptureError,
+    FeatureMapsError,
+    ImageLoadError,
+    LayerNotFoundError,
+    LayoutError,
+    MemoryBudgetError,
+    ModelLoadError,
+    UnsafeModelError,
+)
+from .layers import list_layers, resolve_layers
+from .layout import LayoutSpec, infer_layout, to_canonical, token_grid
+from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
+from .reducers import Max, Mean, Pool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # capture
+    "FeatureExtractor",
+    "get_feature_maps",
+    "parse_bytes",
+    "list_layers",
+    "resolve_layers",
+    "FeatureMaps",
+    "LayerMap",
+    "LayerInfo",
+    "LayerStats",
+    "load_maps",
+    "Mean",
+    "Max",
+    "Pool",
+    "LayoutSpec",
+    "infer_layout",
+    "to_canonical",
+    "token_grid",
+    # errors
+    "FeatureMapsError",
+    "ImageLoadError",
+    "ModelLoadError",
+    "UnsafeModelError",
+    "LayerNotFoundError",
+    "CaptureError",
+    "MemoryBudgetError",
+    "LayoutError",
+]

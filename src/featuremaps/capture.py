@@ -1,0 +1,612 @@
+"""The capture engine: :class:`FeatureExtractor` and :func:`get_feature_maps`.
+
+Every part of featuremaps that looks inside a model goes through this module.
+It guarantees:
+
+* hooks exist only inside ``with`` (registered on enter, removed in
+  ``finally``), so errors and ``KeyboardInterrupt`` leave no hooks behind and
+  two extractors on one model do not interfere;
+* the model's state is restored on exit: every module's ``training`` flag,
+  every parameter's ``requires_grad`` and ``.grad``, and (when the model runs
+  in training mode) its buffers such as BatchNorm running statistics;
+* captured tensors are never corrupted by in-place ops that run later in the
+  forward (``ReLU(inplace=True)``, ``out += identity``): an in-place op on a
+  captured tensor is intercepted just before it runs and only that capture
+  is copied, so the common case costs no copy at all; a version-counter check
+  after the forward catches anything the interception could not see and
+  re-captures those layers with a copy;
+* each call of a module used several times is its own entry (``name``,
+  ``name:1``, ...), and each tensor of a tuple / dict / dataclass output is
+  its own entry (``name[0]``, ``name[logits]``);
+* outputs are laid out in canonical channel-first form
+  (:mod:`featuremaps.layout`);
+* a memory budget stops a capture before it exhausts memory, or keeps reduced
+  maps instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import CaptureError, MemoryBudgetError
+from .layers import LayerSelector, Selection, resolve_layers
+from .layout import LayoutSpec, canonical_shape, infer_layout, to_canonical
+from .maps import FeatureMaps, LayerInfo, LayerMap
+from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
+
+__all__ = ["FeatureExtractor", "get_feature_maps", "parse_bytes"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """Parse a byte count: ``500_000_000``, ``"500MB"``, ``"1.5 GiB"``.
+
+    Example:
+        >>> parse_bytes("1.5 GB"), parse_bytes("2KiB"), parse_bytes(10)
+        (1500000000, 2048, 10)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"max_bytes={value!r} must be >= 0")
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ValueError(f"max_bytes={value!r} is not a size; use bytes (int) or e.g. '500MB', '2GiB'")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------- model state
+
+
+class _ModelState:
+    """Everything a capture may touch, saved on enter and restored on exit."""
+
+    def __init__(self, model: nn.Module, save_buffers: bool) -> None:
+        self.training = [(m, m.training) for m in model.modules()]
+        self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = [
+            (p, p.requires_grad, p.grad) for p in model.parameters()
+        ]
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if save_buffers:
+            self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+
+    def restore(self) -> None:
+        for m, flag in self.training:
+            m.training = flag
+        for p, requires_grad, grad in self.params:
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
+            if p.grad is not grad:
+                p.grad = grad
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
+    for t in tensors:
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return (tensors[0].device, None) if tensors else (None, None)
+
+
+def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and dtype is not None and obj.dtype != dtype:
+            obj = obj.to(dtype)
+        if device is not None and obj.device != device:
+            obj = obj.to(device)
+        return obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_move(v, device, dtype) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(v, device, dtype) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            found = _first_tensor(v)
+            if found is not None:
+                return found
+    if isinstance(obj, Mapping):
+        for v in obj.values():
+            found = _first_tensor(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _iter_tensors(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(path, tensor)`` for every tensor in a (nested) module output."""
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+        return
+    if depth >= 4:
+        return
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        for name in obj._fields:
+            yield from _iter_tensors(getattr(obj, name), f"{path}[{name}]", depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _iter_tensors(v, f"{path}[{i}]", depth + 1)
+    elif isinstance(obj, Mapping):  # dicts and Hugging Face ModelOutput
+        for k, v in obj.items():
+            yield from _iter_tensors(v, f"{path}[{k}]", depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _iter_tensors(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
+
+
+# --------------------------------------------------------------------------- in-place guard
+
+_INPLACE_DUNDERS = frozenset(
+    {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__", "__setitem__"}
+)
+_inplace_cache: dict[Any, bool] = {}
+
+
+def _is_inplace_name(func: Any) -> bool:
+    try:
+        return _inplace_cache[func]
+    except (KeyError, TypeError):
+        pass
+    name = getattr(func, "__name__", "") or ""
+    result = name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
+    try:
+        _inplace_cache[func] = result
+    except TypeError:
+        pass
+    return result
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+class _InplaceGuard(TorchFunctionMode):
+    """Copies a captured tensor right before an in-place op would overwrite it."""
+
+    def __init__(self, owner: FeatureExtractor) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        watched = self.owner._watched
+        if watched:
+            targets: list[Any] = []
+            if _is_inplace_name(func) and args:
+                targets.append(args[0])
+            elif kwargs.get("inplace") is True:
+                targets.append(args[0] if args else kwargs.get("input"))
+            out = kwargs.get("out")
+            if out is not None:
+                targets.extend(out if isinstance(out, (tuple, list)) else [out])
+            for t in targets:
+                if isinstance(t, torch.Tensor):
+                    key = _storage_key(t)
+                    if key is not None and key in watched:
+                        self.owner._protect(key)
+        return func(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- extractor
+
+
+class FeatureExtractor:
+    """Capture the outputs of chosen layers, safely, for repeated forwards.
+
+    Use it as a context manager; hooks exist only inside the ``with`` block::
+
+        with fm.FeatureExtractor(model, layers="layer*.*.conv2") as fx:
+            for batch in loader:
+                maps = fx(batch)          # FeatureMaps, one forward each
+
+    Args:
+        model: any ``nn.Module``.
+        layers: which layers (see :data:`featuremaps.layers.LayerSelector`);
+            ``None`` captures every leaf layer whose output is spatial.
+        reduce: keep a reduction instead of full maps: ``"mean"``, ``"max"``,
+            ``"pool"``, ``"shape"`` or a callable ``(canonical_tensor, info)
+            -> tensor | None`` (see :mod:`featuremaps.reducers`).
+        max_bytes: a cap on the bytes kept per forward (int or ``"500MB"``).
+        over_budget: what happens when a capture would exceed ``max_bytes``:
+            ``"error"`` raises :class:`~featuremaps.errors.MemoryBudgetError`
+            before the map is kept, naming the layers and sizes; a reducer
+            name (``"mean"``, ``"max"``, ``"pool"``) keeps that reduction for
+            the maps that do not fit.
+        device: move kept maps to this device (e.g. ``"cpu"``); by default
+            they stay on the model's device.
+        keep_graph: keep the captured outputs attached to the autograd graph
+            (for gradients w.r.t. them, as the CAM methods need); otherwise
+            the forward runs under ``torch.no_grad()``.
+        eval_mode: run the forward in eval mode (default), restoring each
+            module's flag afterwards. With ``False`` the model runs in its own
+            mode; if that is training mode its buffers (BatchNorm statistics)
+            are restored afterwards.
+        layouts: declare layouts that inference cannot know, as
+            ``{glob_of_names: layout}``, e.g. ``{"encoder.*": "NTD"}``.
+        prefix_tokens: the number of prefix tokens of token outputs (CLS,
+            registers), if the automatic search should not decide.
+        move_inputs: move floating inputs to the model's device and dtype.
+
+    Example:
+        >>> import torch, featuremaps as fm
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        >>> with fm.FeatureExtractor(model, layers=nn.BatchNorm2d) as fx:
+        ...     maps = fx(torch.randn(2, 3, 16, 16))
+        >>> bool((maps["1"].tensor < 0).any())   # pre-ReLU values survive the in-place ReLU
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSelector = None,
+        *,
+        reduce: ReducerLike = None,
+        max_bytes: int | str | None = None,
+        over_budget: str = "error",
+        device: str | torch.device | None = None,
+        keep_graph: bool = False,
+        eval_mode: bool = True,
+        layouts: Mapping[str, str] | None = None,
+        prefix_tokens: int | None = None,
+        move_inputs: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.selection: Selection = resolve_layers(model, layers)
+        self.reducer: Reducer | None = get_reducer(reduce)
+        self.max_bytes = parse_bytes(max_bytes) if max_bytes is not None else None
+        if over_budget != "error":
+            self._budget_reducer: Reducer | None = get_reducer(over_budget)
+        else:
+            self._budget_reducer = None
+        self.over_budget = over_budget
+        self.device = torch.device(device) if device is not None else None
+        self.keep_graph = keep_graph
+        self.eval_mode = eval_mode
+        self.layouts = dict(layouts or {})
+        self.prefix_tokens = prefix_tokens
+        self.move_inputs = move_inputs
+        self.output: Any = None
+        self._handles: list[Any] = []
+        self._state: _ModelState | None = None
+        self._active = False
+        # per-forward state
+        self._maps: dict[str, LayerMap] = {}
+        self._versions: dict[str, int] = {}
+        self._watched: dict[int, list[str]] = {}
+        self._calls: dict[str, int] = {}
+        self._used = 0
+        self._in_spatial: tuple[int, ...] | None = None
+        self._always_copy: set[str] = set()
+        self._layout_cache: dict[tuple[str, str, tuple[int, ...]], LayoutSpec] = {}
+
+    # -- context management -------------------------------------------------
+    def __enter__(self) -> FeatureExtractor:
+        if self._active:
+            raise CaptureError("this FeatureExtractor is already active; create one extractor per `with` block")
+        training = any(m.training for m in self.model.modules())
+        self._state = _ModelState(self.model, save_buffers=training and not self.eval_mode)
+        try:
+            if self.eval_mode:
+                for m in self.model.modules():
+                    m.training = False
+            for name, module in self.selection.modules.items():
+                try:
+                    handle = module.register_forward_hook(self._make_hook(name, module))
+                except (RuntimeError, AttributeError) as exc:
+                    raise CaptureError(
+                        f"cannot hook layer {name!r} ({type(module).__name__}): {exc}; TorchScript models "
+                        "cannot be hooked: load the Python model (module:factory + weights) instead"
+                    ) from None
+                self._handles.append(handle)
+        except BaseException:
+            self._close()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._state is not None:
+            self._state.restore()
+            self._state = None
+        self._active = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._maps = {}
+        self._versions = {}
+        self._watched = {}
+        self._calls = {}
+        self._used = 0
+
+    # -- the forward --------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> FeatureMaps:
+        """Run one forward of the model on ``*args, **kwargs`` and return the maps."""
+        if not self._active:
+            raise CaptureError("FeatureExtractor must be used inside `with FeatureExtractor(...) as fx:`")
+        if self.keep_graph and not torch.is_grad_enabled():
+            raise CaptureError(
+                "keep_graph=True needs gradients but they are disabled (torch.no_grad / inference_mode); "
+                "call it outside that block"
+            )
+        if self.move_inputs:
+            device, dtype = _model_device_dtype(self.model)
+            args = _move(args, device, dtype)
+            kwargs = _move(kwargs, device, dtype)
+        first = _first_tensor((args, kwargs))
+        self._in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
+        input_shape = tuple(first.shape) if first is not None else None
+
+        for attempt in range(2):
+            self._reset()
+            try:
+                output = self._forward(args, kwargs)
+                corrupted = self._check_versions()
+            except BaseException:
+                self._reset()
+                raise
+            if not corrupted:
+                break
+            if self.keep_graph or attempt == 1:
+                self._reset()
+                raise CaptureError(
+                    f"the outputs of {', '.join(sorted(corrupted))} were modified in place after capture in a way "
+                    "that could not be intercepted; capture the layer after the in-place op instead"
+                )
+            # An in-place op the guard could not see (e.g. inside C++ code): copy these layers.
+            self._always_copy |= {self._maps[k].info.module_name for k in corrupted}
+        maps = FeatureMaps(self._maps, output=output, input_shape=input_shape)
+        self._warn_unused()
+        self._maps = {}
+        self._watched = {}
+        self.output = output
+        return maps
+
+    def _forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.keep_graph:
+            return self.model(*args, **kwargs)
+        with torch.no_grad(), _InplaceGuard(self):
+            return self.model(*args, **kwargs)
+
+    def _check_versions(self) -> set[str]:
+        bad = set()
+        for key, version in self._versions.items():
+            lm = self._maps.get(key)
+            if lm is not None and lm.raw._version != version:
+                bad.add(key)
+        return bad
+
+    def _warn_unused(self) -> None:
+        ran = {n for n, c in self._calls.items() if c > 0}
+        missing = sorted(self.selection.explicit - ran)
+        if missing:
+            import warnings
+
+            warnings.warn(
+                f"layers {', '.join(missing)} did not run in this forward, so nothing was captured for them",
+                stacklevel=3,
+            )
+
+    # -- hooks --------------------------------------------------------------
+    def _make_hook(self, name: str, module: nn.Module) -> Callable[..., Any]:
+        calls_filter = self.selection.calls.get(name)
+        module_type = type(module).__name__
+
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> Any:
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            if calls_filter is not None and call not in calls_filter:
+                return None
+            base = name if call == 0 else f"{name}:{call}"
+            replaced: dict[str, torch.Tensor] = {}
+            for path, t in _iter_tensors(output):
+                kept = self._capture(base + path, name, call, path, module_type, mod, t)
+                if kept and self.keep_graph and t.requires_grad:
+                    replaced[path] = t
+            if replaced:
+                return _replace_with_clones(output, replaced)
+            return None
+
+        return hook
+
+    def _layout_for(self, name: str, path: str, module: nn.Module, shape: tuple[int, ...]) -> LayoutSpec:
+        key = (name, path, shape)
+        spec = self._layout_cache.get(key)
+        if spec is None or self._in_spatial_changed(spec):
+            declared = None
+            full = name + path
+            for pattern, layout in self.layouts.items():
+                if pattern == full or pattern == name or fnmatch.fnmatchcase(full, pattern):
+                    declared = layout
+                    break
+            spec = infer_layout(shape, module, self._in_spatial, declared=declared, prefix_tokens=self.prefix_tokens)
+            self._layout_cache[key] = spec
+        return spec
+
+    def _in_spatial_changed(self, spec: LayoutSpec) -> bool:
+        # token grids depend on the input size; others only on the output shape
+        return spec.layout == "NTD"
+
+    def _capture(
+        self, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module, t: torch.Tensor
+    ) -> bool:
+        shape = tuple(t.shape)
+        if t.ndim == 0:
+            spec = LayoutSpec("other")
+        else:
+            spec = self._layout_for(name, path, module, shape)
+        if self.selection.spatial_only and not spec.is_spatial:
+            return False
+        cshape = canonical_shape(shape, spec) if t.ndim else ()
+        channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
+        spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
+        stride: tuple[float, ...] | None = None
+        if spatial and self._in_spatial is not None and len(spatial) == len(self._in_spatial):
+            stride = tuple(float(i) / float(s) for i, s in zip(self._in_spatial, spatial))
+        info = LayerInfo(
+            name=key, module_name=name, call_index=call, output_key=path, module_type=module_type,
+            layout=spec.layout, raw_shape=shape, shape=cshape, channels=channels, spatial=spatial,
+            stride=stride, prefix_tokens=spec.prefix_tokens, grid=spec.grid,
+            dtype=str(t.dtype), device=str(self.device or t.device), reduction=None,
+        )
+        value = t if self.keep_graph else t.detach()
+        reducer = self.reducer
+        nbytes = t.numel() * t.element_size()
+        if reducer is None and self.max_bytes is not None and self._used + nbytes > self.max_bytes:
+            if self._budget_reducer is None:
+                self._budget_error(key, nbytes)
+            reducer = self._budget_reducer
+        if reducer is not None:
+            reduced = reducer(to_canonical(value, spec), info)
+            if reduced is None:
+                return False
+            rshape = tuple(reduced.shape)
+            rspatial = rshape[2:]
+            rstride = None
+            if rspatial and self._in_spatial is not None and len(rspatial) == len(self._in_spatial):
+                rstride = tuple(float(i) / float(s) for i, s in zip(self._in_spatial, rspatial))
+            layout = "NC" if len(rshape) == 2 else {3: "NCL", 4: "NCHW", 5: "NCDHW"}.get(len(rshape), "other")
+            info = dataclasses.replace(
+                info, layout=layout, shape=rshape, spatial=tuple(rspatial), stride=rstride,
+                prefix_tokens=0, grid=None, reduction=reducer_name(reducer), dtype=str(reduced.dtype),
+            )
+            if self.device is not None and reduced.device.type != "meta":
+                reduced = reduced.to(self.device)
+            kept = reduced
+            size = 0 if kept.device.type == "meta" else kept.numel() * kept.element_size()
+            if self.max_bytes is not None and self._used + size > self.max_bytes and self._budget_reducer is not None:
+                self._budget_error(key, size)
+            self._used += size
+            self._maps[key] = LayerMap(kept, info)
+            return True
+        if self.device is not None and value.device != self.device:
+            value = value.to(self.device)
+        elif name in self._always_copy:
+            value = value.clone()
+        elif not self.keep_graph:
+            skey = _storage_key(value)
+            if skey is not None:
+                self._watched.setdefault(skey, []).append(key)
+                self._versions[key] = value._version
+        self._used += nbytes
+        self._maps[key] = LayerMap(value, info)
+        return True
+
+    def _protect(self, storage_key: int) -> None:
+        """Copy the captures sharing ``storage_key`` before an in-place op overwrites them."""
+        for key in self._watched.pop(storage_key, []):
+            lm = self._maps.get(key)
+            if lm is not None:
+                lm.raw = lm.raw.clone()
+                self._versions.pop(key, None)
+
+    def _budget_error(self, key: str, nbytes: int) -> None:
+        kept = sorted(self._maps.values(), key=lambda m: m.nbytes, reverse=True)[:5]
+        largest = ", ".join(f"{m.name} {_fmt_bytes(m.nbytes)}" for m in kept)
+        assert self.max_bytes is not None
+        raise MemoryBudgetError(
+            f"capturing {key!r} ({_fmt_bytes(nbytes)}) would exceed max_bytes={_fmt_bytes(self.max_bytes)} "
+            f"(already kept {_fmt_bytes(self._used)} in {len(self._maps)} maps"
+            + (f"; largest: {largest}" if largest else "")
+            + "); raise max_bytes, select fewer layers, or pass over_budget='mean', 'max' or 'pool' "
+            "to keep reduced maps"
+        )
+
+
+def _replace_with_clones(output: Any, replaced: dict[str, torch.Tensor]) -> Any:
+    """Give the rest of the forward clones of the captured tensors (graph mode).
+
+    The captured tensor stays the exact graph node the module produced, so an
+    in-place op later in the forward cannot rebase it, and gradients w.r.t.
+    it are the gradients w.r.t. the module output.
+    """
+    if isinstance(output, torch.Tensor):
+        return output.clone() if "" in replaced else None
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return None  # namedtuples are left as they are
+    if isinstance(output, (list, tuple)):
+        items = [
+            v.clone() if isinstance(v, torch.Tensor) and f"[{i}]" in replaced else v for i, v in enumerate(output)
+        ]
+        return type(output)(items)
+    return None
+
+
+def get_feature_maps(
+    model: nn.Module,
+    *args: Any,
+    layers: LayerSelector = None,
+    **options: Any,
+) -> FeatureMaps:
+    """Capture the feature maps of ``layers`` for one forward of ``model(*args)``.
+
+    A one-shot :class:`FeatureExtractor`: hooks are registered, one forward
+    runs, hooks are removed and the model's state is restored. Keyword options
+    are those of :class:`FeatureExtractor` (``reduce``, ``max_bytes``,
+    ``over_budget``, ``device``, ``keep_graph``, ``eval_mode``, ``layouts``,
+    ``prefix_tokens``).
+
+    Args:
+        model: the model.
+        *args: the forward's inputs (moved to the model's device and dtype).
+        layers: see :data:`featuremaps.layers.LayerSelector`; by default every
+            leaf layer with a spatial output.
+        **options: :class:`FeatureExtractor` options, plus ``forward_kwargs``
+            (a dict of keyword arguments for the model's forward).
+
+    Returns:
+        :class:`~featuremaps.maps.FeatureMaps` in execution order.
+
+    Example:
+        >>> import torch, featuremaps as fm
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        >>> maps = fm.get_feature_maps(model, torch.rand(1, 3, 32, 32), layers="*")
+        >>> [(k, m.layout, m.shape) for k, m in maps.items()][:2]
+        [('0', 'NCHW', (1, 8, 15, 15)), ('1', 'NCHW', (1, 8, 15, 15))]
+    """
+    forward_kwargs = options.pop("forward_kwargs", None) or {}
+    with FeatureExtractor(model, layers, **options) as fx:
+        return fx(*args, **forward_kwargs)

@@ -1,0 +1,190 @@
+"""The ``featuremaps`` command line: a thin shell over the library.
+
+Every command parses its options, builds the model from a spec, calls the
+library and turns library errors into one ``Error: ...`` line with exit
+status 1 (usage errors exit with 2, as click does). ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_OUT = "featuremaps-out"
+
+
+class _Group(click.Group):
+    """Turns every error into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the CLI's one catch-all
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            from .errors import FeatureMapsError
+
+            if isinstance(exc, FeatureMapsError):
+                message = str(exc)
+            elif isinstance(exc, OSError) and exc.filename:
+                message = f"{exc.strerror or exc}: {exc.filename}"
+            else:
+                message = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            raise click.ClickException(message.splitlines()[0] if message else type(exc).__name__) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featuremaps")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """See what a PyTorch model sees: capture and save the feature maps of any layer.
+
+    Without --model, commands use the embedded pretrained EfficientNet-Lite0;
+    without an IMAGE, the shipped photo of a cat.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def model_options(f: F) -> F:
+    """The options every command uses to build a model from a spec."""
+    f = click.option(
+        "--trust-pickle", is_flag=True,
+        help="Allow loading a pickled full model (runs code from the file: only for files you trust).",
+    )(f)
+    f = click.option("--device", default=None, help="Device for the model, e.g. cpu, cuda, cuda:1, mps.")(f)
+    f = click.option(
+        "--weights", default=None,
+        help="Weights for --model: a state-dict file, 'random', or 'download' (fetches the library's own).",
+    )(f)
+    f = click.option(
+        "--model", "model_spec", default="efficientnet_lite0", show_default=True,
+        help="Model spec: efficientnet_lite0, torchvision:NAME, timm:NAME, a TorchScript file, "
+        "or module:factory (with --weights).",
+    )(f)
+    return f
+
+
+def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle: bool) -> Any:
+    from .models import load_model
+
+    return load_model(model_spec, weights=weights, device=device, trust_pickle=trust_pickle)
+
+
+def _image(image: str | None) -> Any:
+    from .io import load_image, sample_image
+
+    return load_image(image if image is not None else sample_image("cat"))
+
+
+def _parse_layers(values: tuple[str, ...]) -> Any:
+    if not values:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+@cli.command("layers")
+@click.argument("image", required=False)
+@model_options
+@click.option("--layers", "layer_patterns", multiple=True, help="Only layers matching these names/globs.")
+@click.option("--leaves", is_flag=True, help="Only modules without children.")
+@click.option("--no-forward", is_flag=True, help="Do not run the model: names, types and parameters only.")
+def layers_cmd(
+    image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
+    layer_patterns: tuple[str, ...], leaves: bool, no_forward: bool,
+) -> None:
+    """Print the table of layers: name, type, output shape, layout, parameters.
+
+    Output shapes come from one forward pass on IMAGE (default: the shipped cat photo).
+    """
+    from .layers import list_layers
+
+    model, preprocess = _load(model_spec, weights, device, trust_pickle)
+    selector = _parse_layers(layer_patterns) or "*"
+    x = None if no_forward else preprocess(_image(image))
+    table = list_layers(model, x, layers=selector, leaves_only=leaves)
+    click.echo(str(table))
+    click.echo(f"\n{len(table)} rows; select layers by these names, globs ('*conv*') or types.", err=True)
+
+
+@cli.command("maps")
+@click.argument("image", required=False)
+@model_options
+@click.option("--layers", "layer_patterns", multiple=True,
+              help="Layers to capture: names, globs ('*conv*'), 're:REGEX'; repeat or comma-separate. "
+              "Default: every leaf layer with a spatial output.")
+@click.option("-o", "--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+              help="Output directory.")
+@click.option("--max-bytes", default=None, help="Cap on the memory kept, e.g. 500MB.")
+@click.option("--reduce", type=click.Choice(["mean", "max", "pool"]), default=None,
+              help="Keep a per-channel reduction instead of full maps.")
+def maps_cmd(
+    image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
+    layer_patterns: tuple[str, ...], out_dir: str, max_bytes: str | None, reduce: str | None,
+) -> None:
+    """Capture the feature maps of IMAGE and save them to a directory.
+
+    Writes maps.safetensors (every map with its metadata, loadable with
+    featuremaps.load_maps), summary.txt (shapes and statistics per layer) and
+    predictions.txt (the model's top-5 classes).
+    """
+    from .capture import get_feature_maps
+
+    model, preprocess = _load(model_spec, weights, device, trust_pickle)
+    img = _image(image)
+    x = preprocess(img)
+    maps = get_feature_maps(model, x, layers=_parse_layers(layer_patterns), max_bytes=max_bytes, reduce=reduce)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [maps.save(out / "maps.safetensors")]
+    summary = out / "summary.txt"
+    summary.write_text(str(maps.summary()) + "\n", encoding="utf-8")
+    written.append(summary)
+    top = _top_classes(maps.output, preprocess)
+    if top:
+        pred = out / "predictions.txt"
+        pred.write_text("".join(f"{p:.4f}\t{i}\t{name}\n" for i, name, p in top), encoding="utf-8")
+        written.append(pred)
+        best = top[0]
+        click.echo(f"top-1: {best[1]} (class {best[0]}, p={best[2]:.3f})")
+    click.echo(f"captured {len(maps)} maps ({maps.nbytes / 1e6:.1f} MB) from {model_spec}")
+    for p in written:
+        click.echo(f"wrote {p}")
+
+
+def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, str, float]]:
+    import torch
+
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
+        return []
+    probs = output[0].detach().float().softmax(-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    card = getattr(preprocess, "card", None)
+    names = []
+    for i in indices.tolist():
+        names.append(card.class_name(i) if card is not None else f"class {i}")
+    return [(int(i), n, float(v)) for i, n, v in zip(indices.tolist(), names, values.tolist())]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``featuremaps`` console script."""
+    cli.main(args=argv, prog_name="featuremaps")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
