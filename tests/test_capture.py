@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import dataclasses
 from collections import OrderedDict, namedtuple
 
@@ -546,6 +547,9 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(loaded[k].tensor, maps[k].tensor)
     assert loaded.input_shape == (1, 3, 16, 24)
     assert [p.name for p in tmp_path.iterdir()] == ["maps.safetensors"]  # atomic: no temp left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like a plain open(), not a private temp file
 
 
 def test_loading_a_foreign_file_is_a_clear_error(tmp_path):

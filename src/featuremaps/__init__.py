@@ -23,8 +23,10 @@ from .errors import (
     ModelLoadError,
     UnsafeModelError,
 )
+from .io import image_to_array, load_image, sample_image, sample_images, save_image
 from .layers import list_layers, resolve_layers
 from .layout import LayoutSpec, infer_layout, to_canonical, token_grid
+from .models import LoadedModel, ModelCard, Preprocess, available_models, imagenet_classes, load_model
 from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
 from .reducers import Max, Mean, Pool
 
@@ -50,6 +52,19 @@ __all__ = [
     "infer_layout",
     "to_canonical",
     "token_grid",
+    # models
+    "load_model",
+    "LoadedModel",
+    "ModelCard",
+    "Preprocess",
+    "available_models",
+    "imagenet_classes",
+    # images
+    "load_image",
+    "image_to_array",
+    "save_image",
+    "sample_image",
+    "sample_images",
     # errors
     "FeatureMapsError",
     "ImageLoadError",

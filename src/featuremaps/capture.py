@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
@@ -223,6 +224,33 @@ class _InplaceGuard(TorchFunctionMode):
 # --------------------------------------------------------------------------- extractor
 
 
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    spec: LayoutSpec
+    cshape: tuple[int, ...]
+    channels: int | None
+    spatial: tuple[int, ...]
+    stride: tuple[float, ...] | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout_cached(
+    module_type: type, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None, declared: str | None,
+    prefix_tokens: int | None,
+) -> _Layout:
+    if not shape:
+        spec = LayoutSpec("other")
+    else:
+        spec = infer_layout(shape, module_type, in_spatial, declared=declared, prefix_tokens=prefix_tokens)
+    cshape = canonical_shape(shape, spec) if shape else ()
+    channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
+    spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
+    stride: tuple[float, ...] | None = None
+    if spatial and in_spatial is not None and len(spatial) == len(in_spatial):
+        stride = tuple(float(i) / float(s) for i, s in zip(in_spatial, spatial))
+    return _Layout(spec, cshape, channels, spatial, stride)
+
+
 class FeatureExtractor:
     """Capture the outputs of chosen layers, safely, for repeated forwards.
 
@@ -314,7 +342,6 @@ class FeatureExtractor:
         self._used = 0
         self._in_spatial: tuple[int, ...] | None = None
         self._always_copy: set[str] = set()
-        self._layout_cache: dict[tuple[str, str, tuple[int, ...]], LayoutSpec] = {}
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> FeatureExtractor:
@@ -407,6 +434,9 @@ class FeatureExtractor:
     def _forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.keep_graph:
             return self.model(*args, **kwargs)
+        if self.reducer is not None or self.device is not None:
+            with torch.no_grad():  # nothing is kept by reference: no in-place guard needed
+                return self.model(*args, **kwargs)
         with torch.no_grad(), _InplaceGuard(self):
             return self.model(*args, **kwargs)
 
@@ -451,40 +481,26 @@ class FeatureExtractor:
 
         return hook
 
-    def _layout_for(self, name: str, path: str, module: nn.Module, shape: tuple[int, ...]) -> LayoutSpec:
-        key = (name, path, shape)
-        spec = self._layout_cache.get(key)
-        if spec is None or self._in_spatial_changed(spec):
-            declared = None
+    def _layout_for(self, name: str, path: str, module: nn.Module, shape: tuple[int, ...]) -> _Layout:
+        declared = None
+        if self.layouts:
             full = name + path
             for pattern, layout in self.layouts.items():
                 if pattern == full or pattern == name or fnmatch.fnmatchcase(full, pattern):
                     declared = layout
                     break
-            spec = infer_layout(shape, module, self._in_spatial, declared=declared, prefix_tokens=self.prefix_tokens)
-            self._layout_cache[key] = spec
-        return spec
-
-    def _in_spatial_changed(self, spec: LayoutSpec) -> bool:
-        # token grids depend on the input size; others only on the output shape
-        return spec.layout == "NTD"
+        module_type: type = type(module)
+        return _layout_cached(module_type, shape, self._in_spatial, declared, self.prefix_tokens)
 
     def _capture(
         self, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module, t: torch.Tensor
     ) -> bool:
         shape = tuple(t.shape)
-        if t.ndim == 0:
-            spec = LayoutSpec("other")
-        else:
-            spec = self._layout_for(name, path, module, shape)
+        lay = self._layout_for(name, path, module, shape)
+        spec = lay.spec
         if self.selection.spatial_only and not spec.is_spatial:
             return False
-        cshape = canonical_shape(shape, spec) if t.ndim else ()
-        channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
-        spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
-        stride: tuple[float, ...] | None = None
-        if spatial and self._in_spatial is not None and len(spatial) == len(self._in_spatial):
-            stride = tuple(float(i) / float(s) for i, s in zip(self._in_spatial, spatial))
+        cshape, channels, spatial, stride = lay.cshape, lay.channels, lay.spatial, lay.stride
         info = LayerInfo(
             name=key, module_name=name, call_index=call, output_key=path, module_type=module_type,
             layout=spec.layout, raw_shape=shape, shape=cshape, channels=channels, spatial=spatial,

@@ -638,8 +638,6 @@ def save_image(
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as fh:  # mode 0o666 & ~umask, like a plain open
             im.save(fh, format=fmt, **options)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException as exc:
         with suppress(OSError):

@@ -266,7 +266,10 @@ def list_layers(
 
     from .capture import FeatureExtractor  # local import: capture imports this module
 
-    with FeatureExtractor(model, list(sel.modules), reduce="shape") as fx:
+    import warnings
+
+    with FeatureExtractor(model, list(sel.modules), reduce="shape") as fx, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # modules that did not run are rows below
         maps = fx(x)
     by_module: dict[str, list[Any]] = {}
     for name, lm in maps.items():

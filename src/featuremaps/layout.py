@@ -193,9 +193,16 @@ def _declared(layout: str, shape: Sequence[int], in_spatial: Sequence[int] | Non
     return LayoutSpec("other" if layout == "OTHER" else layout)
 
 
+def _is(module: nn.Module | type | None, types: tuple[type[nn.Module], ...]) -> bool:
+    if module is None:
+        return False
+    cls = module if isinstance(module, type) else type(module)
+    return issubclass(cls, types)
+
+
 def infer_layout(
     shape: Sequence[int],
-    module: nn.Module | None,
+    module: nn.Module | type | None,
     in_spatial: Sequence[int] | None,
     *,
     declared: str | None = None,
@@ -205,7 +212,8 @@ def infer_layout(
 
     Args:
         shape: the raw output shape, batch first.
-        module: the module that produced it (its type is a hint), or ``None``.
+        module: the module (or module class) that produced it; its type is a
+            hint. ``None`` if unknown.
         in_spatial: the spatial size of the model input, e.g. (H, W) for an
             image, (L,) for a signal; ``None`` if unknown.
         declared: a layout name that overrides inference (validated).
@@ -231,27 +239,27 @@ def infer_layout(
     if ndim == 2:
         return LayoutSpec("NC")
     if ndim == 3:
-        if isinstance(module, _ONE_D_MODULES) or in_nd == 1:
+        if _is(module, _ONE_D_MODULES) or in_nd == 1:
             return LayoutSpec("NCL")
         if in_nd == 2 and in_spatial is not None:
             found = token_grid(shape[1], in_spatial, prefix_tokens)
             if found is not None:
                 return LayoutSpec("NTD", found[0], found[1])
             return LayoutSpec("NTD", prefix_tokens or 0, None)
-        if isinstance(module, _TOKEN_MODULES):
+        if _is(module, _TOKEN_MODULES):
             return LayoutSpec("NTD", prefix_tokens or 0, None)
         return LayoutSpec("NCL")
     if ndim in (4, 5):
         first, last = ("NCHW", "NHWC") if ndim == 4 else ("NCDHW", "NDHWC")
         if in_spatial is None or in_nd != ndim - 2:
-            return LayoutSpec(last if isinstance(module, _LAST_DIM_MODULES) and ndim == 4 else first)
+            return LayoutSpec(last if _is(module, _LAST_DIM_MODULES) and ndim == 4 else first)
         channel_first_ok = grid_stride(shape[2:], in_spatial) is not None
         channel_last_ok = grid_stride(shape[1:-1], in_spatial) is not None
         if channel_last_ok and not channel_first_ok:
             return LayoutSpec(last)
         if channel_first_ok and not channel_last_ok:
             return LayoutSpec(first)
-        if isinstance(module, _LAST_DIM_MODULES):
+        if _is(module, _LAST_DIM_MODULES):
             return LayoutSpec(last)
         return LayoutSpec(first)
     return LayoutSpec("other")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ._atomic import atomic_path
 from ._table import Table
 from .errors import FeatureMapsError, LayerNotFoundError
 from .layout import LayoutSpec, split_prefix, to_canonical
@@ -392,15 +392,8 @@ class FeatureMaps(Mapping[str, LayerMap]):
             "layers": json.dumps(infos),
             "input_shape": json.dumps(list(self.input_shape) if self.input_shape else None),
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return target
 
     def __repr__(self) -> str:
