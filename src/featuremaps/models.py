@@ -356,7 +356,15 @@ def _as_image_list(image: Any) -> list[Any]:
 
 
 class LoadedModel(NamedTuple):
-    """The result of :func:`load_model`; unpacks as ``model, preprocess = ...``."""
+    """The result of :func:`load_model`; unpacks as ``model, preprocess = ...``.
+
+    Example:
+        >>> import featuremaps as fm
+        >>> loaded = fm.load_model()
+        >>> model, preprocess = loaded
+        >>> loaded.card.input_size, loaded.card.class_name(281)
+        ((224, 224), 'tabby')
+    """
 
     model: nn.Module
     preprocess: Preprocess
