@@ -1,0 +1,86 @@
+"""The command line, driven through click's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import featuremaps as fm
+from featuremaps.cli import cli
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_maps_on_the_default_model_writes_loadable_maps_and_a_cat_prediction(runner, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["maps", "--layers", "_blocks.15.*", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and str(out / "maps.safetensors") in result.output
+    maps = fm.load_maps(out / "maps.safetensors")
+    assert "_blocks.15._project_conv" in maps and maps["_blocks.15._project_conv"].shape == (1, 320, 7, 7)
+    top1 = int((out / "predictions.txt").read_text().splitlines()[0].split("\t")[1])
+    assert 281 <= top1 <= 285
+    assert "_blocks.15._bn2" in (out / "summary.txt").read_text()
+
+
+def test_maps_equal_the_library_result(runner, tmp_path):
+    """The CLI is a thin shell: same maps as calling the library directly."""
+    result = runner.invoke(cli, ["maps", "--layers", "_conv_stem", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    model, preprocess = fm.load_model()
+    x = preprocess(fm.load_image(fm.sample_image("cat")))
+    expected = fm.get_feature_maps(model, x, layers="_conv_stem")["_conv_stem"].tensor
+    assert torch.allclose(fm.load_maps(tmp_path / "maps.safetensors")["_conv_stem"].tensor, expected)
+
+
+def test_layers_table(runner):
+    result = runner.invoke(cli, ["layers", "--layers", "_blocks.0.*"])
+    assert result.exit_code == 0, result.output
+    assert "_blocks.0._depthwise_conv" in result.output and "(1, 32, 112, 112)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["maps", "missing.png"], "missing.png"),
+        (["maps", "--layers", "_blocks.0._depthwise_con"], "closest: _blocks.0._depthwise_conv"),
+        (["layers", "--model", "torchvision:resnet9000", "--weights", "random"], "resnet9000"),
+        (["maps", "--max-bytes", "1kB"], "max_bytes"),
+    ],
+)
+def test_errors_are_one_line_with_exit_1(runner, tmp_path, args, needle):
+    result = runner.invoke(cli, args + (["-o", str(tmp_path)] if args[0] == "maps" else []))
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_bad_image_file_is_one_line(runner, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = runner.invoke(cli, ["maps", str(bad), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "notes.png" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "maps.safetensors").exists()
+
+
+def test_usage_error_exits_2(runner):
+    result = runner.invoke(cli, ["maps", "--reduce", "median"])
+    assert result.exit_code == 2 and "median" in result.output
+
+
+def test_console_script_runs_as_a_subprocess(tmp_path):
+    """`python -m featuremaps` is the same program; errors print no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "featuremaps", "maps", str(tmp_path / "nope.jpg")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
