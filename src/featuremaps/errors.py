@@ -16,6 +16,7 @@ __all__ = [
     "CaptureError",
     "MemoryBudgetError",
     "LayoutError",
+    "RenderError",
 ]
 
 
@@ -63,3 +64,13 @@ class MemoryBudgetError(CaptureError, MemoryError):
 
 class LayoutError(FeatureMapsError, ValueError):
     """A tensor's layout could not be interpreted or a declared layout does not fit."""
+
+
+class RenderError(FeatureMapsError, ValueError):
+    """A rendering option has a value the renderer cannot use.
+
+    Raised for unknown normalization modes or colormaps, impossible
+    ``vmin``/``vmax`` pairs, out-of-range channel or sample indices and
+    similar argument mistakes. Shape problems raise
+    :class:`featuremaps.errors.LayoutError` instead.
+    """

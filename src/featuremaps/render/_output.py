@@ -1,0 +1,212 @@
+"""Rendered images and their outputs: PIL images, PNG bytes and files.
+
+A :class:`RenderedImage` is the pure result of a renderer: an ``(H, W, 3)``
+uint8 RGB array plus how it was normalized and coloured. Conversions (PIL,
+PNG bytes for notebooks, files, matplotlib figures) live here, at the edge of
+the pipeline.
+
+PNG compression: files are written with zlib ``compress_level=1`` by default,
+because encoding dominates the time to write a grid and feature-map mosaics
+are noisy images on which higher levels barely shrink the file. The 913x913
+grid of ResNet-50 layer1 (benchmarks/bench_render.py) encodes in ~48 ms to
+1.29 MB at level 1, ~104 ms to 1.27 MB at level 6 (Pillow's default) and
+~310 ms to 1.27 MB at level 9; level 0 is faster (~25 ms) but twice the size
+(2.5 MB). Pass ``compress_level=9`` where a few percent of size matter more
+than time. PNGs for notebooks (``_repr_png_``) use level 6, since they are
+stored inside the notebook.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featuremaps._atomic import atomic_path
+from featuremaps.render._common import Color, RenderError
+from featuremaps.render.normalize import NormInfo
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+__all__ = ["RenderedImage", "encode_png", "save_image", "PNG_COMPRESS_LEVEL", "IMAGE_FORMATS"]
+
+#: zlib level used for PNG files (see the module docstring for why 1).
+PNG_COMPRESS_LEVEL = 1
+#: zlib level used for PNGs embedded in notebooks, where size outlives speed.
+_REPR_COMPRESS_LEVEL = 6
+
+_PIL_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+}
+#: File suffixes :func:`save_image` writes.
+IMAGE_FORMATS: tuple[str, ...] = tuple(sorted({*_PIL_FORMATS, ".svg", ".pdf"}))
+
+
+def _to_pil(array: npt.NDArray[np.uint8]) -> Image.Image:
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def encode_png(array: npt.NDArray[np.uint8], compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` or ``(H, W)`` uint8 array."""
+    buf = io.BytesIO()
+    _to_pil(array).save(buf, format="PNG", compress_level=int(compress_level))
+    return buf.getvalue()
+
+
+def _svg_bytes(array: npt.NDArray[np.uint8], compress_level: int) -> bytes:
+    h, w = array.shape[:2]
+    data = base64.b64encode(encode_png(array, compress_level)).decode("ascii")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n'
+        f'  <image width="{w}" height="{h}" style="image-rendering:pixelated" '
+        f'href="data:image/png;base64,{data}"/>\n'
+        "</svg>\n"
+    ).encode("ascii")
+
+
+def _pdf_bytes(array: npt.NDArray[np.uint8]) -> bytes:
+    # Pillow writes RGB PDFs as JPEG (lossy); matplotlib embeds the pixels
+    # losslessly. One image pixel = one PDF point.
+    from matplotlib.figure import Figure
+
+    h, w = array.shape[:2]
+    fig = Figure(figsize=(w / 72.0, h / 72.0), dpi=72)
+    fig.figimage(array, xo=0, yo=0, origin="upper", resize=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf", dpi=72)
+    return buf.getvalue()
+
+
+def save_image(
+    array: npt.NDArray[np.uint8],
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    compress_level: int = PNG_COMPRESS_LEVEL,
+    quality: int = 95,
+) -> Path:
+    """Write an RGB uint8 array to a PNG, JPEG, SVG, PDF (or WebP/BMP/TIFF/GIF) file.
+
+    Args:
+        array: ``(H, W, 3)`` uint8 pixels.
+        path: Destination; the format follows the suffix unless ``format`` is given.
+        format: ``"png"``, ``"jpeg"``, ``"svg"``, ``"pdf"``, ... (case-insensitive).
+        compress_level: zlib level for PNG (and the PNG inside an SVG).
+        quality: JPEG/WebP quality (chroma is not subsampled, so colours stay crisp).
+
+    Returns:
+        The path written (atomically; parent folders are created).
+    """
+    p = Path(path)
+    suffix = ("." + format.lower().lstrip(".")) if format else p.suffix.lower()
+    if suffix == ".jpeg" or suffix == ".jpg":
+        suffix = ".jpg"
+    if suffix not in IMAGE_FORMATS:
+        raise RenderError(
+            f"cannot tell the image format of {str(p)!r}; use a suffix or format= from {', '.join(IMAGE_FORMATS)}"
+        )
+    with atomic_path(p) as tmp:
+        if suffix == ".svg":
+            tmp.write_bytes(_svg_bytes(array, compress_level))
+        elif suffix == ".pdf":
+            tmp.write_bytes(_pdf_bytes(array))
+        else:
+            fmt = _PIL_FORMATS[suffix]
+            options: dict[str, Any] = {}
+            if fmt == "PNG":
+                options["compress_level"] = int(compress_level)
+            elif fmt in ("JPEG", "WEBP"):
+                options["quality"] = int(quality)
+                if fmt == "JPEG":
+                    options["subsampling"] = 0
+            _to_pil(array).save(tmp, format=fmt, **options)
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedImage:
+    """An RGB picture of maps, with how its values were scaled and coloured.
+
+    Attributes:
+        array: ``(H, W, 3)`` uint8 RGB pixels.
+        norm: The :class:`NormInfo` of the scale (and NaN/Inf counts).
+        cmap: The colormap used (a name, or ``"custom"``).
+        nan_color: The RGB colour that marks NaN/Inf values.
+        lut: The ``(256, 3)`` uint8 colour table used (for colorbars).
+    """
+
+    array: npt.NDArray[np.uint8]
+    norm: NormInfo
+    cmap: str
+    nan_color: Color
+    lut: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((256, 3), np.uint8), repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(H, W, 3)``."""
+        return tuple(self.array.shape)
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> npt.NDArray[Any]:
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def to_pil(self) -> Image.Image:
+        """The picture as an RGB ``PIL.Image.Image``."""
+        return _to_pil(self.array)
+
+    def to_png(self, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+        """PNG-encoded bytes."""
+        return encode_png(self.array, compress_level)
+
+    def _repr_png_(self) -> bytes:
+        return encode_png(self.array, _REPR_COMPRESS_LEVEL)
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        compress_level: int = PNG_COMPRESS_LEVEL,
+        quality: int = 95,
+    ) -> Path:
+        """Write the picture to a PNG/JPEG/SVG/PDF/... file; see :func:`save_image`."""
+        return save_image(self.array, path, format=format, compress_level=compress_level, quality=quality)
+
+    def figure(
+        self,
+        *,
+        ax: Axes | None = None,
+        title: str | None = None,
+        colorbar: bool = True,
+        dpi: int = 100,
+    ) -> Figure:
+        """A matplotlib Figure with this picture and a colorbar; see :func:`featuremaps.render.figure`."""
+        from featuremaps.render.figure import figure
+
+        return figure(self, ax=ax, title=title, colorbar=colorbar, dpi=dpi)
