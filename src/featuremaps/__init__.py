@@ -21,6 +21,7 @@ from .errors import (
     LayoutError,
     MemoryBudgetError,
     ModelLoadError,
+    RenderError,
     UnsafeModelError,
 )
 from .io import image_to_array, load_image, sample_image, sample_images, save_image
@@ -29,6 +30,9 @@ from .layout import LayoutSpec, infer_layout, to_canonical, token_grid
 from .models import LoadedModel, ModelCard, Preprocess, available_models, imagenet_classes, load_model
 from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
 from .reducers import Max, Mean, Pool
+from .render import channel_grid, overlay
+from .tensorboard import log_to_tensorboard
+from .visualize import Visualization, plot_histograms, plot_stats, render_map, visualize
 
 __version__ = "0.1.0"
 
@@ -52,6 +56,15 @@ __all__ = [
     "infer_layout",
     "to_canonical",
     "token_grid",
+    # rendering
+    "visualize",
+    "render_map",
+    "Visualization",
+    "channel_grid",
+    "overlay",
+    "plot_stats",
+    "plot_histograms",
+    "log_to_tensorboard",
     # models
     "load_model",
     "LoadedModel",
@@ -74,4 +87,5 @@ __all__ = [
     "CaptureError",
     "MemoryBudgetError",
     "LayoutError",
+    "RenderError",
 ]

@@ -9,6 +9,8 @@ traceback instead.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -130,41 +132,85 @@ def layers_cmd(
               "Default: every leaf layer with a spatial output.")
 @click.option("-o", "--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Output directory.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Show only the K channels with the highest --order statistic per layer.")
+@click.option("--order", type=click.Choice(["mean", "max", "var"]), default="max", show_default=True,
+              help="Statistic that ranks channels for --top-k.")
+@click.option("--norm", type=click.Choice(["auto", "channel", "layer", "global", "robust", "symmetric"]),
+              default="auto", show_default=True, help="Colour scale: per channel, per layer, shared across layers...")
+@click.option("--cmap", default=None, help="Any matplotlib colormap name (default viridis; RdBu_r for signed maps).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "svg", "pdf"]), default="png",
+              show_default=True, help="Picture format.")
+@click.option("--labels/--no-labels", default=False, help="Label each channel with its index and range.")
+@click.option("--tensors/--no-tensors", default=True, show_default=True,
+              help="Also save the maps themselves to maps.safetensors.")
 @click.option("--max-bytes", default=None, help="Cap on the memory kept, e.g. 500MB.")
-@click.option("--reduce", type=click.Choice(["mean", "max", "pool"]), default=None,
-              help="Keep a per-channel reduction instead of full maps.")
 def maps_cmd(
     image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
-    layer_patterns: tuple[str, ...], out_dir: str, max_bytes: str | None, reduce: str | None,
+    layer_patterns: tuple[str, ...], out_dir: str, top_k: int | None, order: str, norm: str, cmap: str | None,
+    fmt: str, labels: bool, tensors: bool, max_bytes: str | None,
 ) -> None:
-    """Capture the feature maps of IMAGE and save them to a directory.
+    """Capture the feature maps of IMAGE and draw every layer.
 
-    Writes maps.safetensors (every map with its metadata, loadable with
-    featuremaps.load_maps), summary.txt (shapes and statistics per layer) and
-    predictions.txt (the model's top-5 classes).
+    Writes one picture per layer (a channel grid) under DIR/layers/, an
+    index.html that shows them all, summary.txt (shapes and statistics per
+    layer), stats.png (statistics across depth), predictions.txt (the top-5
+    classes) and maps.safetensors (the maps, loadable with
+    featuremaps.load_maps).
     """
     from .capture import get_feature_maps
+    from .render import colormap_lut
+    from .visualize import plot_stats, visualize
 
+    if cmap is not None:
+        colormap_lut(cmap)  # fail early on a bad colormap name
     model, preprocess = _load(model_spec, weights, device, trust_pickle)
     img = _image(image)
     x = preprocess(img)
-    maps = get_feature_maps(model, x, layers=_parse_layers(layer_patterns), max_bytes=max_bytes, reduce=reduce)
+    maps = get_feature_maps(model, x, layers=_parse_layers(layer_patterns), max_bytes=max_bytes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [maps.save(out / "maps.safetensors")]
+    written: list[Path] = []
+    top = _top_classes(maps.output, preprocess)
+    vis = visualize(maps, channels=top_k, order=order if top_k else None, norm=norm, cmap=cmap, labels=labels)
+    with _progress(len(vis), "drawing layers") as advance:
+        written.append(vis.save(out, format=fmt, progress=lambda name: advance()))
     summary = out / "summary.txt"
     summary.write_text(str(maps.summary()) + "\n", encoding="utf-8")
     written.append(summary)
-    top = _top_classes(maps.output, preprocess)
+    stats_png = out / "stats.png"
+    plot_stats(maps, title=f"{model_spec}: statistics per layer").savefig(stats_png, dpi=90)
+    written.append(stats_png)
+    if tensors:
+        written.append(maps.save(out / "maps.safetensors"))
     if top:
         pred = out / "predictions.txt"
         pred.write_text("".join(f"{p:.4f}\t{i}\t{name}\n" for i, name, p in top), encoding="utf-8")
         written.append(pred)
         best = top[0]
         click.echo(f"top-1: {best[1]} (class {best[0]}, p={best[2]:.3f})")
-    click.echo(f"captured {len(maps)} maps ({maps.nbytes / 1e6:.1f} MB) from {model_spec}")
+    click.echo(f"captured {len(maps)} layers ({maps.nbytes / 1e6:.1f} MB) from {model_spec}")
+    click.echo(f"wrote {len(vis)} layer pictures to {out / 'layers'}")
     for p in written:
         click.echo(f"wrote {p}")
+
+
+@contextmanager
+def _progress(total: int, description: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr (hidden when not a terminal or for few items)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if total < 8 or not console.is_terminal:
+        yield lambda: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
 
 
 def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, str, float]]:

@@ -257,6 +257,14 @@ class LayerMap:
             t = t.float()
         return t.cpu().numpy()
 
+    def _repr_png_(self) -> bytes | None:
+        """A channel grid of this map, for Jupyter."""
+        if self.raw.device.type == "meta" or self.tensor.ndim < 2:
+            return None
+        from .visualize import render_map
+
+        return render_map(self)._repr_png_()
+
     def __repr__(self) -> str:
         i = self.info
         extra = f", reduction={i.reduction!r}" if i.reduction else ""
@@ -395,6 +403,22 @@ class FeatureMaps(Mapping[str, LayerMap]):
         with atomic_path(target) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return target
+
+    def _repr_html_(self, max_layers: int = 16, max_channels: int = 64) -> str:
+        """Jupyter: the summary table, then the channel grids of the first layers."""
+        import html as _html
+
+        from .visualize import visualize
+
+        shown = list(self._maps)[:max_layers]
+        vis = visualize(self, layers=shown, channels=max_channels) if shown else None
+        more = (
+            f"<p>Showing {len(shown)} of {len(self)} layers (at most {max_channels} channels each); "
+            "<code>fm.visualize(maps)</code> renders them all.</p>"
+            if len(shown) < len(self) else ""
+        )
+        body = vis._repr_html_() if vis is not None else ""
+        return f"<div>{self.summary()._repr_html_()}{more}{body}</div><!-- {_html.escape(repr(self))} -->"
 
     def __repr__(self) -> str:
         names = list(self._maps)
