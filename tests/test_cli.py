@@ -72,7 +72,7 @@ def test_bad_image_file_is_one_line(runner, tmp_path):
 
 
 def test_usage_error_exits_2(runner):
-    result = runner.invoke(cli, ["maps", "--reduce", "median"])
+    result = runner.invoke(cli, ["maps", "--order", "median"])
     assert result.exit_code == 2 and "median" in result.output
 
 
