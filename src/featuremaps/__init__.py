@@ -31,6 +31,7 @@ from .models import LoadedModel, ModelCard, Preprocess, available_models, imagen
 from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
 from .reducers import Max, Mean, Pool
 from .render import channel_grid, overlay
+from .report import Report, render_report, report
 from .tensorboard import log_to_tensorboard
 from .visualize import Visualization, plot_histograms, plot_stats, render_map, visualize
 
@@ -65,6 +66,10 @@ __all__ = [
     "plot_stats",
     "plot_histograms",
     "log_to_tensorboard",
+    # report
+    "report",
+    "render_report",
+    "Report",
     # models
     "load_model",
     "LoadedModel",

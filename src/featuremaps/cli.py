@@ -195,6 +195,98 @@ def maps_cmd(
         click.echo(f"wrote {p}")
 
 
+@cli.command("report")
+@click.argument("image", required=False)
+@model_options
+@click.option("--layers", "layer_patterns", multiple=True,
+              help="Layers to show: names, globs, 're:REGEX'. Default: every leaf layer with a spatial output.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Show only the K most active channels per layer (default: all).")
+@click.option("--max-tile", type=click.IntRange(min=4, max=224), default=32, show_default=True,
+              help="Channel thumbnails are pooled to at most this many pixels per side.")
+@click.option("--cam-method", "cam_methods", multiple=True,
+              help="CAM methods to show (repeat; default: the gradient-based ones). See `featuremaps cam --help`.")
+@click.option("--cam-layer", default="auto", show_default=True, help="The CAM target layer.")
+@click.option("--no-cams", is_flag=True, help="Leave out the CAM section.")
+@click.option("--no-metrics", is_flag=True, help="Skip the faithfulness scores (faster).")
+@click.option("--title", default=None, help="Page title.")
+@click.option("-o", "--out", "out_path", default=f"{DEFAULT_OUT}/report.html", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the page.")
+@click.option("--serve", is_flag=True, help="Serve the page on http://127.0.0.1 until Ctrl-C.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port for --serve (default: a free one).")
+def report_cmd(
+    image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
+    layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int, cam_methods: tuple[str, ...],
+    cam_layer: str, no_cams: bool, no_metrics: bool, title: str | None, out_path: str, serve: bool, port: int,
+) -> None:
+    """Turn a model and IMAGE into one self-contained interactive HTML page.
+
+    Without arguments: the embedded pretrained EfficientNet-Lite0 on the
+    shipped cat photo. The page works offline and makes no network requests.
+    """
+    from .report import report
+    from .report.build import DEFAULT_CAM_METHODS
+
+    model, preprocess = _load(model_spec, weights, device, trust_pickle)
+    img_path = image
+    src: Any = image if image is not None else None
+    with _progress_stages() as progress:
+        rep = report(
+            model, src, preprocess=preprocess, layers=_parse_layers(layer_patterns), top_k=top_k,
+            max_tile=max_tile, cam_methods=() if no_cams else (cam_methods or DEFAULT_CAM_METHODS),
+            cam_layer=cam_layer, metrics=not no_metrics, title=title, progress=progress,
+        )
+    path = rep.save(out_path)
+    top = rep.data["predictions"]
+    if top:
+        click.echo(f"top-1: {top[0]['name']} (class {top[0]['index']}, p={top[0]['p']:.3f})")
+    meta = rep.data["meta"]
+    click.echo(
+        f"{meta['layers_total']} layers, {meta['channels']} channels, {rep.nbytes / 1e6:.1f} MB, "
+        f"{rep.seconds:.1f} s" + (f" (image {img_path})" if img_path else "")
+    )
+    click.echo(f"wrote {path.resolve()}")
+    if serve:
+        _serve(path, port)
+
+
+def _serve(path: Path, port: int) -> None:
+    """Serve one file on 127.0.0.1 (never another interface) until Ctrl-C."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent.resolve()))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
+        click.echo(f"serving {url} (Ctrl-C to stop)")
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped")
+
+
+@contextmanager
+def _progress_stages() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar fed with ``(stage, done, total)`` calls."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda stage, done, total: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
 @contextmanager
 def _progress(total: int, description: str) -> Iterator[Callable[[], None]]:
     """A rich progress bar on stderr (hidden when not a terminal or for few items)."""

@@ -1,0 +1,213 @@
+"""The report's data: everything the page shows, built once, encoded once.
+
+The page is rendered from a plain dict (see :func:`build_report_data`):
+predictions, per-layer channel sprites and statistics, CAM results. Images
+are encoded here, sized for their use: each layer becomes one grayscale PNG
+"sprite" of its channels (each channel min-max quantized to 8 bits, its real
+range kept in the data), which the page colours with a colormap lookup
+table, so one picture serves the grid, the enlarged channel, its histogram
+and the overlay.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..maps import FeatureMaps, LayerMap
+
+__all__ = ["ReportOptions", "encode_layer", "layer_stage", "photo_data_uri", "png_data_uri", "colormap_table"]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Sizing options of the report.
+
+    Attributes:
+        max_tile: channel thumbnails are average-pooled to at most this many
+            pixels per side (the enlarged view upsamples them).
+        top_k: keep only the ``top_k`` channels per layer with the highest
+            maximum activation (``None``: all channels).
+        png_level: zlib level of the sprites (6: small files, still fast).
+    """
+
+    max_tile: int = 32
+    top_k: int | None = None
+    png_level: int = 6
+
+
+def png_data_uri(array: np.ndarray, *, level: int = 6) -> str:
+    """A ``data:image/png`` URI of a uint8 (H,W) or (H,W,3) array.
+
+    Example:
+        >>> import numpy as np
+        >>> png_data_uri(np.zeros((2, 2), dtype=np.uint8))[:22]
+        'data:image/png;base64,'
+    """
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=level)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def photo_data_uri(image: Image.Image, *, quality: int = 88, max_side: int = 448) -> str:
+    """A ``data:image/jpeg`` URI of a photo, at most ``max_side`` pixels per side.
+
+    Example:
+        >>> from PIL import Image
+        >>> photo_data_uri(Image.new("RGB", (8, 8)))[:23]
+        'data:image/jpeg;base64,'
+    """
+    im = image.convert("RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def layer_stage(name: str) -> str:
+    """The stage a layer belongs to, for the outline.
+
+    A numbered container's item (``_blocks.4``, ``features.3``) or the first
+    name part (``layer3``); layers directly on the model share one stage.
+
+    Example:
+        >>> layer_stage("layer3.1.conv2"), layer_stage("_blocks.4._bn1"), layer_stage("conv1")
+        ('layer3', '_blocks.4', 'top level')
+    """
+    parts = name.split(".")
+    if len(parts) == 1:
+        return "top level"
+    # a numbered container ("_blocks.4", "features.3") is a stage; "layer3.1" already names one
+    if len(parts) >= 3 and parts[1].isdigit() and not parts[0][-1:].isdigit():
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def _round(values: torch.Tensor, digits: int = 4) -> list[float | None]:
+    out: list[float | None] = []
+    for v in values.tolist():
+        out.append(float(f"{v:.{digits}g}") if math.isfinite(v) else None)
+    return out
+
+
+def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
+    """Encode one layer for the page: a channel sprite plus per-channel statistics.
+
+    2D maps use sample 0; 1D maps become 1-pixel-high strips stretched to a
+    row; 3D maps use their maximum intensity projection over depth. Returns
+    ``None`` for maps without channels (vectors, shapes only).
+
+    Example:
+        >>> import torch, featuremaps as fm
+        >>> from torch import nn
+        >>> maps = fm.get_feature_maps(nn.Sequential(nn.Conv2d(3, 5, 3)), torch.rand(1, 3, 10, 10))
+        >>> d = encode_layer(maps["0"], ReportOptions(max_tile=4))
+        >>> d["tile"], d["cols"], len(d["shown"])
+        ([4, 4], 3, 5)
+    """
+    t = lm.tensor
+    if t.device.type == "meta" or t.ndim not in (3, 4, 5):
+        return None
+    x = t[0].detach().float()
+    if x.ndim == 4:  # (C, D, H, W): maximum intensity projection over depth
+        x = x.amax(dim=1)
+    elif x.ndim == 2:  # (C, L): a strip per channel
+        x = x[:, None, :]
+    c = x.shape[0]
+    finite = torch.isfinite(x)
+    clean = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    flat = clean.reshape(c, -1)
+    cmean = flat.mean(dim=1)
+    cvar = flat.var(dim=1, unbiased=False)
+    big = torch.where(finite, x, torch.full_like(x, -math.inf)).reshape(c, -1)
+    cmax_full = big.amax(dim=1)
+    shown = torch.arange(c)
+    if options.top_k is not None and options.top_k < c:
+        shown = torch.topk(cmax_full.cpu(), options.top_k).indices.sort().values
+    xs = clean[shown.to(clean.device)]
+    h, w = xs.shape[-2:]
+    th = min(h, options.max_tile) if h > 1 else 1
+    tw = min(w, options.max_tile * (4 if h == 1 else 1))
+    if (th, tw) != (h, w):
+        xs = F.adaptive_avg_pool2d(xs[None], (th, tw))[0]
+    lo = xs.reshape(len(shown), -1).amin(dim=1)
+    hi = xs.reshape(len(shown), -1).amax(dim=1)
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    q = ((xs - lo[:, None, None]) / span[:, None, None] * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+    n = len(shown)
+    cols = 1 if th == 1 else min(n, max(1, math.ceil(math.sqrt(n * th / tw))))
+    rows = math.ceil(n / cols)
+    padded = torch.zeros(rows * cols, th, tw, dtype=torch.uint8)
+    padded[:n] = q
+    sprite = padded.reshape(rows, cols, th, tw).permute(0, 2, 1, 3).reshape(rows * th, cols * tw)
+    s = lm.stats()
+    idx = shown.cpu()
+    return {
+        "name": lm.name,
+        "type": lm.info.module_type,
+        "layout": lm.layout,
+        "shape": list(lm.shape),
+        "stage": layer_stage(lm.info.module_name),
+        "channels": c,
+        "shown": [int(i) for i in idx.tolist()],
+        "tile": [int(th), int(tw)],
+        "cols": int(cols),
+        "sprite": png_data_uri(sprite.numpy(), level=options.png_level),
+        "lo": _round(lo.cpu()),
+        "hi": _round(hi.cpu()),
+        "mean": _round(cmean.cpu()[idx]),
+        "var": _round(cvar.cpu()[idx]),
+        "max": _round(cmax_full.cpu()[idx]),
+        "stats": {
+            "mean": _finite(s.mean), "std": _finite(s.std), "min": _finite(s.min), "max": _finite(s.max),
+            "zeros": _finite(s.zero_fraction), "dead": s.num_dead, "nonfinite": s.nan_count + s.inf_count,
+        },
+        "stride": list(lm.info.stride) if lm.info.stride else None,
+    }
+
+
+def _finite(v: float) -> float | None:
+    return float(f"{v:.5g}") if math.isfinite(v) else None
+
+
+def encode_layers(
+    maps: FeatureMaps, options: ReportOptions, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Encode every layer with channels, in forward order.
+
+    Example:
+        >>> import torch, featuremaps as fm
+        >>> from torch import nn
+        >>> maps = fm.get_feature_maps(nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU()), torch.rand(1, 3, 4, 4))
+        >>> [d["name"] for d in encode_layers(maps, ReportOptions())]
+        ['0', '1']
+    """
+    out = []
+    for name, lm in maps.items():
+        d = encode_layer(lm, options)
+        if d is not None:
+            out.append(d)
+        if progress is not None:
+            progress(name)
+    return out
+
+
+def colormap_table(names: Sequence[str]) -> dict[str, str]:
+    """Colormap lookup tables for the page, as hex strings (256 colours each).
+
+    Example:
+        >>> len(colormap_table(["viridis"])["viridis"])
+        1536
+    """
+    from ..render import colormap_lut
+
+    return {n: colormap_lut(n).tobytes().hex() for n in names}

@@ -1,0 +1,488 @@
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var layers = data.layers;
+  var $ = function (id) { return document.getElementById(id); };
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = String(text); }
+    return e;
+  }
+  function svg(tag, attrs) {
+    var e = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    return e;
+  }
+  function fmt(v) {
+    if (v === null || v === undefined || !isFinite(v)) { return "n/a"; }
+    var a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e5)) { return v.toExponential(2); }
+    return String(Number(v.toPrecision(4)));
+  }
+  function pct(v) { return (v === null || v === undefined) ? "n/a" : (100 * v).toFixed(0) + "%"; }
+
+  // ---------------------------------------------------------------- colormaps
+  var luts = {};
+  Object.keys(data.colormaps).forEach(function (name) {
+    var hex = data.colormaps[name], a = new Uint8Array(hex.length / 2);
+    for (var i = 0; i < a.length; i++) { a[i] = parseInt(hex.substr(2 * i, 2), 16); }
+    luts[name] = a;
+  });
+
+  // ------------------------------------------------------------- predictions
+  Array.prototype.forEach.call(document.querySelectorAll(".pred"), function (li) {
+    var fill = li.querySelector(".fill");
+    if (fill) { fill.style.width = (100 * Number(li.getAttribute("data-p"))).toFixed(1) + "%"; }
+  });
+
+  // ------------------------------------------------------- sprites (lazy decode)
+  var decoded = {};
+  function decode(i) {
+    if (!decoded[i]) {
+      decoded[i] = new Promise(function (resolve, reject) {
+        var img = new Image();
+        img.onload = function () {
+          var c = document.createElement("canvas");
+          c.width = img.naturalWidth; c.height = img.naturalHeight;
+          var ctx = c.getContext("2d");
+          ctx.drawImage(img, 0, 0);
+          var rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+          var g = new Uint8Array(c.width * c.height);
+          for (var k = 0; k < g.length; k++) { g[k] = rgba[4 * k]; }
+          resolve({ g: g, w: c.width, h: c.height });
+        };
+        img.onerror = function () { reject(new Error("cannot decode layer " + i)); };
+        img.src = layers[i].sprite;
+      });
+    }
+    return decoded[i];
+  }
+
+  // ---------------------------------------------------------------- state
+  var state = { layer: 0, slot: null, order: [], sort: "index", norm: "layer", zoom: 3, opacity: 0.6 };
+
+  function layerRange(L) {
+    var lo = Infinity, hi = -Infinity;
+    for (var s = 0; s < L.lo.length; s++) {
+      if (L.lo[s] !== null && L.lo[s] < lo) { lo = L.lo[s]; }
+      if (L.hi[s] !== null && L.hi[s] > hi) { hi = L.hi[s]; }
+    }
+    if (!isFinite(lo)) { lo = 0; hi = 1; }
+    return { lo: lo, hi: hi, signed: lo < 0 && hi > 0 };
+  }
+
+  // A function mapping (slot, 8-bit sprite value) to a colormap index, and the colormap.
+  function scaler(L, norm) {
+    if (norm === "channel") {
+      return { lut: luts.viridis, map: function (s, v) { return v; }, lo: null, hi: null, cmap: "viridis" };
+    }
+    var r = layerRange(L);
+    if (r.signed) {
+      var m = Math.max(-r.lo, r.hi);
+      return { lut: luts.RdBu_r, cmap: "RdBu_r", lo: -m, hi: m, map: function (s, v) {
+        var val = L.lo[s] + v / 255 * (L.hi[s] - L.lo[s]);
+        return Math.max(0, Math.min(255, Math.round((val / m * 0.5 + 0.5) * 255)));
+      } };
+    }
+    var span = r.hi > r.lo ? r.hi - r.lo : 1;
+    return { lut: luts.viridis, cmap: "viridis", lo: r.lo, hi: r.hi, map: function (s, v) {
+      var val = L.lo[s] + v / 255 * (L.hi[s] - L.lo[s]);
+      return Math.max(0, Math.min(255, Math.round((val - r.lo) / span * 255)));
+    } };
+  }
+
+  function sortOrder(L, key) {
+    var order = L.shown.map(function (c, s) { return s; });
+    if (key !== "index") {
+      var vals = L[key];
+      order.sort(function (a, b) {
+        var va = vals[a] === null ? -Infinity : vals[a], vb = vals[b] === null ? -Infinity : vals[b];
+        return vb - va || a - b;
+      });
+    }
+    return order;
+  }
+
+  function tileValue(sp, L, s, y, x) {
+    var th = L.tile[0], tw = L.tile[1], row = Math.floor(s / L.cols), col = s % L.cols;
+    return sp.g[(row * th + y) * sp.w + col * tw + x];
+  }
+
+  // Paint one tile (slot s) into an ImageData at (ox, oy).
+  function paintTile(out, outW, sp, L, s, ox, oy, sc) {
+    var th = L.tile[0], tw = L.tile[1], lut = sc.lut;
+    for (var y = 0; y < th; y++) {
+      for (var x = 0; x < tw; x++) {
+        var ci = sc.map(s, tileValue(sp, L, s, y, x)) * 3, o = ((oy + y) * outW + ox + x) * 4;
+        out[o] = lut[ci]; out[o + 1] = lut[ci + 1]; out[o + 2] = lut[ci + 2]; out[o + 3] = 255;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- the grid
+  var grid = $("grid");
+  function geometry(L) {
+    var n = L.shown.length, th = L.tile[0], tw = L.tile[1];
+    var cols = th === 1 ? 1 : Math.max(1, Math.ceil(Math.sqrt(n * th / tw)));
+    var rows = Math.ceil(n / cols), tileH = th === 1 ? 1 : th;
+    return { cols: cols, rows: rows, th: th, tw: tw, cellW: tw + 1, cellH: tileH + 1 };
+  }
+
+  function drawGrid() {
+    var i = state.layer, L = layers[i];
+    return decode(i).then(function (sp) {
+      if (i !== state.layer) { return; }
+      var g = geometry(L), W = g.cols * g.cellW + 1, H = g.rows * g.cellH + 1;
+      grid.width = W; grid.height = H;
+      var zoom = Math.max(1, Math.round(state.zoom * Math.max(1, 24 / Math.max(g.th, g.tw))));
+      var stretch = g.th === 1 ? 6 : 1;
+      grid.style.width = (W * zoom) + "px";
+      grid.style.height = (H * zoom * stretch) + "px";
+      var ctx = grid.getContext("2d"), img = ctx.createImageData(W, H), out = img.data;
+      for (var k = 0; k < out.length; k += 4) { out[k] = 255; out[k + 1] = 255; out[k + 2] = 255; out[k + 3] = 255; }
+      var sc = scaler(L, state.norm);
+      state.order.forEach(function (s, pos) {
+        var r = Math.floor(pos / g.cols), c = pos % g.cols;
+        paintTile(out, W, sp, L, s, 1 + c * g.cellW, 1 + r * g.cellH, sc);
+      });
+      ctx.putImageData(img, 0, 0);
+      if (state.slot !== null) {
+        var pos = state.order.indexOf(state.slot);
+        if (pos >= 0) {
+          ctx.strokeStyle = "#e0302a"; ctx.lineWidth = 1;
+          var rr = Math.floor(pos / g.cols), cc = pos % g.cols;
+          ctx.strokeRect(cc * g.cellW + 0.5, rr * g.cellH + 0.5, g.cellW, g.cellH);
+        }
+      }
+      drawLegend(sc);
+      grid.setAttribute("data-layer", L.name);
+    });
+  }
+
+  function drawLegend(sc) {
+    var box = $("legend");
+    box.textContent = "";
+    var c = el("canvas");
+    c.width = 256; c.height = 1;
+    var ctx = c.getContext("2d"), img = ctx.createImageData(256, 1);
+    for (var k = 0; k < 256; k++) {
+      img.data[4 * k] = sc.lut[3 * k]; img.data[4 * k + 1] = sc.lut[3 * k + 1];
+      img.data[4 * k + 2] = sc.lut[3 * k + 2]; img.data[4 * k + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    if (sc.lo === null) {
+      box.appendChild(el("span", null, "channel min"));
+      box.appendChild(c);
+      box.appendChild(el("span", null, "channel max (" + sc.cmap + ")"));
+    } else {
+      box.appendChild(el("span", null, fmt(sc.lo)));
+      box.appendChild(c);
+      box.appendChild(el("span", null, fmt(sc.hi) + " (" + sc.cmap + (sc.cmap === "RdBu_r" ? ", centred at 0" : "") + ")"));
+    }
+  }
+
+  grid.addEventListener("click", function (ev) {
+    var L = layers[state.layer], g = geometry(L), rect = grid.getBoundingClientRect();
+    var x = (ev.clientX - rect.left) / rect.width * grid.width, y = (ev.clientY - rect.top) / rect.height * grid.height;
+    var c = Math.floor(x / g.cellW), r = Math.floor(y / g.cellH), pos = r * g.cols + c;
+    if (c >= 0 && c < g.cols && pos >= 0 && pos < state.order.length) { openChannel(state.order[pos]); }
+  });
+
+  // ---------------------------------------------------------------- outline
+  var buttons = [];
+  function sparkline(L) {
+    var w = 64, h = 18, vals = L.mean.map(function (v) { return v === null ? 0 : v; });
+    var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals), span = hi > lo ? hi - lo : 1;
+    var n = vals.length, pts = vals.map(function (v, k) {
+      return (n === 1 ? w / 2 : k / (n - 1) * w).toFixed(1) + "," + (h - 1 - (v - lo) / span * (h - 2)).toFixed(1);
+    });
+    var s = svg("svg", { width: w, height: h, viewBox: "0 0 " + w + " " + h, "aria-hidden": "true" });
+    s.appendChild(svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#2456a4", "stroke-width": "1" }));
+    return s;
+  }
+
+  function buildOutline() {
+    var list = $("layer-list"), stage = null, group = null;
+    layers.forEach(function (L, i) {
+      if (L.stage !== stage) {
+        stage = L.stage;
+        var det = el("details", "stage");
+        det.open = true;
+        det.appendChild(el("summary", null, stage));
+        group = el("div");
+        det.appendChild(group);
+        list.appendChild(det);
+      }
+      var b = el("button", "layer-btn");
+      b.type = "button";
+      b.setAttribute("role", "listitem");
+      b.setAttribute("data-i", String(i));
+      b.setAttribute("data-name", L.name);
+      b.appendChild(el("span", "lname", L.name));
+      b.appendChild(sparkline(L));
+      b.appendChild(el("span", "lmeta", L.type + " " + L.shape.join("\u00d7") + " \u00b7 zeros " + pct(L.stats.zeros) + " \u00b7 dead " + L.stats.dead));
+      b.title = "mean activation per channel";
+      b.addEventListener("click", function () { selectLayer(i); });
+      group.appendChild(b);
+      buttons.push(b);
+    });
+    $("filter").addEventListener("input", function () {
+      var q = this.value.toLowerCase();
+      buttons.forEach(function (b, i) {
+        var L = layers[i];
+        b.hidden = q !== "" && (L.name + " " + L.type).toLowerCase().indexOf(q) < 0;
+      });
+    });
+  }
+
+  function selectLayer(i, keepSlot) {
+    if (!layers.length) { return; }
+    i = Math.max(0, Math.min(layers.length - 1, i));
+    state.layer = i;
+    var L = layers[i];
+    state.order = sortOrder(L, state.sort);
+    if (!keepSlot) { state.slot = null; }
+    buttons.forEach(function (b, k) { b.setAttribute("aria-current", k === i ? "true" : "false"); });
+    buttons[i].scrollIntoView({ block: "nearest" });
+    $("layer-name").textContent = L.name;
+    var shown = L.shown.length === L.channels ? L.channels + " channels" : L.shown.length + " of " + L.channels + " channels (most active)";
+    $("layer-meta").textContent = L.type + " \u00b7 " + L.layout + " " + L.shape.join("\u00d7") + " \u00b7 " + shown +
+      " \u00b7 range [" + fmt(L.stats.min) + ", " + fmt(L.stats.max) + "] \u00b7 mean " + fmt(L.stats.mean) +
+      " \u00b7 zeros " + pct(L.stats.zeros) + " \u00b7 dead " + L.stats.dead +
+      (L.stats.nonfinite ? " \u00b7 " + L.stats.nonfinite + " NaN/Inf values" : "");
+    var done = drawGrid();
+    if (!$("detail").hidden) {
+      if (state.slot === null) { state.slot = state.order[0]; }
+      done.then(function () { openChannel(state.slot); });
+    }
+    return done;
+  }
+
+  // ---------------------------------------------------------------- channel detail
+  var photo = new Image();
+  var photoReady = new Promise(function (resolve) { photo.onload = resolve; photo.src = data.photo; });
+
+  function tileCanvas(sp, L, s, lut, mapFn) {
+    var th = L.tile[0], tw = L.tile[1], c = el("canvas");
+    c.width = tw; c.height = th;
+    var ctx = c.getContext("2d"), img = ctx.createImageData(tw, th);
+    paintTile(img.data, tw, sp, L, s, 0, 0, { lut: lut, map: mapFn });
+    ctx.putImageData(img, 0, 0);
+    return c;
+  }
+
+  function drawOverlay() {
+    var L = layers[state.layer], s = state.slot;
+    if (s === null) { return Promise.resolve(); }
+    return Promise.all([decode(state.layer), photoReady]).then(function (res) {
+      var sp = res[0], c = $("detail-overlay"), ctx = c.getContext("2d");
+      c.width = photo.naturalWidth; c.height = photo.naturalHeight;
+      ctx.globalAlpha = 1;
+      ctx.drawImage(photo, 0, 0);
+      var heat = tileCanvas(sp, L, s, luts.inferno, function (slot, v) { return v; });
+      ctx.imageSmoothingEnabled = true;
+      ctx.globalAlpha = state.opacity;
+      if (L.tile[0] === 1) {
+        ctx.drawImage(heat, 0, 0, c.width, c.height / 8);
+      } else {
+        ctx.drawImage(heat, 0, 0, c.width, c.height);
+      }
+      ctx.globalAlpha = 1;
+      c.setAttribute("data-opacity", String(state.opacity));
+    });
+  }
+
+  function drawHistogram(sp, L, s) {
+    var bins = 32, counts = new Array(bins).fill(0), th = L.tile[0], tw = L.tile[1];
+    for (var y = 0; y < th; y++) {
+      for (var x = 0; x < tw; x++) { counts[Math.min(bins - 1, Math.floor(tileValue(sp, L, s, y, x) / 256 * bins))]++; }
+    }
+    var w = 320, h = 90, maxc = Math.max.apply(null, counts), box = $("detail-hist");
+    box.textContent = "";
+    var g = svg("svg", { viewBox: "0 0 " + w + " " + (h + 16) });
+    counts.forEach(function (n, k) {
+      var bh = maxc ? n / maxc * h : 0;
+      g.appendChild(svg("rect", { x: (k * w / bins + 0.5).toFixed(1), y: (h - bh).toFixed(1), width: (w / bins - 1).toFixed(1), height: bh.toFixed(1) }));
+    });
+    var t1 = svg("text", { x: 0, y: h + 13 }); t1.textContent = fmt(L.lo[s]);
+    var t2 = svg("text", { x: w, y: h + 13, "text-anchor": "end" }); t2.textContent = fmt(L.hi[s]);
+    g.appendChild(t1); g.appendChild(t2);
+    box.appendChild(g);
+  }
+
+  function openChannel(s) {
+    var L = layers[state.layer];
+    state.slot = s;
+    var panel = $("detail");
+    panel.hidden = false;
+    $("detail-title").textContent = L.name + " \u00b7 channel " + L.shown[s];
+    $("detail-meta").textContent = "values [" + fmt(L.lo[s]) + ", " + fmt(L.hi[s]) + "] in this thumbnail \u00b7 max " +
+      fmt(L.max[s]) + " \u00b7 mean " + fmt(L.mean[s]) + " \u00b7 variance " + fmt(L.var[s]) +
+      " (full resolution) \u00b7 " + L.tile[1] + "\u00d7" + L.tile[0] + " px";
+    panel.setAttribute("data-channel", String(L.shown[s]));
+    return decode(state.layer).then(function (sp) {
+      var big = $("detail-map"), th = L.tile[0], tw = L.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
+      big.width = tw * z; big.height = Math.max(th, th === 1 ? 16 : th) * z;
+      var ctx = big.getContext("2d");
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(tileCanvas(sp, L, s, luts.viridis, function (slot, v) { return v; }), 0, 0, big.width, big.height);
+      drawHistogram(sp, L, s);
+      return Promise.all([drawOverlay(), drawGrid()]);
+    });
+  }
+
+  function closeChannel() {
+    $("detail").hidden = true;
+    state.slot = null;
+    drawGrid();
+    grid.focus();
+  }
+
+  $("detail-close").addEventListener("click", closeChannel);
+  $("opacity").addEventListener("input", function () { state.opacity = Number(this.value); drawOverlay(); });
+  $("sort").addEventListener("change", function () { state.sort = this.value; state.order = sortOrder(layers[state.layer], state.sort); drawGrid(); });
+  $("norm").addEventListener("change", function () { state.norm = this.value; drawGrid(); });
+  $("zoom").addEventListener("input", function () { state.zoom = Number(this.value); drawGrid(); });
+
+  function stepChannel(d) {
+    var pos = state.slot === null ? (d > 0 ? -1 : state.order.length) : state.order.indexOf(state.slot);
+    var next = Math.max(0, Math.min(state.order.length - 1, pos + d));
+    openChannel(state.order[next]);
+  }
+
+  document.addEventListener("keydown", function (ev) {
+    var tag = (ev.target && ev.target.tagName) || "";
+    if (ev.key === "Escape") { if (!$("detail").hidden) { closeChannel(); ev.preventDefault(); } return; }
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || ev.altKey || ev.ctrlKey || ev.metaKey) { return; }
+    if (ev.key === "ArrowDown" || ev.key === "j") { selectLayer(state.layer + 1, false); ev.preventDefault(); }
+    else if (ev.key === "ArrowUp" || ev.key === "k") { selectLayer(state.layer - 1, false); ev.preventDefault(); }
+    else if (ev.key === "ArrowRight" || ev.key === "l") { stepChannel(1); ev.preventDefault(); }
+    else if (ev.key === "ArrowLeft" || ev.key === "h") { stepChannel(-1); ev.preventDefault(); }
+  });
+
+  // ---------------------------------------------------------------- depth chart
+  function depthChart() {
+    var box = $("depth-chart"), n = layers.length;
+    if (!n) { box.textContent = "No layers."; return; }
+    var W = 900, P = 40, panelH = 70, gap = 22, H = 3 * panelH + 2 * gap + 30, step = (W - P - 10) / Math.max(1, n);
+    var s = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "Statistics of every layer in forward order" });
+    function xOf(i) { return P + (i + 0.5) * step; }
+    function panel(k, title, values, kind, color, lo, hi) {
+      var top = k * (panelH + gap) + 14;
+      var t = svg("text", { x: P, y: top - 3 }); t.textContent = title; s.appendChild(t);
+      s.appendChild(svg("line", { x1: P, x2: W - 10, y1: top + panelH, y2: top + panelH, "class": "axis" }));
+      var span = hi > lo ? hi - lo : 1;
+      function yOf(v) { return top + panelH - (v - lo) / span * panelH; }
+      var tl = svg("text", { x: P - 4, y: top + 8, "text-anchor": "end" }); tl.textContent = fmt(hi); s.appendChild(tl);
+      var bl = svg("text", { x: P - 4, y: top + panelH, "text-anchor": "end" }); bl.textContent = fmt(lo); s.appendChild(bl);
+      if (kind === "bar") {
+        values.forEach(function (v, i) {
+          if (v === null) { return; }
+          var y = yOf(v);
+          s.appendChild(svg("rect", { x: (xOf(i) - step * 0.4).toFixed(1), y: y.toFixed(1), width: Math.max(0.5, step * 0.8).toFixed(1), height: (top + panelH - y).toFixed(1), fill: color }));
+        });
+      } else {
+        var pts = values.map(function (v, i) { return xOf(i).toFixed(1) + "," + yOf(v === null ? lo : v).toFixed(1); });
+        if (kind.band) {
+          var up = kind.band.map(function (b, i) { return xOf(i).toFixed(1) + "," + yOf(b[1]).toFixed(1); });
+          var dn = kind.band.map(function (b, i) { return xOf(i).toFixed(1) + "," + yOf(b[0]).toFixed(1); }).reverse();
+          s.appendChild(svg("polygon", { points: up.concat(dn).join(" "), fill: color, "fill-opacity": "0.18" }));
+        }
+        s.appendChild(svg("polyline", { points: pts.join(" "), fill: "none", stroke: color, "stroke-width": "1.5" }));
+      }
+    }
+    var mean = layers.map(function (L) { return L.stats.mean; });
+    var band = layers.map(function (L) { var m = L.stats.mean || 0, d = L.stats.std || 0; return [m - d, m + d]; });
+    var lo = Math.min.apply(null, band.map(function (b) { return b[0]; }));
+    var hi = Math.max.apply(null, band.map(function (b) { return b[1]; }));
+    panel(0, "mean \u00b1 std", mean, { band: band }, "#2456a4", lo, hi);
+    panel(1, "fraction of zeros", layers.map(function (L) { return L.stats.zeros; }), "bar", "#4f8a3f", 0, 1);
+    var dead = layers.map(function (L) { return L.stats.dead; });
+    panel(2, "dead channels", dead, "bar", "#a8452c", 0, Math.max(1, Math.max.apply(null, dead)));
+    layers.forEach(function (L, i) {
+      var r = svg("rect", { x: (xOf(i) - step / 2).toFixed(1), y: 0, width: step.toFixed(1), height: H, "class": "hit" });
+      var tt = svg("title"); tt.textContent = L.name + ": mean " + fmt(L.stats.mean) + ", zeros " + pct(L.stats.zeros) + ", dead " + L.stats.dead;
+      r.appendChild(tt);
+      r.addEventListener("click", function () { selectLayer(i); $("layer-view").scrollIntoView({ behavior: "smooth" }); });
+      s.appendChild(r);
+    });
+    box.appendChild(s);
+  }
+
+  // ---------------------------------------------------------------- CAMs
+  function camSection() {
+    var cams = data.cams;
+    if (!cams || !$("cams")) { return; }
+    var select = $("cam-class"), opacity = $("cam-opacity");
+    $("cam-meta").textContent = cams.note;
+    $("cam-hint").textContent = cams.hint || "";
+    cams.classes.forEach(function (c, k) {
+      var o = el("option", null, c.name + " (" + (100 * c.p).toFixed(1) + "%)");
+      o.value = String(k);
+      select.appendChild(o);
+    });
+    var heatImgs = {};
+    function heat(uri) {
+      if (!heatImgs[uri]) {
+        heatImgs[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
+      }
+      return heatImgs[uri];
+    }
+    function colorize(im) {
+      var c = el("canvas");
+      c.width = im.naturalWidth; c.height = im.naturalHeight;
+      var ctx = c.getContext("2d");
+      ctx.drawImage(im, 0, 0);
+      var d = ctx.getImageData(0, 0, c.width, c.height), lut = luts.inferno;
+      for (var k = 0; k < d.data.length; k += 4) {
+        var v = d.data[k] * 3;
+        d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
+      }
+      ctx.putImageData(d, 0, 0);
+      return c;
+    }
+    function render() {
+      var cls = cams.classes[Number(select.value)], box = $("cam-grid");
+      box.textContent = "";
+      cams.methods.forEach(function (m) {
+        var entry = cls.maps[m];
+        if (!entry) { return; }
+        var fig = el("figure", "cam-card"), c = el("canvas");
+        c.setAttribute("role", "img");
+        c.setAttribute("aria-label", m + " heatmap for " + cls.name + " over the input image");
+        fig.appendChild(c);
+        fig.appendChild(el("h3", null, m));
+        if (entry.scores) {
+          var dl = el("dl", "scores");
+          Object.keys(entry.scores).forEach(function (k) {
+            dl.appendChild(el("dt", null, k));
+            dl.appendChild(el("dd", null, fmt(entry.scores[k])));
+          });
+          fig.appendChild(dl);
+        }
+        box.appendChild(fig);
+        Promise.all([heat(entry.png), photoReady]).then(function (res) {
+          c.width = photo.naturalWidth; c.height = photo.naturalHeight;
+          var ctx = c.getContext("2d");
+          ctx.drawImage(photo, 0, 0);
+          ctx.globalAlpha = Number(opacity.value);
+          ctx.imageSmoothingEnabled = true;
+          ctx.drawImage(colorize(res[0]), 0, 0, c.width, c.height);
+          ctx.globalAlpha = 1;
+        });
+      });
+    }
+    select.addEventListener("change", render);
+    opacity.addEventListener("input", render);
+    render();
+  }
+
+  buildOutline();
+  depthChart();
+  camSection();
+  if (layers.length) { selectLayer(0); } else { $("layer-name").textContent = "No layers with channels were captured."; }
+  document.documentElement.setAttribute("data-ready", "true");
+})();

@@ -1,0 +1,180 @@
+"""The report: self-contained, escaped, faithful to the captured maps."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as htmllib
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+import featuremaps as fm
+from featuremaps.cli import cli
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def xss_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict([("conv", nn.Conv2d(3, 6, 3, padding=1)), (XSS, nn.ReLU()), ("pool", nn.AdaptiveAvgPool2d(1)),
+                     ("flat", nn.Flatten()), ("fc", nn.Linear(6, 4))])
+    ).eval()
+
+
+def payload(html: str) -> dict:
+    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+    assert m is not None
+    return json.loads(m.group(1))
+
+
+def decode_png(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+@pytest.fixture(scope="module")
+def default_report() -> fm.Report:
+    return fm.report(cam_methods=None)
+
+
+def test_page_is_self_contained_with_a_strict_csp(default_report):
+    html = default_report.html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "url(http" not in html and "@import" not in html
+    csp = htmllib.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1))
+    assert "default-src 'none'" in csp and "connect-src" not in csp.replace("default-src 'none'", "")
+    # the hashes in the policy are those of the inline script and style
+    script = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    style = re.search(r"<style>(.*?)</style>", html, re.S).group(1)
+    for text in (script, style):
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
+
+
+def test_default_report_covers_every_layer_within_size(default_report):
+    data = default_report.data
+    assert data["predictions"][0]["index"] in range(281, 286)
+    assert data["meta"]["layers_total"] == 132
+    assert default_report.nbytes < 20e6
+
+
+def test_sprites_hold_the_pooled_maps(default_report):
+    """Independent path: pool the captured map ourselves and compare with the decoded sprite."""
+    model, preprocess = fm.load_model()
+    x = preprocess(fm.load_image(fm.sample_image("cat")))
+    name = "_blocks.1._depthwise_conv"
+    full = fm.get_feature_maps(model, x, layers=name)[name].tensor[0]  # (96, 56, 56)
+    layer = next(d for d in default_report.data["layers"] if d["name"] == name)
+    th, tw = layer["tile"]
+    pooled = F.adaptive_avg_pool2d(full[None], (th, tw))[0]
+    sprite = decode_png(layer["sprite"])
+    for slot in (0, 17, 95):
+        ch = layer["shown"][slot]
+        r, c = divmod(slot, layer["cols"])
+        tile = sprite[r * th:(r + 1) * th, c * tw:(c + 1) * tw].astype(np.float64)
+        lo, hi = layer["lo"][slot], layer["hi"][slot]
+        values = lo + tile / 255 * (hi - lo)
+        expected = pooled[ch].double().numpy()
+        assert np.abs(values - expected).max() <= (hi - lo) / 255 * 0.51 + 1e-4 * max(1, abs(hi))
+
+
+def test_top_k_keeps_the_most_active_channels():
+    model = xss_model()
+    rep = fm.report(model, fm.sample_image("coffee"), top_k=2, cam_methods=None)
+    layer = rep.data["layers"][0]
+    x = rep_input(model)
+    full = fm.get_feature_maps(model, x, layers="conv")["conv"].tensor[0]
+    expected = sorted(torch.topk(full.amax(dim=(1, 2)), 2).indices.tolist())
+    assert layer["shown"] == expected and layer["channels"] == 6
+
+
+def rep_input(model: nn.Module) -> torch.Tensor:
+    _, preprocess = fm.load_model(model)
+    return preprocess(fm.load_image(fm.sample_image("coffee")))
+
+
+def test_every_model_string_is_escaped():
+    html = fm.render_report(xss_model(), cam_methods=None)
+    assert XSS not in html  # neither as markup nor inside the JSON (where '<' is \\u003c)
+    data = payload(html)
+    assert any(d["name"] == XSS for d in data["layers"])  # the name survives as data, shown as text
+
+
+def test_save_is_atomic_and_refuses_a_directory(tmp_path, default_report):
+    path = default_report.save(tmp_path / "sub" / "r.html")
+    assert path.read_text(encoding="utf-8") == default_report.html
+    assert [p.name for p in path.parent.iterdir()] == ["r.html"]
+    with pytest.raises(fm.FeatureMapsError, match="is a directory"):
+        default_report.save(tmp_path)
+
+
+def test_cli_report_runs_on_the_default_and_prints_the_path(tmp_path):
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--no-cams", "--layers", "_blocks.15.*", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out.resolve()) in result.output and "top-1: " in result.output
+    assert payload(out.read_text(encoding="utf-8"))["meta"]["layers_total"] == 8
+
+
+def test_cli_report_errors_are_one_line(tmp_path):
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["report", str(bad), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 1 and "empty.png" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_binds_to_loopback_only(tmp_path):
+    port = _free_port()
+    out = tmp_path / "r.html"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featuremaps", "report", "--no-cams", "--layers", "_conv_stem", "-o", str(out),
+         "--serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        body = None
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/r.html", timeout=2) as resp:
+                    body = resp.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None and "report-data" in body
+        out_lines = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if _has("ss") else ""
+        if out_lines:
+            listening = [line for line in out_lines.splitlines() if f":{port} " in line]
+            assert listening and all("127.0.0.1" in line for line in listening)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _has(cmd: str) -> bool:
+    import shutil
+
+    return shutil.which(cmd) is not None

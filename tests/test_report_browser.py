@@ -1,0 +1,150 @@
+"""The report in a real browser: Debian's Chromium driven by Playwright, offline.
+
+`.ci/run` installs chromium (apt) and playwright (pip); the browser is never
+downloaded (no `playwright install`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from test_report import XSS, payload, xss_model
+
+import featuremaps as fm
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("FEATUREMAPS_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists() and os.environ.get("FEATUREMAPS_REQUIRE_BROWSER"):
+    raise RuntimeError(f"{CHROMIUM} is missing but FEATUREMAPS_REQUIRE_BROWSER is set (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page with its console messages, errors, requests and dialogs recorded."""
+
+    def __init__(self, browser, path: Path, viewport=(1400, 1000)) -> None:
+        self.page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        self.console: list[tuple[str, str]] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.console.append((m.type, m.text)))
+        self.page.on("pageerror", lambda e: self.console.append(("pageerror", str(e))))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+        def on_dialog(d):
+            self.dialogs.append(d.message)
+            d.dismiss()
+
+        self.page.on("dialog", on_dialog)
+        self.url = path.resolve().as_uri()
+        self.page.goto(self.url)
+        self.page.wait_for_selector("html[data-ready=true]")
+
+    def canvas_url(self, selector: str) -> str:
+        return self.page.eval_on_selector(selector, "c => c.toDataURL()")
+
+
+@pytest.fixture(scope="module")
+def default_page(browser, tmp_path_factory):
+    path = fm.report().save(tmp_path_factory.mktemp("report") / "report.html")
+    page = Page(browser, path)
+    yield page
+    page.page.close()
+
+
+def test_no_console_errors_and_no_network(default_page):
+    p = default_page
+    p.page.wait_for_timeout(300)
+    assert [m for m in p.console if m[0] in ("error", "pageerror")] == []
+    external = [u for u in p.requests if u != p.url and not u.startswith(("data:", "blob:"))]
+    assert external == []
+
+
+def test_top1_is_a_cat(default_page):
+    first = default_page.page.locator("#predictions li").first
+    assert int(first.get_attribute("data-index")) in range(281, 286)
+    assert first.locator(".cls").inner_text() in {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+def test_click_channel_opens_overlay_and_opacity_changes_it(default_page):
+    page = default_page.page
+    assert page.locator("#detail").is_hidden()
+    page.click("#grid", position={"x": 40, "y": 40})
+    page.wait_for_selector("#detail:not([hidden])")
+    page.wait_for_function("document.getElementById('detail-overlay').width > 0")
+    assert page.locator("#detail-title").inner_text().startswith(page.locator("#layer-name").inner_text())
+    before = default_page.canvas_url("#detail-overlay")
+    page.eval_on_selector("#opacity", "s => { s.value = '0.1'; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("document.getElementById('detail-overlay').dataset.opacity === '0.1'")
+    after = default_page.canvas_url("#detail-overlay")
+    assert before != after
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-channel.png"))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+
+
+def test_keyboard_moves_between_layers_and_channels(default_page):
+    page = default_page.page
+    names = [d["name"] for d in payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))["layers"]]
+    page.locator("#grid").focus()
+    start = page.locator("#layer-name").inner_text()
+    i = names.index(start)
+    page.keyboard.press("ArrowDown")
+    assert page.locator("#layer-name").inner_text() == names[i + 1]
+    page.keyboard.press("j")
+    assert page.locator("#layer-name").inner_text() == names[i + 2]
+    page.keyboard.press("ArrowUp")
+    assert page.locator("#layer-name").inner_text() == names[i + 1]
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("#detail:not([hidden])")
+    first = page.locator("#detail").get_attribute("data-channel")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"document.getElementById('detail').dataset.channel !== '{first}'")
+    page.keyboard.press("Escape")
+
+
+def test_layout_fits_a_phone(browser, default_page):
+    phone = Page(browser, Path(default_page.url[7:]), viewport=(390, 844))
+    try:
+        width = phone.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390 + 1  # no horizontal scrolling of the page itself
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        phone.page.screenshot(path=str(ARTIFACTS / "report-phone.png"))
+    finally:
+        phone.page.close()
+
+
+def test_xss_module_name_renders_as_text(browser, tmp_path):
+    path = fm.report(xss_model(), cam_methods=None).save(tmp_path / "xss.html")
+    p = Page(browser, path)
+    try:
+        p.page.wait_for_timeout(300)
+        assert p.dialogs == []
+        assert p.page.locator(".lname", has_text=XSS).count() == 1
+        assert p.page.locator("img[src='x']").count() == 0
+        assert [m for m in p.console if m[0] in ("error", "pageerror")] == []
+    finally:
+        p.page.close()
+
+
+def test_screenshot_artifact(default_page):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    out = ARTIFACTS / "report.png"
+    default_page.page.screenshot(path=str(out), full_page=True)
+    assert out.stat().st_size > 10_000
