@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from .atlas import Atlas, build_atlas, load_atlas
 from .capture import FeatureExtractor, get_feature_maps, parse_bytes
 from .errors import (
     CaptureError,
@@ -66,6 +67,10 @@ __all__ = [
     "plot_stats",
     "plot_histograms",
     "log_to_tensorboard",
+    # atlas
+    "build_atlas",
+    "load_atlas",
+    "Atlas",
     # report
     "report",
     "render_report",

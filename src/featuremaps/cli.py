@@ -319,6 +319,15 @@ def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, st
     return [(int(i), n, float(v)) for i, n, v in zip(indices.tolist(), names, values.tolist())]
 
 
+def _register_commands() -> None:
+    from .cli_atlas import atlas_cmd
+
+    cli.add_command(atlas_cmd)
+
+
+_register_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``featuremaps`` console script."""
     cli.main(args=argv, prog_name="featuremaps")

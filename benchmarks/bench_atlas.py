@@ -1,0 +1,172 @@
+"""Atlas throughput and memory, measured side by side and printed as ratios.
+
+Throughput (images/s, medians over interleaved repetitions, same model, same
+DataLoader, same batch size):
+
+* ``plain``            - ``model(x)`` under ``torch.no_grad()`` for every batch;
+* ``atlas blocks``     - the atlas pass (top-k + statistics) on the 16 block
+                         outputs of the default EfficientNet-Lite0;
+* ``atlas all convs``  - the same on every convolution (~65 layers);
+
+each atlas variant once without the fixed per-run cost (``receptive="none"``:
+the pass itself) and once as a whole ``build_atlas`` call (with the receptive
+fields, measured by gradients). Goal: atlas pass / plain >= 0.85.
+
+Memory: peak RSS of a fresh process while it runs plain inference or the
+atlas pass over 1x and 10x the images (same k), above its RSS before the
+pass (Linux VmHWM, reset just before): the atlas must stay flat.
+
+The dataset is synthetic: random 224x224 images made on the fly from their
+index, so the dataset itself holds nothing.
+
+Usage::
+
+    python benchmarks/bench_atlas.py [--images 64] [--batch 16] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import featuremaps as fm  # noqa: E402
+from featuremaps.atlas import build_atlas  # noqa: E402
+from featuremaps.layers import LayerSelector  # noqa: E402
+
+BLOCKS = r"re:^_blocks\.\d+$"
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Normalized random 3x224x224 images, made from their index."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))
+
+
+def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
+    with torch.no_grad():
+        for x in loader:
+            model(x)
+
+
+def atlas(model: nn.Module, loader: torch.utils.data.DataLoader, layers: LayerSelector, receptive: str) -> None:
+    build_atlas(model, loader, layers=layers, k=9, progress=False, checkpoint_every=None, receptive=receptive)
+
+
+def measure(variants: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset (Linux VmHWM), in MB."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def memory_child(mode: str, n: int, batch: int) -> None:
+    """Run one pass in this (fresh) process and print its peak RSS above the start, as JSON."""
+    model, _ = fm.load_model()
+    loader = torch.utils.data.DataLoader(RandomImages(n), batch_size=batch)
+    plain(model, torch.utils.data.DataLoader(RandomImages(batch), batch_size=batch))  # warm-up: lazy inits
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:  # reset VmHWM to the current RSS
+        f.write("5")
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    if mode == "plain":
+        plain(model, loader)
+    else:
+        atlas(model, loader, nn.Conv2d, "none")
+    peak = _peak_rss_mb()
+    print(json.dumps({"peak_mb": peak, "before_mb": before, "seconds": time.perf_counter() - t0}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]), args.batch)
+        return
+
+    model, _ = fm.load_model()
+    loader = torch.utils.data.DataLoader(RandomImages(args.images), batch_size=args.batch)
+    n_convs = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, efficientnet_lite0, "
+          f"{args.images} images of 3x224x224, batch {args.batch}, k=9, {args.reps} reps (medians)")
+    variants = {
+        "plain": lambda: plain(model, loader),
+        "atlas blocks (pass)": lambda: atlas(model, loader, BLOCKS, "none"),
+        f"atlas {n_convs} convs (pass)": lambda: atlas(model, loader, nn.Conv2d, "none"),
+        "atlas blocks (build_atlas)": lambda: atlas(model, loader, BLOCKS, "auto"),
+        f"atlas {n_convs} convs (build_atlas)": lambda: atlas(model, loader, nn.Conv2d, "auto"),
+    }
+    times = measure(variants, args.reps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    # the ratio of each repetition to the plain pass run just before it (same machine load)
+    paired = {k: statistics.median(p / t for p, t in zip(times["plain"], v)) for k, v in times.items()}
+    print("\nthroughput (median; best)     images/s          x plain: median, best, median of paired reps")
+    for name in times:
+        print(f"  {name:<34} {args.images / med[name]:6.1f}; {args.images / best[name]:6.1f}   "
+              f"{med['plain'] / med[name]:5.2f}  {best['plain'] / best[name]:5.2f}  {paired[name]:5.2f}")
+
+    print("\npeak memory above the process's state before the pass (fresh process each; atlas on every conv, k=9)")
+    rows = {}
+    for mode in ("plain", "atlas"):
+        for factor in (1, 10):
+            n = args.images * factor
+            out = subprocess.run(
+                [sys.executable, __file__, "--batch", str(args.batch), "--memory-child", mode, str(n)],
+                capture_output=True, text=True, check=True,
+            )
+            r = rows[(mode, factor)] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {mode:<6} {n:5d} images: peak {r['peak_mb'] - r['before_mb']:7.1f} MB above "
+                  f"{r['before_mb']:.0f} MB  ({n / r['seconds']:.1f} images/s)")
+    for mode in ("plain", "atlas"):
+        growth = (rows[(mode, 10)]["peak_mb"] - rows[(mode, 10)]["before_mb"]) - (
+            rows[(mode, 1)]["peak_mb"] - rows[(mode, 1)]["before_mb"])
+        print(f"  {mode}: 10x images - 1x images = {growth:+.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

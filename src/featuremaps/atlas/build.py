@@ -1,0 +1,930 @@
+"""``build_atlas``: one streaming pass of the capture engine over a dataset.
+
+The pass runs :class:`~featuremaps.FeatureExtractor` with a reducer that,
+inside each layer's hook, merges the batch into that layer's
+:class:`~.topk.TopK` (on the model's device; the spatial argmax is looked up
+only for the maps that enter a top-k) and keeps a few numbers per image and
+channel (mean, variance, positive count, max); the feature map is dropped as
+soon as the hook returns. After each forward those numbers are merged, for
+all layers at once, into a :class:`~.stats.RunningStats`. Memory is
+O(layers x channels x k), whatever the dataset's size, plus one scratch
+buffer the size of the largest map.
+
+Under ``torch.distributed`` each rank reads its shard (a
+:class:`~torch.utils.data.distributed.DistributedSampler`, without the
+padding it adds to even out the shards, so no image counts twice) and the
+per-rank states are gathered and merged at the end. Both merges are exact and
+order-free (ties broken by dataset index, statistics from exact sums), so the
+atlas is the same, bit for bit, on one process or many, and after a resume -
+provided the model gives each image the same activations whatever batch it is
+in. That holds for many CPU kernels but is not guaranteed (oneDNN convolutions
+may round differently for a batch of one; GPU libraries pick algorithms by
+shape): then the atlases agree up to the model's own rounding noise.
+
+Checkpoints (safetensors + JSON, no pickle) are written every
+``checkpoint_every`` images and when the pass is interrupted; re-running with
+the same arguments continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import FeatureMapsError
+from ..layers import LayerSelector, resolve_layers
+from ..maps import LayerInfo
+from .atlas import Atlas, AtlasLayer, _LayerData
+from .receptive import receptive_fields
+from .stats import RunningStats, per_image_moments
+from .topk import EMPTY_INDEX, TopK
+
+__all__ = ["build_atlas", "image_files", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+"""File suffixes (case-insensitive) read from image folders."""
+
+_CHECKPOINT_FORMAT = "featuremaps-atlas-checkpoint/1"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def image_files(root: str | os.PathLike[str]) -> list[str]:
+    """The image files under ``root``, recursively, as sorted POSIX paths relative to it.
+
+    Hidden files and folders (names starting with ``.``) are left out.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a/c.JPG", "notes.txt", ".hidden.png"):
+        ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"")
+        >>> image_files(root)
+        ['a/c.JPG', 'b.png']
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FeatureMapsError(f"image folder {str(base)!r} does not exist or is not a folder; pass a folder of images")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
+                found.append((Path(dirpath) / name).relative_to(base).as_posix())
+    return sorted(found)
+
+
+class _FolderImages(Dataset):
+    """Image files read with the model's preprocessing; unreadable files become errors, not exceptions."""
+
+    def __init__(self, root: Path, names: list[str], preprocess: Callable[..., Any]) -> None:
+        self.root = root
+        self.names = names
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Any:
+        from ..errors import ImageLoadError
+        from ..io import load_image
+
+        try:
+            img = load_image(self.root / self.names[i])
+        except ImageLoadError as exc:
+            return _Failed(str(exc).splitlines()[0] if str(exc) else "unreadable")
+        x = self.preprocess(img)
+        return x[0] if isinstance(x, torch.Tensor) and x.ndim == 4 else x
+
+
+@dataclass
+class _Failed:
+    reason: str
+
+
+class _Indexed(Dataset):
+    """``i -> (i, item)``, catching featuremaps' load errors so bad items are skipped and listed."""
+
+    def __init__(self, dataset: Any, transform: Callable[[Any], Any] | None = None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            item = self.dataset[i]
+        except FeatureMapsError as exc:
+            return i, _Failed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if self.transform is not None and not isinstance(item, _Failed):
+            item = self.transform(item)
+        return i, item
+
+
+class _Collate:
+    """Collates ``(index, item)`` pairs into ``(indices, batch, failures)``, leaving failures out."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
+        self.collate = collate
+
+    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any, list[tuple[int, str]]]:
+        from torch.utils.data import default_collate
+
+        good = [(i, item) for i, item in pairs if not isinstance(item, _Failed)]
+        failed = [(i, item.reason) for i, item in pairs if isinstance(item, _Failed)]
+        indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
+        if not good:
+            return indices, None, failed
+        collate = self.collate or default_collate
+        return indices, collate([item for _, item in good]), failed
+
+
+class _ShardSampler(Sampler[int]):
+    """This rank's indices from a DistributedSampler, without its padding, from ``start`` on."""
+
+    def __init__(self, length: int, rank: int, world: int, start: int) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.inner: DistributedSampler[int] = DistributedSampler(
+            range(length), num_replicas=world, rank=rank, shuffle=False, drop_last=False  # type: ignore[arg-type]
+        )
+        # DistributedSampler repeats the first indices so that every rank gets as many; those
+        # repeats are the tail of each rank's list: keep only this rank's real share.
+        self.real = len(range(rank, length, world))
+        self.start = min(start, self.real)
+
+    def __iter__(self) -> Iterator[int]:
+        return islice(iter(self.inner), self.start, self.real)
+
+    def __len__(self) -> int:
+        return self.real - self.start
+
+
+@dataclass
+class _Source:
+    dataset: Any  # map-style dataset of items (tensors / tuples) or _Failed
+    transform: Callable[[Any], Any] | None
+    collate: Callable[[list[Any]], Any] | None
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    names: list[str] | None
+    root: str | None
+    viewer: Callable[[int], Any] | None
+    fingerprint: dict[str, Any]
+
+
+def _first_item(item: Any) -> Any:
+    if isinstance(item, (tuple, list)) and item:
+        return item[0]
+    if isinstance(item, Mapping):
+        for v in item.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    return item
+
+
+def _cpu_preprocess(preprocess: Any) -> Any:
+    from ..models import Preprocess
+
+    if isinstance(preprocess, Preprocess) and preprocess.device.type != "cpu":
+        return Preprocess(preprocess.card, device="cpu")
+    return preprocess
+
+
+class _PilTransform:
+    """Applies the model's preprocessing to PIL images that a dataset returns."""
+
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, item: Any) -> Any:
+        from PIL import Image
+
+        def conv(v: Any) -> Any:
+            if isinstance(v, Image.Image):
+                x = self.preprocess(v)
+                return x[0] if isinstance(x, torch.Tensor) and x.ndim == 4 else x
+            return v
+
+        if isinstance(item, tuple):
+            return tuple(conv(v) if i == 0 else v for i, v in enumerate(item))
+        if isinstance(item, list):
+            return [conv(v) if i == 0 else v for i, v in enumerate(item)]
+        return conv(item)
+
+
+def _tensor_view(x: torch.Tensor, preprocess: Any) -> Any:
+    from PIL import Image
+
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        return None
+    if preprocess is not None and hasattr(preprocess, "denormalize") and x.shape[0] == 3:
+        return Image.fromarray(preprocess.denormalize(x)[0])
+    t = x.detach().float().cpu()
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        t = (t - lo) / (hi - lo) if hi > lo else t * 0
+    arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
+
+
+class _DatasetViewer:
+    def __init__(self, dataset: Any, preprocess: Any) -> None:
+        self.dataset = dataset
+        self.preprocess = preprocess
+
+    def __call__(self, index: int) -> Any:
+        from PIL import Image
+
+        try:
+            item = _first_item(self.dataset[index])
+        except FeatureMapsError:
+            return None
+        if isinstance(item, Image.Image):
+            return self.preprocess.view(item) if hasattr(self.preprocess, "view") else item.convert("RGB")
+        if isinstance(item, torch.Tensor):
+            return _tensor_view(item, self.preprocess)
+        return None
+
+
+class _FolderViewer:
+    def __init__(self, root: Path, names: list[str], preprocess: Any) -> None:
+        self.root = root
+        self.names = names
+        self.preprocess = preprocess
+
+    def __call__(self, index: int) -> Any:
+        from ..errors import ImageLoadError
+        from ..io import load_image
+
+        try:
+            img = load_image(self.root / self.names[index])
+        except (ImageLoadError, IndexError):
+            return None
+        if hasattr(self.preprocess, "view"):
+            return self.preprocess.view(img)
+        return img
+
+
+def _make_source(
+    data: Any, preprocess: Any, batch_size: int | None, num_workers: int
+) -> _Source:
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(data)
+        names = image_files(root)
+        if not names:
+            raise FeatureMapsError(
+                f"no images found in {str(root)!r}; it should hold image files ({', '.join(IMAGE_SUFFIXES[:6])}, ...)"
+            )
+        if preprocess is None:
+            raise FeatureMapsError(
+                "reading an image folder needs the model's preprocessing: pass preprocess= (the second value "
+                "of fm.load_model) or the LoadedModel itself as the model"
+            )
+        prep = _cpu_preprocess(preprocess)
+        stats = []
+        for n in names:
+            try:
+                st = (root / n).stat()
+                stats.append([n, st.st_size, st.st_mtime_ns])
+            except OSError:
+                stats.append([n, -1, -1])
+        return _Source(
+            dataset=_FolderImages(root, names, prep), transform=None, collate=None,
+            batch_size=batch_size or 32, num_workers=num_workers, pin_memory=False, names=names,
+            root=str(root.resolve()), viewer=_FolderViewer(root, names, preprocess),
+            fingerprint={"folder": str(root.resolve()), "files": _digest(stats), "preprocess": repr(preprocess)},
+        )
+    collate = None
+    pin = False
+    if isinstance(data, DataLoader):
+        loader = data
+        data = loader.dataset
+        batch_size = batch_size or loader.batch_size or 32
+        num_workers = num_workers or loader.num_workers
+        pin = bool(loader.pin_memory)
+        from torch.utils.data import default_collate
+
+        if loader.collate_fn is not default_collate and getattr(loader.collate_fn, "__name__", "") != "default_collate":
+            collate = loader.collate_fn
+    if isinstance(data, torch.utils.data.IterableDataset):
+        raise FeatureMapsError(
+            f"build_atlas needs a map-style dataset (with __len__ and __getitem__), got the iterable "
+            f"{type(data).__name__}; wrap its items in a list or a map-style Dataset"
+        )
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise FeatureMapsError(
+            f"build_atlas reads an image folder, a torch Dataset or a DataLoader, got {type(data).__name__}; "
+            "pass one of those"
+        )
+    transform = _PilTransform(_cpu_preprocess(preprocess)) if preprocess is not None else None
+    return _Source(
+        dataset=data, transform=transform, collate=collate, batch_size=batch_size or 32,
+        num_workers=num_workers, pin_memory=pin, names=None, root=None,
+        viewer=_DatasetViewer(data, preprocess),
+        fingerprint={"dataset": type(data).__name__, "length": len(data)},
+    )
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _model_signature(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if t.numel() and not t.is_complex():
+                h.update(repr(float(t.detach().double().sum())).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the reducer
+
+
+@dataclass
+class _Reduced:
+    info: LayerInfo
+    count: int  # positions per map
+    mean: torch.Tensor  # (B, C)
+    var: torch.Tensor
+    active: torch.Tensor
+    maximum: torch.Tensor
+
+
+class _AtlasReducer:
+    """The capture reducer: merges a layer's top-k and keeps a few numbers per (image, channel).
+
+    Called inside the forward hook; the map is dropped when it returns. The
+    top-k of each layer is updated right there (the spatial argmax is found
+    only for the few maps that enter a top-k); the per-image moments wait for
+    the end of the forward, to be merged for all layers at once.
+    """
+
+    name = "atlas"
+
+    def __init__(self, score: str, k: int, device: torch.device) -> None:
+        self.score = score
+        self.k = k
+        self.device = device
+        self.tops: dict[str, TopK] = {}
+        self.indices: torch.Tensor | None = None  # the dataset indices of the batch being run
+        self.batch: dict[str, _Reduced] = {}
+        # the top-k after this batch, committed only once the whole forward has run (an
+        # interrupt during the forward then leaves every state as it was after the last batch)
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._buffer: torch.Tensor | None = None  # one map-sized scratch buffer, reused by every layer
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffer
+        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffer = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return buf
+
+    def __call__(self, t: torch.Tensor, info: LayerInfo) -> None:
+        if info.channels is None or t.ndim < 2:
+            return None
+        nsp = t.ndim - 2
+        if nsp > 2:
+            raise FeatureMapsError(
+                f"layer {info.name!r} has {nsp}-D maps {tuple(t.shape)}; the atlas supports images, sequences "
+                "and vectors (up to 2 spatial dimensions): select other layers"
+            )
+        flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        maximum = flat.amax(2)
+        mean, var, active = per_image_moments(flat, self._scratch(flat))
+        if self.indices is not None:
+            top = self.tops.get(info.name)
+            if top is None:
+                top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
+            if top.channels == flat.shape[1]:
+                width = int(t.shape[-1]) if nsp == 2 else 0
+
+                def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    pos = flat[rows.to(flat.device), chans.to(flat.device)].argmax(1)  # first maximum
+                    if width:
+                        return pos // width, pos % width
+                    return torch.zeros_like(pos), pos
+
+                self.pending[info.name] = top.updated(
+                    maximum if self.score == "max" else mean, self.indices, locate=locate
+                )
+        self.batch[info.name] = _Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
+        return None
+
+    def commit(self) -> None:
+        """Make the top-k of the batch just run the current ones."""
+        for name, parts in self.pending.items():
+            top = self.tops[name]
+            top.score, top.index, top.y, top.x = parts
+        self.pending = {}
+
+    def release(self) -> None:
+        """Drop the scratch buffer."""
+        self._buffer = None
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    layers: list[AtlasLayer]
+    tops: dict[str, TopK]
+    stats: RunningStats
+    images: int = 0
+    position: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    input_shape: tuple[int, ...] | None = None
+
+    def update(self, reduced: dict[str, _Reduced]) -> None:
+        """Merge the per-image moments of every layer (one exact accumulation for all)."""
+        dev = self.stats.device
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("mean", "var", "active", "max")}
+        counts: list[torch.Tensor] = []
+        b = next(iter(reduced.values())).mean.shape[0] if reduced else 0
+        for layer in self.layers:
+            r = reduced.get(layer.name)
+            c = layer.channels
+            if r is None or r.mean.shape != (b, c):
+                # the layer did not run (or changed shape): nothing to add for it
+                zeros = torch.zeros((b, c), device=dev, dtype=torch.float64)
+                for key in parts:
+                    parts[key].append(zeros)
+                counts.append(torch.zeros(c, device=dev, dtype=torch.int64))
+                continue
+            parts["mean"].append(r.mean.to(dev, torch.float64))
+            parts["var"].append(r.var.to(dev, torch.float64))
+            parts["active"].append(r.active.to(dev, torch.float64))
+            parts["max"].append(r.maximum.to(dev, torch.float64))
+            counts.append(torch.full((c,), r.count, device=dev, dtype=torch.int64))
+        cat = {k: torch.cat(v, 1) for k, v in parts.items()}
+        self.stats.update(torch.cat(counts), cat["mean"], cat["var"], cat["active"], cat["max"])
+
+    def merge(self, other: _State) -> _State:
+        return _State(
+            self.layers, {la.name: self.tops[la.name].merge(other.tops[la.name]) for la in self.layers},
+            self.stats.merge(other.stats), self.images + other.images, 0, sorted(self.skipped + other.skipped),
+            self.input_shape or other.input_shape,
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = self.stats.state_dict("stats.")
+        for i, layer in enumerate(self.layers):
+            out.update(self.tops[layer.name].state_dict(f"top.{i}."))
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "layers": [la.to_json() for la in self.layers], "images": self.images, "position": self.position,
+            "skipped": [list(s) for s in self.skipped],
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+        }
+
+    @classmethod
+    def restore(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device) -> _State:
+        layers = [AtlasLayer.from_json(d) for d in meta["layers"]]
+        tensors = dict(tensors)
+        return cls(
+            layers=layers,
+            tops={la.name: TopK.from_state_dict(tensors, f"top.{i}.", device) for i, la in enumerate(layers)},
+            stats=RunningStats.from_state_dict(tensors, "stats.", device),
+            images=int(meta["images"]), position=int(meta["position"]),
+            skipped=[(int(i), str(r)) for i, r in meta["skipped"]],
+            input_shape=tuple(meta["input_shape"]) if meta.get("input_shape") else None,
+        )
+
+
+def _new_state(reducer: _AtlasReducer, selector: LayerSelector) -> _State:
+    if not reducer.batch:
+        raise FeatureMapsError(
+            f"layers={selector!r} captured no map with a channel axis; select layers whose output has "
+            "channels (see fm.list_layers(model, x))"
+        )
+    layers = []
+    for name, r in reducer.batch.items():  # hook order = execution order
+        info = r.info
+        layers.append(AtlasLayer(
+            name=name, module_name=info.module_name, module_type=info.module_type,
+            channels=int(r.mean.shape[1]), spatial=tuple(info.spatial), stride=info.stride,
+        ))
+    tops = {la.name: reducer.tops.get(la.name) or TopK(la.channels, reducer.k, reducer.device) for la in layers}
+    return _State(layers, tops, RunningStats(sum(la.channels for la in layers), reducer.device))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, state: _State, fingerprint: str) -> None:
+    from safetensors.torch import save_file
+
+    from .._atomic import atomic_path
+
+    meta = {"format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": json.dumps(state.meta())}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.tensors().items()}, str(tmp), metadata=meta)
+
+
+def _load_checkpoint(path: Path, fingerprint: str, device: torch.device) -> _State | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _CHECKPOINT_FORMAT or meta.get("fingerprint") != fingerprint:
+                warnings.warn(
+                    f"ignoring checkpoint {str(path)!r}: it was made with other arguments, data or weights; "
+                    "starting over", stacklevel=3,
+                )
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return _State.restore(tensors, json.loads(meta["state"]), device)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs a restart
+        warnings.warn(f"ignoring damaged checkpoint {str(path)!r} ({exc}); starting over", stacklevel=3)
+        return None
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device(state_device: torch.device) -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return state_device if state_device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_gather(t: torch.Tensor, device: torch.device, world: int) -> list[torch.Tensor]:
+    import torch.distributed as dist
+
+    src = t.to(device).contiguous()
+    out = [torch.empty_like(src) for _ in range(world)]
+    dist.all_gather(out, src)
+    return out
+
+
+def _gather_json(obj: Any, device: torch.device, world: int) -> list[Any]:
+    data = torch.tensor(list(json.dumps(obj, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+    sizes = _all_gather(torch.tensor([data.numel()], dtype=torch.int64), device, world)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    chunks = _all_gather(padded, device, world)
+    return [json.loads(bytes(c[: int(s.item())].cpu().tolist()).decode("utf-8")) for c, s in zip(chunks, sizes)]
+
+
+def _merge_ranks(state: _State, world: int) -> _State:
+    device = _comm_device(state.stats.device)
+    metas = _gather_json(
+        {"layers": [[la.name, la.channels] for la in state.layers], "images": state.images,
+         "skipped": [list(s) for s in state.skipped]},
+        device, world,
+    )
+    if any(m["layers"] != metas[0]["layers"] for m in metas):
+        raise FeatureMapsError(
+            "the ranks captured different layers (the model or the layer selection differs between processes); "
+            "run every rank with the same model and --layers"
+        )
+    gathered = {key: _all_gather(v, device, world) for key, v in state.tensors().items()}
+    merged: _State | None = None
+    for r in range(world):
+        meta = {**state.meta(), "images": metas[r]["images"], "skipped": metas[r]["skipped"], "position": 0}
+        part = _State.restore({key: v[r] for key, v in gathered.items()}, meta, state.stats.device)
+        merged = part if merged is None else merged.merge(part)
+    if merged is None:
+        raise FeatureMapsError(f"world size {world} has no ranks")
+    return merged
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class _Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                if speed is None and task.elapsed:
+                    speed = task.completed / task.elapsed
+                return Text("-- images/s" if speed is None else f"{speed:,.1f} images/s", style="progress.data.speed")
+
+        self.bar = Progress(
+            TextColumn("[bold]atlas"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), _Rate(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("atlas", total=total)
+
+    def advance(self, n: int, completed: int | None = None) -> None:
+        if self.bar is not None:
+            if completed is not None:
+                self.bar.update(self.task, completed=completed)
+            else:
+                self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --------------------------------------------------------------------------- build_atlas
+
+
+def build_atlas(
+    model: nn.Module | Any,
+    data: Any,
+    *,
+    layers: LayerSelector = None,
+    k: int = 9,
+    score: str = "max",
+    batch_size: int | None = None,
+    preprocess: Any = None,
+    num_workers: int = 0,
+    checkpoint_every: int | None = 1000,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    patch_size: int = 64,
+    receptive: str = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> Atlas:
+    """Find, for every channel of ``layers``, the ``k`` dataset examples that activate it most.
+
+    One pass over ``data`` with the capture engine; per channel the top
+    ``k`` ``(dataset index, score, spatial argmax)`` and the dataset
+    statistics (mean, std, fraction of positions > 0, max) are kept, merged on
+    the model's device after every batch. Memory does not grow with the
+    dataset. Under ``torch.distributed`` (e.g. ``torchrun``), each rank reads
+    its shard and the ranks' results are merged exactly: the atlas equals the
+    single-process one, and only rank 0 writes ``out``.
+
+    Args:
+        model: the model, or the :class:`~featuremaps.LoadedModel` from
+            :func:`~featuremaps.load_model` (which brings its preprocessing).
+        data: an image folder (read recursively, with the model's
+            preprocessing; unreadable images are skipped and listed), a
+            map-style torch ``Dataset`` whose items are input tensors, PIL
+            images or ``(input, ...)`` tuples, or a ``DataLoader`` (its
+            dataset, batch size, workers and collate function are used; its
+            sampler is not: every item is visited once).
+        layers: which layers (see :data:`featuremaps.layers.LayerSelector`);
+            default: every leaf layer with a spatial output.
+        k: examples kept per channel.
+        score: rank examples by the channel's spatial ``"max"`` or ``"mean"``.
+        batch_size: images per forward (default: the loader's, else 32).
+        preprocess: the model's preprocessing (``fm.load_model(...)[1]``);
+            needed for folders and PIL images, and used to draw patches.
+        num_workers: DataLoader worker processes.
+        checkpoint_every: save the running state every this many images
+            (``None``: never; the state is also saved when interrupted).
+        out: write the atlas folder here (rank 0 only) and keep checkpoints
+            next to it, in ``.<name>.partial``.
+        resume: continue from a checkpoint made with the same arguments.
+        progress: show a progress bar with images/s (rank 0).
+        patch_size: thumbnail size in pixels when saving.
+        receptive: how patches are sized: ``"auto"``, ``"chain"`` or
+            ``"gradient"`` (see :mod:`featuremaps.atlas.receptive`), or
+            ``"none"`` (patches show whole images).
+        checkpoint_dir: where to keep checkpoints (default: next to ``out``).
+
+    Returns:
+        The :class:`~featuremaps.atlas.Atlas` (on every rank).
+
+    Raises:
+        FeatureMapsError: bad arguments, an empty folder, layers that differ
+            between ranks.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from featuremaps.atlas import build_atlas
+        >>> images = torch.rand(6, 3, 8, 8)
+        >>> atlas = build_atlas(nn.Sequential(nn.Conv2d(3, 2, 3)), images, layers="0", k=2, progress=False)
+        >>> len(atlas.top_examples("0", channel=1)), atlas.num_images
+        (2, 6)
+    """
+    from ..capture import FeatureExtractor
+    from ..models import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
+    if not isinstance(model, nn.Module):
+        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    if score not in ("max", "mean"):
+        raise FeatureMapsError(f"score={score!r} is not a score; use 'max' (spatial maximum) or 'mean'")
+    if not isinstance(k, int) or k < 1:
+        raise FeatureMapsError(f"k={k!r} must be a positive int: the number of examples kept per channel")
+    if batch_size is not None and batch_size < 1:
+        raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
+    if receptive not in ("auto", "chain", "gradient", "none"):
+        raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise FeatureMapsError(f"checkpoint_every={checkpoint_every} must be >= 1 image, or None for no checkpoints")
+
+    src = _make_source(data, preprocess, batch_size, num_workers)
+    n_items = len(src.dataset)
+    rank, world = _dist()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    ckpt: Path | None = None
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir)
+    elif out is not None:
+        target = Path(out)
+        ckpt = target.parent / f".{target.name}.partial"
+    ckpt_file = ckpt / f"rank{rank}-of-{world}.safetensors" if ckpt is not None else None
+    fingerprint = ""
+    if ckpt_file is not None:
+        fingerprint = _digest({
+            "source": src.fingerprint, "model": _model_signature(model),
+            "layers": sorted(resolve_layers(model, layers).modules), "k": k, "score": score,
+            "world": world, "rank": rank,
+        })
+
+    state: _State | None = None
+    if ckpt_file is not None:
+        if resume:
+            state = _load_checkpoint(ckpt_file, fingerprint, device)
+        elif ckpt_file.exists():
+            ckpt_file.unlink()
+    start = state.position if state is not None else 0
+
+    loader = DataLoader(
+        _Indexed(src.dataset, src.transform), batch_size=src.batch_size,
+        sampler=_ShardSampler(n_items, rank, world, start), num_workers=src.num_workers,
+        collate_fn=_Collate(src.collate), pin_memory=src.pin_memory,
+    )
+    reducer = _AtlasReducer(score, k, device)
+    if state is not None:
+        reducer.tops = state.tops
+    bar = _Progress(n_items, progress and rank == 0)
+    bar.advance(0, completed=min(n_items, start * world))
+    position = start
+    images = state.images if state is not None else 0
+    skipped: list[tuple[int, str]] = list(state.skipped) if state is not None else []
+    last_saved = start
+    consistent = True  # False while a batch is being merged: an interrupt then must not be checkpointed
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"layers .* did not run")
+            with FeatureExtractor(model, layers, reduce=reducer) as fx:
+                for indices, batch, failed in loader:
+                    n = int(indices.shape[0])
+                    if n:
+                        reducer.batch, reducer.pending = {}, {}
+                        reducer.indices = indices.to(device)
+                        x = _first_item(batch)
+                        fx(x)
+                        consistent = False
+                        reducer.commit()
+                        if state is None:
+                            state = _new_state(reducer, layers)
+                            if isinstance(x, torch.Tensor):
+                                state.input_shape = tuple(int(s) for s in x.shape[1:])
+                        state.update(reducer.batch)
+                    reducer.batch = {}
+                    images += n
+                    skipped.extend(failed)
+                    position += n + len(failed)
+                    if state is not None:
+                        state.images, state.position, state.skipped = images, position, skipped
+                    consistent = True
+                    if (state is not None and ckpt_file is not None and checkpoint_every is not None
+                            and position - last_saved >= checkpoint_every):
+                        _save_checkpoint(ckpt_file, state, fingerprint)
+                        last_saved = position
+                    bar.advance((n + len(failed)) * world)
+    except BaseException:
+        if consistent and state is not None and ckpt_file is not None and position > last_saved:
+            _save_checkpoint(ckpt_file, state, fingerprint)
+        raise
+    finally:
+        bar.close()
+        reducer.release()
+
+    if state is None:
+        state = _discover(model, layers, src, k, device)
+        state.skipped = skipped
+        state.position = position
+    if world > 1:
+        state = _merge_ranks(state, world)
+
+    atlas = _to_atlas(state, model, src, k, score, preprocess, receptive)
+    if out is not None and rank == 0:
+        atlas.save(out, patch_size=patch_size)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if ckpt_file is not None:
+        ckpt_file.unlink(missing_ok=True)
+        if rank == 0:
+            _remove_empty(ckpt)
+    return atlas
+
+
+def _remove_empty(folder: Path | None) -> None:
+    if folder is not None:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _discover(model: nn.Module, layers: LayerSelector, src: _Source, k: int, device: torch.device) -> _State:
+    """The layer table from one forward on the first readable item (a rank with no images needs it)."""
+    from ..capture import FeatureExtractor
+
+    ds = _Indexed(src.dataset, src.transform)
+    collate = _Collate(src.collate)
+    for i in range(len(ds)):
+        indices, batch, _ = collate([ds[i]])
+        if indices.numel():
+            reducer = _AtlasReducer("max", k, device)  # no indices: the top-k are not touched
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"layers .* did not run")
+                with FeatureExtractor(model, layers, reduce=reducer) as fx:
+                    x = _first_item(batch)
+                    fx(x)
+            state = _new_state(reducer, layers)
+            if isinstance(x, torch.Tensor):
+                state.input_shape = tuple(int(s) for s in x.shape[1:])
+            return state
+    raise FeatureMapsError("no readable image in the dataset; check the folder or dataset (every item failed to load)")
+
+
+def _to_atlas(
+    state: _State, model: nn.Module, src: _Source, k: int, score: str, preprocess: Any, receptive: str
+) -> Atlas:
+    stats = state.stats.result()
+    fields: dict[str, Any] = {}
+    shape = state.input_shape
+    if shape is not None and len(shape) == 3 and receptive != "none":
+        spatial = {la.name: la.module_name for la in state.layers if len(la.spatial) in (0, 2)}
+        if spatial:
+            fields = receptive_fields(model, spatial, shape, method=receptive)
+    table: list[AtlasLayer] = []
+    data: dict[str, _LayerData] = {}
+    offset = 0
+    for la in state.layers:
+        top = state.tops[la.name]
+        index = top.index.cpu().numpy().copy()
+        index[index == EMPTY_INDEX] = -1
+        layer = AtlasLayer(la.name, la.module_name, la.module_type, la.channels, la.spatial, la.stride,
+                           fields.get(la.name))
+        table.append(layer)
+        data[la.name] = _LayerData(index, top.score.cpu().numpy(), top.y.cpu().numpy(), top.x.cpu().numpy(),
+                                   stats.slice(offset, offset + la.channels))
+        offset += la.channels
+    names = src.names
+    skipped = [(names[i] if names is not None else f"#{i}", reason) for i, reason in sorted(state.skipped)]
+    card = getattr(preprocess, "card", None)
+    input_size = (int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None
+    atlas = Atlas(
+        k=k, score=score, num_images=state.images, layer_table=table, data=data, images=names,
+        skipped=skipped, model=str(getattr(card, "name", None) or type(model).__name__), input_size=input_size,
+        root=src.root,
+    )
+    atlas._viewer = src.viewer
+    return atlas
+

@@ -1,0 +1,257 @@
+"""Streaming per-channel top-k: the k dataset examples that activate each channel most.
+
+:class:`TopK` holds, for every channel, the k best ``(score, dataset index,
+spatial argmax)`` seen so far, as a few ``(channels, k)`` tensors on the
+model's device. A batch is merged with :meth:`TopK.update` (one sort for all
+channels at once); two partial states are merged with :meth:`TopK.merge`.
+
+Order is total: a higher score wins, and equal scores are broken by the
+lower dataset index, so the result is the top-k of the whole dataset under
+that order, whatever the batching, sharding or merge order (NaN scores rank
+as ``-inf``). This is what makes one process, many processes and a resumed
+run agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from ..errors import FeatureMapsError
+
+__all__ = ["TopK", "TopExample", "EMPTY_INDEX"]
+
+EMPTY_INDEX = (1 << 62)
+"""The dataset index of an empty slot (it loses every tie)."""
+
+
+class TopExample(NamedTuple):
+    """One top example of a channel; unpacks as ``(index, score, (y, x))``.
+
+    Attributes:
+        index: the example's index in the dataset (or image list).
+        score: its score for the channel (spatial max or mean).
+        position: ``(y, x)`` of the channel's spatial maximum in that example
+            (``(0, x)`` for 1-D maps, ``(0, 0)`` for vectors).
+
+    Example:
+        >>> index, score, (y, x) = TopExample(7, 2.5, (3, 4))
+        >>> index, y
+        (7, 3)
+    """
+
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, as the issue's API names it)
+    score: float
+    position: tuple[int, int]
+
+
+class TopK:
+    """Per-channel top-k of ``(score, dataset index, (y, x))``, mergeable exactly.
+
+    Args:
+        channels: the number of channels tracked.
+        k: how many examples to keep per channel.
+        device: where the state lives (the model's device).
+
+    Example:
+        >>> import torch
+        >>> top = TopK(channels=2, k=2)
+        >>> scores = torch.tensor([[1.0, 5.0], [3.0, 5.0], [2.0, 0.0]])   # 3 images x 2 channels
+        >>> pos = torch.zeros(3, 2, dtype=torch.long)
+        >>> top.update(scores, torch.tensor([10, 11, 12]), pos, pos)
+        >>> [e.index for e in top.examples(0)], [e.index for e in top.examples(1)]   # ties: lower index first
+        ([11, 12], [10, 11])
+    """
+
+    def __init__(self, channels: int, k: int, device: str | torch.device | None = None) -> None:
+        if k < 1:
+            raise FeatureMapsError(f"k={k} must be >= 1: the number of top examples kept per channel")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.k = int(k)
+        self.score = torch.full((channels, k), -math.inf, dtype=torch.float64, device=dev)
+        self.index = torch.full((channels, k), EMPTY_INDEX, dtype=torch.int64, device=dev)
+        self.y = torch.zeros((channels, k), dtype=torch.int64, device=dev)
+        self.x = torch.zeros((channels, k), dtype=torch.int64, device=dev)
+
+    @property
+    def channels(self) -> int:
+        """The number of channels."""
+        return int(self.score.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the state lives."""
+        return self.score.device
+
+    def update(
+        self,
+        scores: torch.Tensor,
+        indices: torch.Tensor,
+        y: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        *,
+        locate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        """Merge one batch: ``scores`` is ``(batch, channels)``, ``indices`` is ``(batch,)``.
+
+        Positions come either as ``y``, ``x`` ``(batch, channels)``, or from
+        ``locate(batch_rows, channels) -> (y, x)``, which is called only for
+        the few entries that make it into the top-k (finding a spatial argmax
+        costs more than finding a maximum).
+
+        Example:
+            >>> import torch
+            >>> top = TopK(1, k=1)
+            >>> top.update(torch.tensor([[2.0]]), torch.tensor([4]), torch.tensor([[1]]), torch.tensor([[2]]))
+            >>> top.examples(0)
+            [TopExample(index=4, score=2.0, position=(1, 2))]
+        """
+        self.score, self.index, self.y, self.x = self.updated(scores, indices, y, x, locate=locate)
+
+    def updated(
+        self,
+        scores: torch.Tensor,
+        indices: torch.Tensor,
+        y: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        *,
+        locate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`update` would make ``(score, index, y, x)``, without changing this state.
+
+        Example:
+            >>> import torch
+            >>> top = TopK(1, k=1)
+            >>> z = torch.zeros(1, 1, dtype=torch.long)
+            >>> score, index, y, x = top.updated(torch.tensor([[2.0]]), torch.tensor([4]), z, z)
+            >>> int(index[0, 0]), top.examples(0)
+            (4, [])
+        """
+        dev = self.device
+        b = int(scores.shape[0])
+        if scores.ndim != 2 or scores.shape[1] != self.channels or indices.shape != (b,):
+            raise FeatureMapsError(
+                f"TopK.update got scores {tuple(scores.shape)} and indices {tuple(indices.shape)}; "
+                f"expected (batch, {self.channels}) and (batch,)"
+            )
+        if locate is None:
+            if y is None or x is None:
+                raise FeatureMapsError("TopK.update needs the positions: pass y and x, or locate=")
+            yy, xx = y, x
+
+            def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return yy[rows, chans], xx[rows, chans]
+
+        if b == 0:
+            return self.score, self.index, self.y, self.x
+        k = self.k
+        score = torch.cat([self.score, scores.to(dev, torch.float64).T], 1)
+        index = torch.cat([self.index, indices.to(dev, torch.int64)[None, :].expand(self.channels, b)], 1)
+        column = torch.arange(k + b, device=dev).expand(self.channels, k + b)
+        score, index, column = _order(score, index, column, k)
+        new = column >= k
+        keep = column.clamp(max=k - 1)
+        ys, xs = self.y.gather(1, keep), self.x.gather(1, keep)
+        chans, slots = torch.nonzero(new, as_tuple=True)
+        if chans.numel():
+            ny, nx = locate(column[chans, slots] - k, chans)
+            ys[chans, slots] = ny.to(dev, torch.int64)
+            xs[chans, slots] = nx.to(dev, torch.int64)
+        return score, index, ys, xs
+
+    def merge(self, other: TopK) -> TopK:
+        """A new state with the top-k of both (associative and commutative, exactly).
+
+        Example:
+            >>> import torch
+            >>> a, b = TopK(1, 1), TopK(1, 1)
+            >>> z = torch.zeros(1, 1, dtype=torch.long)
+            >>> a.update(torch.tensor([[1.0]]), torch.tensor([5]), z, z)
+            >>> b.update(torch.tensor([[1.0]]), torch.tensor([3]), z, z)
+            >>> a.merge(b).examples(0)[0].index == b.merge(a).examples(0)[0].index == 3
+            True
+        """
+        if other.channels != self.channels or other.k != self.k:
+            raise FeatureMapsError(
+                f"cannot merge a top-{other.k} of {other.channels} channels into a top-{self.k} of "
+                f"{self.channels} channels; build both with the same layers and k"
+            )
+        dev = self.device
+        out = TopK(self.channels, self.k, dev)
+        out._select(
+            torch.cat([self.score, other.score.to(dev)], 1),
+            torch.cat([self.index, other.index.to(dev)], 1),
+            torch.cat([self.y, other.y.to(dev)], 1),
+            torch.cat([self.x, other.x.to(dev)], 1),
+        )
+        return out
+
+    def _select(self, score: torch.Tensor, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
+        column = torch.arange(score.shape[1], device=score.device).expand_as(score)
+        self.score, self.index, column = _order(score, index, column, self.k)
+        self.y, self.x = y.gather(1, column), x.gather(1, column)
+
+    def examples(self, channel: int) -> list[TopExample]:
+        """The top examples of ``channel``, best first (empty slots left out).
+
+        Example:
+            >>> TopK(3, k=4).examples(0)
+            []
+        """
+        if not 0 <= channel < self.channels:
+            raise FeatureMapsError(f"channel {channel} is out of range; this state has {self.channels} channels")
+        rows = zip(
+            self.index[channel].tolist(), self.score[channel].tolist(),
+            self.y[channel].tolist(), self.x[channel].tolist(),
+        )
+        return [TopExample(int(i), float(s), (int(yy), int(xx))) for i, s, yy, xx in rows if i != EMPTY_INDEX]
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The state as named CPU tensors (for safetensors files).
+
+        Example:
+            >>> sorted(TopK(2, 3).state_dict("t."))
+            ['t.index', 't.score', 't.x', 't.y']
+        """
+        return {
+            f"{prefix}score": self.score.cpu(), f"{prefix}index": self.index.cpu(),
+            f"{prefix}y": self.y.cpu(), f"{prefix}x": self.x.cpu(),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, tensors: dict[str, torch.Tensor], prefix: str = "", device: str | torch.device | None = None
+    ) -> TopK:
+        """Inverse of :meth:`state_dict`.
+
+        Example:
+            >>> t = TopK.from_state_dict(TopK(2, 3).state_dict())
+            >>> t.channels, t.k
+            (2, 3)
+        """
+        try:
+            score = tensors[f"{prefix}score"]
+            out = cls(int(score.shape[0]), int(score.shape[1]), device)
+            dev = out.device
+            out.score = score.to(dev, torch.float64)
+            out.index = tensors[f"{prefix}index"].to(dev, torch.int64)
+            out.y = tensors[f"{prefix}y"].to(dev, torch.int64)
+            out.x = tensors[f"{prefix}x"].to(dev, torch.int64)
+        except KeyError as exc:
+            raise FeatureMapsError(f"top-k state is missing tensor {exc.args[0]!r}; the file is incomplete") from None
+        return out
+
+
+def _order(
+    score: torch.Tensor, index: torch.Tensor, column: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``k`` candidates of each row under (score descending, index ascending)."""
+    score = torch.nan_to_num(score, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    # lexicographic: stable sort by index, then stable sort by score
+    order = torch.argsort(index, dim=1, stable=True)
+    score, index, column = score.gather(1, order), index.gather(1, order), column.gather(1, order)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    return score.gather(1, order), index.gather(1, order), column.gather(1, order)

@@ -1,0 +1,121 @@
+"""``featuremaps atlas``: the top-k dataset examples of every channel, as a browsable folder.
+
+A thin shell over :func:`featuremaps.atlas.build_atlas`. It works alone and
+under ``torchrun`` (each process reads a shard; rank 0 writes the folder)::
+
+    featuremaps atlas IMAGE_DIR --layers '_blocks.1?.*' --k 9 -o atlas/
+    torchrun --nproc_per_node=4 -m featuremaps atlas IMAGE_DIR --layers ... -o atlas/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from .cli import _load, _parse_layers, model_options
+
+__all__ = ["atlas_cmd"]
+
+
+def _init_distributed(device: str | None) -> tuple[bool, str | None]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns whether this call created the group, and the device for this rank.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, device
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False, device
+    cuda = device is not None and device.startswith("cuda") and torch.cuda.is_available()
+    if cuda and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if cuda:
+        torch.cuda.set_device(torch.device(device or "cuda"))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True, device
+
+
+@click.command("atlas")
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@model_options
+@click.option("--layers", "layer_patterns", multiple=True,
+              help="Layers: names, globs ('_blocks.1?.*'), 're:REGEX'; repeat or comma-separate. "
+              "Default: every leaf layer with a spatial output.")
+@click.option("--k", "k", default=9, show_default=True, type=click.IntRange(min=1),
+              help="Top examples kept per channel.")
+@click.option("--score", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Rank images by the channel's spatial maximum or mean.")
+@click.option("-o", "--out", "out_dir", default="atlas", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder (written atomically; a previous atlas there is replaced).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader worker processes for reading images.")
+@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Save the running state every this many images (per process).")
+@click.option("--no-resume", is_flag=True, help="Start over instead of continuing from a checkpoint.")
+@click.option("--patch-size", default=64, show_default=True, type=click.IntRange(min=4),
+              help="Patch thumbnail size in pixels.")
+@click.option("--receptive", type=click.Choice(["auto", "chain", "gradient", "none"]), default="auto",
+              show_default=True,
+              help="How patch sizes are found: from the module chain, by gradients, auto, or none (whole images).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def atlas_cmd(
+    image_dir: str, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
+    layer_patterns: tuple[str, ...], k: int, score: str, out_dir: str, batch_size: int, workers: int,
+    checkpoint_every: int, no_resume: bool, patch_size: int, receptive: str, quiet: bool,
+) -> None:
+    """Find the K images (and patches) of IMAGE_DIR that activate each channel most.
+
+    Reads IMAGE_DIR recursively with the model's preprocessing (unreadable
+    images are skipped and listed), keeps per channel the top K images and
+    dataset statistics (mean, std, fraction active, max), and writes OUT:
+    index.html, one page per layer, patch thumbnails, atlas.json and
+    atlas.safetensors (load it with featuremaps.atlas.load_atlas). An
+    interrupted run continues where it stopped when re-run with the same
+    arguments. Under torchrun each process reads its share of the images.
+
+    Example:
+
+    \b
+        featuremaps atlas photos/ --layers '_blocks.1?._project_conv' --k 9 -o atlas/
+        torchrun --nproc_per_node=4 -m featuremaps atlas photos/ --layers ... -o atlas/
+    """
+    from .atlas import build_atlas
+
+    created, device = _init_distributed(device)
+    try:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        model, preprocess = _load(model_spec, weights, device, trust_pickle)
+        t0 = time.perf_counter()
+        atlas = build_atlas(
+            model, image_dir, preprocess=preprocess, layers=_parse_layers(layer_patterns), k=k, score=score,
+            batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
+            resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
+        )
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            channels = sum(atlas.layer(name).channels for name in atlas.layers())
+            rate = atlas.num_images / seconds if seconds > 0 else 0.0
+            click.echo(
+                f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
+                f"{channels} channels, top {k} by {score}"
+            )
+            if atlas.skipped:
+                click.echo(f"skipped {len(atlas.skipped)} unreadable images:", err=True)
+                for name, reason in atlas.skipped[:20]:
+                    click.echo(f"  {name}: {reason}", err=True)
+                if len(atlas.skipped) > 20:
+                    click.echo(f"  ... and {len(atlas.skipped) - 20} more (listed in atlas.json)", err=True)
+            click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -1,0 +1,84 @@
+"""Helpers for tests/test_atlas.py: a seeded tiny model, a folder of images, a CLI entry for torchrun.
+
+Run as a script it is the ``featuremaps`` command line with the ``atlas``
+command registered, so ``torchrun --nproc_per_node=2 tests/atlas_helper.py
+atlas DIR --model atlas_helper:tiny_net --weights random ...`` exercises the
+real CLI under torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(x * 8) / 8
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class Dyadic(nn.Module):
+    """Rounds the input to multiples of 1/8 (gradients pass through).
+
+    With weights that are multiples of 1/4, every later sum is exact in
+    float32, so each image's activations are the same bits whatever batch it
+    is in: runs with different batchings (1 process vs 2) must agree exactly.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RoundSTE.apply(x)  # type: ignore[no-any-return]
+
+
+def tiny_net() -> nn.Module:
+    """A small seeded CNN with exact arithmetic (same weights and bits in every process)."""
+    gen = torch.Generator().manual_seed(1234)
+    model = nn.Sequential(
+        Dyadic(), nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 8 if name.endswith("bias") else 4
+            p.copy_(torch.randint(-4, 5, p.shape, generator=gen).float() / scale)
+    return model
+
+
+def make_folder(root: Path, good: int = 8, size: int = 24) -> list[str]:
+    """Write ``good`` deterministic PNGs (in two sub-folders) and one unreadable file; return the bad name."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for i in range(good):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, size=(size, size + i, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(sub / f"img{i:02d}.png")
+    bad = root / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return ["b/broken.png"]
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from featuremaps.cli import cli, main as cli_main
+    from featuremaps.cli_atlas import atlas_cmd
+
+    if "atlas" not in cli.commands:
+        cli.add_command(atlas_cmd)
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
