@@ -33,6 +33,7 @@ from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
 from .reducers import Max, Mean, Pool
 from .render import channel_grid, overlay
 from .report import Report, render_report, report
+from .synthesis import SynthesisError, SynthesisResult, synthesize
 from .tensorboard import log_to_tensorboard
 from .visualize import Visualization, plot_histograms, plot_stats, render_map, visualize
 
@@ -71,6 +72,10 @@ __all__ = [
     "build_atlas",
     "load_atlas",
     "Atlas",
+    # feature visualization by optimization
+    "synthesize",
+    "SynthesisResult",
+    "SynthesisError",
     # report
     "report",
     "render_report",

@@ -21,8 +21,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_OUT = "featuremaps-out"
 
 
+#: Commands that live in their own modules, imported only when used.
+_LAZY_COMMANDS = {
+    "atlas": ("featuremaps.cli_atlas", "atlas_cmd"),
+    "synthesize": ("featuremaps.cli_synth", "synth_cmd"),
+}
+
+
 class _Group(click.Group):
     """Turns every error into one line and an exit code, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = _LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -317,15 +335,6 @@ def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, st
     for i in indices.tolist():
         names.append(card.class_name(i) if card is not None else f"class {i}")
     return [(int(i), n, float(v)) for i, n, v in zip(indices.tolist(), names, values.tolist())]
-
-
-def _register_commands() -> None:
-    from .cli_atlas import atlas_cmd
-
-    cli.add_command(atlas_cmd)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

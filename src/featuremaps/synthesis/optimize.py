@@ -1,0 +1,755 @@
+"""``synthesize``: optimize images until they make chosen channels fire.
+
+Feature visualization by optimization (Erhan et al. 2009; Olah, Mordvintsev
+& Schubert, "Feature Visualization", Distill 2017): start from a faint
+random image and follow the gradient of an objective - usually the mean
+activation of one channel - with respect to the image, through a
+parameterization that favours natural images (:mod:`.param`) and random
+transformations that demand robustness (:mod:`.transforms`).
+
+How it runs:
+
+* the layer outputs are read through the capture engine
+  (:class:`~featuremaps.capture.FeatureExtractor` with ``keep_graph=True``),
+  so hooks exist only during the call and the model's training flags,
+  ``requires_grad`` and ``.grad`` are restored afterwards, also after an
+  error or Ctrl-C. The model runs in eval mode with its parameters frozen
+  (no weight gradients are computed);
+* when no objective reads the model output, the forward stops right after
+  the last target layer (the engine's reducer raises a private signal once
+  every target map is in hand), so a mid-level layer costs only the layers
+  before it;
+* many targets are optimized together as one batch, one image per target
+  (and sample) - on a CPU in batches of :data:`CPU_BATCH` images, which run
+  faster there than one big batch; every image draws its initial values and its transforms
+  from its own ``torch.Generator`` seeded by ``seed`` and its sample index,
+  so the batched and the one-at-a-time runs give the same images up to
+  floating-point rounding, and the global random state is never used.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from featuremaps.synthesis import synthesize
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    >>> img = synthesize(model, "1:2", steps=4, size=32, progress=False)
+    >>> img.size, img.mode
+    ((32, 32), 'RGB')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..capture import FeatureExtractor
+from ..errors import LayerNotFoundError
+from ..layers import resolve_layers
+from ..maps import LayerInfo
+from .objectives import Activations, Channel, ClassLogit, Objective, SynthesisError, layer_selector
+from .param import PARAMS, ImageParam, _size2, make_param
+from .transforms import Transforms, TransformsLike, get_transforms
+
+__all__ = ["SynthesisResult", "synthesize", "parse_target", "tile_images", "TargetLike", "CPU_BATCH"]
+
+#: One target: ``"LAYER:CHANNEL"``, ``"LAYER:A-B"`` (channels A to B
+#: inclusive), ``"LAYER:*"`` (every channel), ``"class:INDEX"`` (a model
+#: output), or an :class:`~featuremaps.synthesis.objectives.Objective`.
+TargetLike = Union[str, Objective]
+
+_TARGET_FORMS = (
+    "'LAYER:CHANNEL' (e.g. 'layer3.1.conv2:17'), 'LAYER:A-B', 'LAYER:*', 'class:INDEX' "
+    "or an Objective from featuremaps.synthesis"
+)
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+#: Images per batch for ``batch=True`` on a CPU. Per image and step, batches
+#: of 2-8 images ran 2-3x faster than one batch of 80 on a 2-core CPU
+#: (EfficientNet-Lite0 to ``_blocks.5``, 128 px): big batches spill the caches.
+CPU_BATCH = 8
+
+
+class _StopForward(Exception):
+    """Raised inside the engine's reducer once every needed map is captured."""
+
+
+class _Collector:
+    """The engine reducer that keeps the maps the objectives read (and can stop the forward)."""
+
+    name = "synthesis"
+
+    def __init__(self, keys: frozenset[str], stop: bool) -> None:
+        self.keys = keys
+        self.stop = stop
+        self.maps: dict[str, torch.Tensor] = {}
+        self.infos: dict[str, LayerInfo] = {}
+
+    def clear(self) -> None:
+        self.maps = {}
+
+    def __call__(self, t: torch.Tensor, info: LayerInfo) -> torch.Tensor | None:
+        if info.name not in self.keys:
+            return None
+        self.maps[info.name] = t
+        self.infos[info.name] = info
+        if self.stop and len(self.maps) == len(self.keys):
+            raise _StopForward
+        return t  # kept by the engine, so later in-place ops get a clone
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    arr = (pixels.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arr]
+
+
+def tile_images(
+    images: Sequence[Image.Image],
+    *,
+    cols: int | None = None,
+    pad: int = 2,
+    background: tuple[int, int, int] = (255, 255, 255),
+    labels: Sequence[str] | None = None,
+) -> Image.Image:
+    """Tile equally sized RGB images into one grid picture, row by row.
+
+    Args:
+        images: the images (all of one size).
+        cols: columns; default makes the grid roughly square.
+        pad: pixels between tiles and around the grid.
+        background: RGB of the padding.
+        labels: an optional caption per image, drawn above it.
+
+    Returns:
+        A PIL RGB image.
+
+    Example:
+        >>> from PIL import Image
+        >>> tile_images([Image.new("RGB", (8, 8))] * 5, pad=1).size
+        (28, 19)
+    """
+    if not images:
+        raise SynthesisError("tile_images needs at least one image")
+    w, h = images[0].size
+    if any(im.size != (w, h) for im in images):
+        raise SynthesisError("tile_images needs images of one size; resize them first")
+    n = len(images)
+    ncols = max(1, min(n, cols if cols is not None else math.ceil(math.sqrt(n))))
+    nrows = math.ceil(n / ncols)
+    label_h = 0
+    font: Any = None
+    if labels is not None:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()
+        label_h = 12
+    canvas = Image.new("RGB", (pad + ncols * (w + pad), pad + nrows * (h + label_h + pad)), background)
+    draw = None
+    if labels is not None:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(canvas)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncols)
+        left = pad + c * (w + pad)
+        top = pad + r * (h + label_h + pad)
+        canvas.paste(im.convert("RGB"), (left, top + label_h))
+        if draw is not None and labels is not None and i < len(labels):
+            draw.text((left, top), str(labels[i]), fill=(0, 0, 0), font=font)
+    return canvas
+
+
+@dataclass
+class SynthesisResult:
+    """Everything :func:`synthesize` produced, one entry per image.
+
+    Images are ordered target by target, and within a target sample by
+    sample (``samples`` per target).
+
+    Attributes:
+        images: the synthesized PIL RGB images.
+        targets: each image's target as given (``"layer:17"``, ``"class:281"``)
+            or, for an objective object, its ``repr`` (one per image).
+        objectives: the objective of each image.
+        pixels: the images as a float tensor ``(n, 3, h, w)`` in ``[0, 1]`` (CPU).
+        history: the objective value of every image at every step, under the
+            step's random transforms, ``(steps, n)``; ``nan`` for steps that
+            did not run (after an interruption).
+        activations: each image's objective value on the final image, seen
+            without transforms, ``(n,)``.
+        steps: the number of steps asked for.
+        steps_done: the steps each image actually had, ``(n,)``.
+        interrupted: whether Ctrl-C (``KeyboardInterrupt``) stopped the run.
+        seconds: wall time of the optimization.
+        samples: images per target.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from featuremaps.synthesis import synthesize
+        >>> model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+        >>> res = synthesize(model, ["1:0", "1:1"], steps=3, size=16, progress=False, return_result=True)
+        >>> len(res), tuple(res.history.shape), res.grid().size
+        (2, (3, 2), (38, 20))
+    """
+
+    images: list[Image.Image]
+    targets: list[str]
+    objectives: list[Objective]
+    pixels: torch.Tensor
+    history: torch.Tensor
+    activations: torch.Tensor
+    steps: int
+    steps_done: torch.Tensor
+    interrupted: bool = False
+    seconds: float = 0.0
+    samples: int = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def grid(self, *, cols: int | None = None, pad: int = 2, labels: bool = False) -> Image.Image:
+        """All images tiled into one picture (see :func:`tile_images`); ``labels`` captions each with its target."""
+        return tile_images(self.images, cols=cols, pad=pad, labels=self.targets if labels else None)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """Split a target string into its layer and its channel part.
+
+    The channel part is the text after the last ``:``: a channel index, a
+    range ``A-B`` or ``*``; ``"class:INDEX"`` names an output of the model.
+    A layer's call index stays part of the layer: ``"blocks.2:1:5"`` is
+    channel 5 of the second call of ``blocks.2``.
+
+    Raises:
+        SynthesisError: the text is not of one of these forms.
+
+    Example:
+        >>> parse_target("layer3.1.conv2:17"), parse_target("blocks.2:1:0-3"), parse_target("class:281")
+        (('layer3.1.conv2', '17'), ('blocks.2:1', '0-3'), ('class', '281'))
+    """
+    if not isinstance(text, str):
+        raise SynthesisError(f"target {text!r} is a {type(text).__name__}; use {_TARGET_FORMS}")
+    layer, sep, chan = text.strip().rpartition(":")
+    layer, chan = layer.strip(), chan.strip()
+    if not sep or not layer or not (chan.isdigit() or chan == "*" or _RANGE.match(chan)):
+        raise SynthesisError(f"target {text!r} is not of the form LAYER:CHANNEL; use {_TARGET_FORMS}")
+    return layer, chan
+
+
+@dataclass
+class _Pending:
+    """A target string whose channels are known only after the probe (``*`` or a range)."""
+
+    text: str
+    layer: str
+    channels: str
+
+
+def _parse_targets(targets: Any) -> tuple[list[tuple[Objective | _Pending, str]], bool]:
+    """The targets as objectives (or pending expansions), each with the text that names it in errors."""
+    single = isinstance(targets, (str, Objective))
+    items = [targets] if single else targets
+    if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
+        raise SynthesisError(
+            f"targets= got {type(targets).__name__}; use a target or a list of targets: {_TARGET_FORMS}"
+        )
+    if not items:
+        raise SynthesisError(f"targets= is empty; give at least one target: {_TARGET_FORMS}")
+    out: list[tuple[Objective | _Pending, str]] = []
+    for item in items:
+        if isinstance(item, Objective):
+            out.append((item, repr(item)))
+            continue
+        layer, chan = parse_target(item)
+        if layer == "class" and chan.isdigit():
+            out.append((ClassLogit(int(chan)), item))
+        elif chan.isdigit():
+            out.append((Channel(layer, int(chan)), item))
+        else:
+            single = False
+            out.append((_Pending(item, layer, chan), item))
+    return out, single
+
+
+def _check_layers(model: nn.Module, items: Sequence[tuple[Objective | _Pending, str]]) -> None:
+    """Every layer an objective names is exactly one module of ``model`` (errors name the target)."""
+    names = {n for n, _ in model.named_modules() if n}
+    for item, what in items:
+        layers = [item.layer] if isinstance(item, _Pending) else sorted(item.layers)
+        for layer in layers:
+            sel = layer_selector(layer)
+            base, sep, call = sel.rpartition(":")
+            if sel in names or (sep and base in names and call.isdigit()):
+                continue
+            try:
+                hits = list(resolve_layers(model, sel).modules)
+            except LayerNotFoundError as exc:
+                raise LayerNotFoundError(f"target {what!r}: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise SynthesisError(f"target {what!r}: {exc}") from None
+            raise SynthesisError(
+                f"target {what!r}: {sel!r} matches {len(hits)} layers ({', '.join(hits[:3])}...); "
+                "name one layer exactly, see fm.list_layers(model)"
+            )
+
+
+def _expand(pending: _Pending, infos: Mapping[str, LayerInfo]) -> list[Objective]:
+    info = infos.get(pending.layer)
+    if info is None or info.channels is None:
+        raise SynthesisError(
+            f"target {pending.text!r}: layer {pending.layer!r} has no channel axis"
+            + (f" (shape {info.shape})" if info is not None else "")
+            + "; pick a layer with a channel axis, see fm.list_layers(model, x)"
+        )
+    n = info.channels
+    if pending.channels == "*":
+        return [Channel(pending.layer, c) for c in range(n)]
+    m = _RANGE.match(pending.channels)
+    if m is None:  # pragma: no cover - parse_target accepted it
+        raise SynthesisError(f"target {pending.text!r} is not of the form LAYER:CHANNEL; use {_TARGET_FORMS}")
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if lo > hi or hi >= n:
+        raise SynthesisError(
+            f"target {pending.text!r}: channels {lo}-{hi} are not a range within the {n} channels of layer "
+            f"{pending.layer!r}; use A-B with 0 <= A <= B <= {n - 1}"
+        )
+    return [Channel(pending.layer, c) for c in range(lo, hi + 1)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    own = next((t.device for t in (*model.parameters(), *model.buffers())), None)
+    if device is None:
+        return own if own is not None else torch.device("cpu")
+    try:
+        want = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SynthesisError(f"device={device!r} is not a device ({exc}); use e.g. 'cpu' or 'cuda'") from None
+    if own is not None and (own.type != want.type or (want.index is not None and own.index != want.index)):
+        raise SynthesisError(
+            f"device={str(want)!r} but the model is on {str(own)!r}; move the model first "
+            f"(model.to({str(want)!r})) or leave device=None"
+        )
+    return own if own is not None else want
+
+
+def _normalization(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if preprocess is None:
+        from ..models import IMAGENET_MEAN, IMAGENET_STD
+
+        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    card = getattr(preprocess, "card", preprocess)
+    mean, std = getattr(card, "mean", None), getattr(card, "std", None)
+    if mean is None or std is None:
+        raise SynthesisError(
+            f"preprocess= got {type(preprocess).__name__}, which has no model card with mean/std; pass the "
+            "preprocess returned by fm.load_model (or its .card)"
+        )
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _sample_seed(seed: int, sample: int) -> int:
+    """The seed of a target's sample ``sample``: ``seed`` itself for the first one."""
+    return (int(seed) + sample * 0x9E3779B97F4A7C15) % (2**63)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise SynthesisError(f"{name}={value!r} must be an int >= {minimum}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, show: bool, label: str) -> Iterator[Callable[[float], None]]:
+    if not show:
+        yield lambda value: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not (console.is_terminal or console.is_jupyter):
+        yield lambda value: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("objective {task.fields[value]}"), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total, value="-")
+
+        def advance(value: float) -> None:
+            progress.update(task, advance=1, value=f"{value:.4g}")
+
+        yield advance
+
+
+# --------------------------------------------------------------------------- the optimization
+
+
+@dataclass
+class _Setup:
+    model: nn.Module
+    samples: int
+    steps: int
+    size: tuple[int, int]
+    param: str
+    decorrelate: bool
+    transforms: Transforms | Callable[[torch.Tensor], torch.Tensor]
+    lr: float
+    seed: int
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    reference: dict[str, tuple[int, ...]]
+    callback: Callable[[int, torch.Tensor], Any] | None
+
+
+def _make(setup: _Setup, n_objectives: int) -> tuple[ImageParam, list[torch.Generator]]:
+    gens = [
+        torch.Generator().manual_seed(_sample_seed(setup.seed, s))
+        for _ in range(n_objectives)
+        for s in range(setup.samples)
+    ]
+    param = make_param(
+        setup.param, len(gens), setup.size, generators=gens, decorrelate=setup.decorrelate,
+        mean=setup.mean, std=setup.std, device=setup.device,
+    )
+    return param, gens
+
+
+def _evaluate(objectives: Sequence[Objective], samples: int, acts: Activations) -> torch.Tensor:
+    values = [obj(acts.slice(i * samples, (i + 1) * samples)) for i, obj in enumerate(objectives)]
+    return torch.cat([v.float() for v in values])
+
+
+def _extractor(model: nn.Module, collector: _Collector, keep_graph: bool) -> FeatureExtractor:
+    selectors = sorted({layer_selector(k) for k in collector.keys})
+    return FeatureExtractor(model, selectors, reduce=collector, keep_graph=keep_graph)
+
+
+def _forward(fx: FeatureExtractor, collector: _Collector, x: torch.Tensor) -> torch.Tensor | None:
+    collector.clear()
+    try:
+        fx(x)
+    except _StopForward:
+        return None
+    return _first_tensor(fx.output)
+
+
+def _run_chunk(
+    setup: _Setup, objectives: list[Objective], advance: Callable[[float], None], history: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Optimize the images of ``objectives``; returns (pixels, activations, steps done, interrupted)."""
+    samples = setup.samples
+    param, gens = _make(setup, len(objectives))
+    transforms = setup.transforms
+    tparams: torch.Tensor | None = None
+    if isinstance(transforms, Transforms) and transforms.is_affine:
+        tparams = torch.stack([transforms.draw(setup.steps, g) for g in gens], dim=1)  # (steps, n, 4)
+    keys = frozenset().union(*(o.layers for o in objectives))
+    needs_output = any(o.needs_output for o in objectives)
+    collector = _Collector(keys, stop=not needs_output)
+    optimizer = torch.optim.Adam(param.parameters(), lr=setup.lr)
+    done = 0
+    interrupted = False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
+        with _extractor(setup.model, collector, keep_graph=True) as fx, torch.enable_grad():
+            for p in setup.model.parameters():  # restored by the engine on exit
+                p.requires_grad_(False)
+            try:
+                for step in range(setup.steps):
+                    pixels = param()
+                    if isinstance(transforms, Transforms):
+                        seen = transforms(pixels, tparams[step] if tparams is not None else pixels.new_zeros(0, 4))
+                    else:
+                        seen = transforms(pixels)
+                    output = _forward(fx, collector, param.normalize(seen))
+                    values = _evaluate(objectives, samples, Activations(collector.maps, output, setup.reference))
+                    if not values.requires_grad:
+                        raise SynthesisError(
+                            f"the objectives {', '.join(map(repr, objectives[:3]))} do not depend on the image "
+                            "(no gradient reaches it); check the targets read layers the input flows through"
+                        )
+                    grads = torch.autograd.grad(-values.sum(), param.parameters(), allow_unused=True)
+                    for t, g in zip(param.parameters(), grads):
+                        t.grad = torch.zeros_like(t) if g is None else g
+                    optimizer.step()
+                    collector.clear()
+                    row = values.detach().to("cpu", torch.float32)
+                    history[step] = row
+                    done = step + 1
+                    advance(float(row.mean()))
+                    if setup.callback is not None:
+                        setup.callback(step, row)
+            except KeyboardInterrupt:
+                interrupted = True
+    with torch.no_grad():
+        pixels = param().detach()
+    activations = torch.full((pixels.shape[0],), float("nan"))
+    try:
+        activations = _final_values(setup, objectives, param, pixels)
+    except KeyboardInterrupt:
+        interrupted = True
+    return pixels.to("cpu", torch.float32), activations, done, interrupted
+
+
+def _final_values(setup: _Setup, objectives: list[Objective], param: ImageParam, pixels: torch.Tensor) -> torch.Tensor:
+    """Each image's objective value without transforms (one forward, no gradients)."""
+    keys = frozenset().union(*(o.layers for o in objectives))
+    collector = _Collector(keys, stop=not any(o.needs_output for o in objectives))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
+        with _extractor(setup.model, collector, keep_graph=False) as fx, torch.no_grad():
+            output = _forward(fx, collector, param.normalize(pixels))
+            ref = {k: tuple(int(s) for s in t.shape[2:]) for k, t in collector.maps.items()}
+            values = _evaluate(objectives, setup.samples, Activations(collector.maps, output, ref))
+    return values.detach().to("cpu", torch.float32)
+
+
+def _probe(
+    model: nn.Module, items: Sequence[tuple[Objective | _Pending, str]], size: tuple[int, int], device: torch.device,
+    mean: Sequence[float], std: Sequence[float],
+) -> tuple[list[Objective], list[str], dict[str, tuple[int, ...]]]:
+    """One forward at the requested size: channel counts for ``*``/ranges, map sizes, target checks."""
+    keys = set()
+    needs_output = False
+    for item, _ in items:
+        if isinstance(item, _Pending):
+            keys.add(item.layer)
+        else:
+            keys |= item.layers
+            needs_output |= item.needs_output
+    collector = _Collector(frozenset(keys), stop=not needs_output)
+    m = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+    x = ((torch.full((1, 3, *size), 0.5) - m) / s).to(device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
+        with _extractor(model, collector, keep_graph=False) as fx, torch.no_grad():
+            output = _forward(fx, collector, x)
+    missing = sorted(keys - set(collector.maps))
+    if missing:
+        raise SynthesisError(
+            f"layer {missing[0]!r} produced no output in a forward of a {size[0]}x{size[1]} image (it did not run, "
+            "or its output is a tuple: name one tensor as 'layer[0]'); see fm.list_layers(model, x)"
+        )
+    if needs_output and output is None:
+        raise SynthesisError("the model returned no tensor, so a class target cannot be read; use LAYER:CHANNEL")
+    reference = {k: tuple(int(v) for v in t.shape[2:]) for k, t in collector.maps.items()}
+    objectives: list[Objective] = []
+    names: list[str] = []
+    acts = Activations(collector.maps, output, reference)
+    for item, text in items:
+        expanded = _expand(item, collector.infos) if isinstance(item, _Pending) else [item]
+        objectives.extend(expanded)
+        if isinstance(item, _Pending):
+            names.extend(f"{o.layer}:{o.channel}" for o in expanded if isinstance(o, Channel))
+        else:
+            names.append(text)
+        if isinstance(item, Objective):
+            with torch.no_grad():  # every objective once, on one image: range checks fail here, early
+                try:
+                    item(acts)
+                except SynthesisError as exc:
+                    message = str(exc)
+                    if text != repr(item):  # name the target as the user wrote it
+                        message = f"target {text!r}: " + message.removeprefix(f"{item!r}: ")
+                    raise SynthesisError(message) from None
+    return objectives, names, reference
+
+
+def synthesize(
+    model: nn.Module,
+    targets: TargetLike | Sequence[TargetLike],
+    *,
+    steps: int = 256,
+    size: int | Sequence[int] = 128,
+    param: str = "fft",
+    decorrelate: bool = True,
+    transforms: TransformsLike = "standard",
+    lr: float = 0.05,
+    seed: int = 0,
+    batch: bool | int = True,
+    samples: int = 1,
+    preprocess: Any = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    callback: Callable[[int, torch.Tensor], Any] | None = None,
+    return_result: bool = False,
+) -> Any:
+    """Synthesize images that maximize channels (or any objective) of a model.
+
+    Args:
+        model: any ``nn.Module`` taking an image batch ``(N, 3, H, W)``.
+        targets: one target or a list: ``"LAYER:CHANNEL"`` (the channel's
+            mean activation), ``"LAYER:A-B"`` / ``"LAYER:*"`` (one image per
+            channel of a range / of the whole layer), ``"class:INDEX"`` (an
+            output of the model, e.g. a class logit), or an
+            :class:`~featuremaps.synthesis.objectives.Objective` (``Neuron``,
+            ``LayerL2``, ``Direction``, sums, ...).
+        steps: optimization steps.
+        size: image size, an int or ``(height, width)``.
+        param: ``"fft"`` (Fourier coefficients with a 1/f spectrum) or
+            ``"pixel"`` (see :mod:`featuremaps.synthesis.param`).
+        decorrelate: optimize in the decorrelated ImageNet colour space.
+        transforms: ``"standard"`` (pad, jitter, scale, rotate), ``"none"``,
+            a :class:`~featuremaps.synthesis.transforms.Transforms` or a
+            callable ``images -> images``.
+        lr: Adam's learning rate.
+        seed: random seed; the same seed gives the same images on the same
+            device. The global random state is neither used nor changed.
+        batch: ``True`` optimizes the images in batches: all in one batch
+            on an accelerator, and batches of :data:`CPU_BATCH` images on a
+            CPU, where large batches overflow the caches and run slower per
+            image; ``False`` one target (with its samples) at a time; an int
+            at most that many images per batch (``batch=len(targets)`` forces
+            one batch). Every way gives the same images up to rounding.
+        samples: images per target (different random starts); combine with
+            :class:`~featuremaps.synthesis.objectives.Diversity` to make
+            them differ more.
+        preprocess: the model's preprocessing (from :func:`featuremaps.load_model`)
+            or its :class:`~featuremaps.models.ModelCard`: its mean/std
+            normalize the images inside the optimization. ``None``: the
+            ImageNet mean/std.
+        progress: show a progress bar (on a terminal or in a notebook).
+        device: where to optimize; must be the model's device (default).
+        callback: called as ``callback(step, values)`` after every step of
+            every batch, ``values`` the objective value of each image in the
+            batch; raising ``KeyboardInterrupt`` in it stops like Ctrl-C.
+        return_result: return a :class:`SynthesisResult` (images, values per
+            step, final activations) instead of the images.
+
+    Returns:
+        A PIL image for one target; a list of images for several targets,
+        for a range or ``*``, or for ``samples > 1``; a list of lists
+        (targets x samples) for several targets with ``samples > 1``; or the
+        :class:`SynthesisResult` with ``return_result=True``. On Ctrl-C the
+        current images are returned (``result.interrupted`` is set).
+
+    Raises:
+        SynthesisError: a malformed target, a channel or class out of range,
+            a bad option.
+        LayerNotFoundError: a target names no layer of the model (the
+            message lists the closest names).
+
+    Example:
+        >>> import featuremaps as fm
+        >>> from featuremaps.synthesis import synthesize
+        >>> model, preprocess = fm.load_model()
+        >>> img = synthesize(model, "_blocks.5._project_conv:17", preprocess=preprocess)  # doctest: +SKIP
+        >>> imgs = synthesize(model, "_blocks.5._project_conv:*", preprocess=preprocess)  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise SynthesisError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    steps = _check_int(steps, "steps", 0)
+    samples = _check_int(samples, "samples", 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise SynthesisError(f"seed={seed!r} must be an int")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise SynthesisError(f"lr={lr!r} must be a positive number, e.g. 0.05")
+    if not isinstance(param, str) or param.lower() not in (*PARAMS, "fourier"):
+        raise SynthesisError(f"param={param!r} is not a parameterization; use one of {', '.join(PARAMS)}")
+    size2 = _size2(size)
+    tf = get_transforms(transforms, size2)
+    dev = _model_device(model, device)
+    if isinstance(batch, bool):
+        per_batch: int | None = (CPU_BATCH if dev.type == "cpu" else None) if batch else 0
+    else:
+        per_batch = _check_int(batch, "batch", 1)
+    mean, std = _normalization(preprocess)
+    items, single = _parse_targets(targets)
+    _check_layers(model, items)
+    objectives, names, reference = _probe(model, items, size2, dev, mean, std)
+
+    # Chunks of whole targets: all at once, one target at a time, or at most `per_batch` images.
+    chunks: list[list[int]] = []
+    if per_batch is None:
+        chunks = [list(range(len(objectives)))]
+    else:
+        per = max(1, per_batch // samples) if per_batch else 1
+        chunks = [list(range(i, min(i + per, len(objectives)))) for i in range(0, len(objectives), per)]
+    setup = _Setup(
+        model=model, samples=samples, steps=steps, size=size2, param=param,
+        decorrelate=decorrelate, transforms=tf, lr=float(lr), seed=int(seed), device=dev, mean=mean, std=std,
+        reference=reference, callback=callback,
+    )
+    n_images = len(objectives) * samples
+    history = torch.full((steps, n_images), float("nan"))
+    pixels: list[torch.Tensor] = []
+    activations: list[torch.Tensor] = []
+    steps_done: list[int] = []
+    interrupted = False
+    total = steps * len(chunks)
+    label = f"synthesizing {n_images} image{'s' if n_images != 1 else ''}"
+    with _progress_bar(total, progress and steps > 0, label) as advance:
+        for chunk in chunks:
+            objs = [objectives[i] for i in chunk]
+            lo, hi = chunk[0] * samples, (chunk[-1] + 1) * samples
+            if interrupted:  # after Ctrl-C: the remaining targets keep their initial images
+                param_obj, _ = _make(setup, len(objs))
+                with torch.no_grad():
+                    pixels.append(param_obj().detach().to("cpu", torch.float32))
+                activations.append(torch.full((hi - lo,), float("nan")))
+                steps_done.extend([0] * (hi - lo))
+                continue
+            chunk_history = torch.full((steps, hi - lo), float("nan"))
+            px, act, done, stopped = _run_chunk(setup, objs, advance, chunk_history)
+            history[:, lo:hi] = chunk_history
+            pixels.append(px)
+            activations.append(act)
+            steps_done.extend([done] * (hi - lo))
+            interrupted = interrupted or stopped
+    all_pixels = torch.cat(pixels)
+    result = SynthesisResult(
+        images=_to_images(all_pixels),
+        targets=[name for name in names for _ in range(samples)],
+        objectives=[o for o in objectives for _ in range(samples)],
+        pixels=all_pixels,
+        history=history,
+        activations=torch.cat(activations),
+        steps=steps,
+        steps_done=torch.tensor(steps_done, dtype=torch.long),
+        interrupted=interrupted,
+        seconds=time.perf_counter() - start,
+        samples=samples,
+    )
+    if return_result:
+        return result
+    images = result.images
+    if samples > 1:
+        grouped = [images[i * samples:(i + 1) * samples] for i in range(len(objectives))]
+        return grouped[0] if single else grouped
+    return images[0] if single else images
