@@ -580,3 +580,14 @@ def test_list_layers_table():
     bare = fm.list_layers(model)
     assert bare.column("output shape") == [None] * 4
     assert _hook_count(model) == 0
+
+
+def test_inference_mode_keeps_captures_safe_from_inplace_ops():
+    block = _block()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.inference_mode():
+        maps = fm.get_feature_maps(block, x, layers=["bn1", "bn2"])
+        bn1 = block.bn1(block.conv1(x))
+        bn2 = block.bn2(block.conv2(torch.relu(bn1)))
+    assert torch.allclose(maps["bn1"].tensor, bn1, atol=1e-6) and (bn1 < 0).any()
+    assert torch.allclose(maps["bn2"].tensor, bn2, atol=1e-6)

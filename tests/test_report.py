@@ -50,7 +50,7 @@ def decode_png(uri: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def default_report() -> fm.Report:
-    return fm.report(cam_methods=None)
+    return fm.report()
 
 
 def test_page_is_self_contained_with_a_strict_csp(default_report):
@@ -72,6 +72,7 @@ def test_default_report_covers_every_layer_within_size(default_report):
     assert data["predictions"][0]["index"] in range(281, 286)
     assert data["meta"]["layers_total"] == 132
     assert default_report.nbytes < 20e6
+    assert len(data["cams"]["methods"]) >= 6 and len(data["cams"]["classes"]) == 5
 
 
 def test_sprites_hold_the_pooled_maps(default_report):
@@ -92,6 +93,33 @@ def test_sprites_hold_the_pooled_maps(default_report):
         values = lo + tile / 255 * (hi - lo)
         expected = pooled[ch].double().numpy()
         assert np.abs(values - expected).max() <= (hi - lo) / 255 * 0.51 + 1e-4 * max(1, abs(hi))
+
+
+def test_cam_section_matches_single_image_gradcam():
+    """The report's batched CAMs (one copy of the input per class) equal one-image calls."""
+    from featuremaps.attribution import GradCAM
+
+    model, preprocess = fm.load_model()
+    rep = fm.report(model, preprocess=preprocess, layers="_blocks.15.*", cam_methods=["gradcam", "eigencam"],
+                    metrics=True)
+    cams = rep.data["cams"]
+    assert cams["methods"] == ["gradcam", "eigencam"] and cams["layer"] == "_act_head"
+    assert [c["index"] for c in cams["classes"]] == [p["index"] for p in rep.data["predictions"]]
+    x = preprocess(fm.load_image(fm.sample_image("cat")))
+    for k in (0, 3):
+        cls = cams["classes"][k]
+        heat = decode_png(cls["maps"]["gradcam"]["png"]).astype(np.float64) / 255
+        expected = GradCAM(model, layer="_act_head")(x, target=cls["index"])[0].numpy()
+        assert heat.shape == (224, 224) and np.abs(heat - expected).max() <= 0.5 / 255 + 1e-6
+    scores = cams["classes"][0]["maps"]["gradcam"]["scores"]
+    assert set(scores) == {"deletion AUC \u2193", "insertion AUC \u2191", "average drop % \u2193"}
+    assert all(0.0 <= v <= 100.0 for v in scores.values())
+    assert "scores" not in cams["classes"][1]["maps"]["gradcam"]  # scores only for the top class
+
+
+def test_unknown_cam_method_is_a_clear_error():
+    with pytest.raises(fm.FeatureMapsError, match="unknown CAM method 'gradcamm'.*did you mean gradcam"):
+        fm.report(layers="_conv_stem", cam_methods=["gradcamm"])
 
 
 def test_top_k_keeps_the_most_active_channels():

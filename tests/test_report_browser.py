@@ -119,6 +119,22 @@ def test_keyboard_moves_between_layers_and_channels(default_page):
     page.keyboard.press("Escape")
 
 
+def test_cam_panels_render_and_follow_the_class_picker(default_page):
+    page = default_page.page
+    data = payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))
+    cards = page.locator("#cam-grid canvas")
+    assert cards.count() == len(data["cams"]["methods"])
+    page.wait_for_function("document.querySelector('#cam-grid canvas').width > 0")
+    first = default_page.canvas_url("#cam-grid canvas")
+    page.select_option("#cam-class", "1")
+    page.wait_for_function("document.querySelector('#cam-grid canvas').width > 0")
+    page.wait_for_timeout(200)
+    assert default_page.canvas_url("#cam-grid canvas") != first
+    assert page.locator("#cam-grid .scores").count() == 0  # scores belong to the top class only
+    page.select_option("#cam-class", "0")
+    assert page.locator("#cam-grid .scores").count() == len(data["cams"]["methods"])
+
+
 def test_layout_fits_a_phone(browser, default_page):
     phone = Page(browser, Path(default_page.url[7:]), viewport=(390, 844))
     try:

@@ -545,7 +545,8 @@ class FeatureExtractor:
             skey = _storage_key(value)
             if skey is not None:
                 self._watched.setdefault(skey, []).append(key)
-                self._versions[key] = value._version
+                if not value.is_inference():  # inference tensors have no version counter
+                    self._versions[key] = value._version
         self._used += nbytes
         self._maps[key] = LayerMap(value, info)
         return True

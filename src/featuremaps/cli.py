@@ -24,6 +24,7 @@ DEFAULT_OUT = "featuremaps-out"
 #: Commands that live in their own modules, imported only when used.
 _LAZY_COMMANDS = {
     "atlas": ("featuremaps.cli_atlas", "atlas_cmd"),
+    "cam": ("featuremaps.cli_cam", "cam_cmd"),
     "synthesize": ("featuremaps.cli_synth", "synth_cmd"),
 }
 
