@@ -460,7 +460,10 @@ def test_over_budget_keeps_reduced_maps_equal_to_the_full_reduction(how):
     assert reduced.info.reduction == how and reduced.shape == (2, 8) and reduced.layout == "NC"
     expected = full["2"].tensor.mean((2, 3)) if how == "mean" else full["2"].tensor.amax((2, 3))
     assert torch.allclose(reduced.tensor, expected, atol=1e-6)
-    assert capped.nbytes <= 140_000
+    assert capped.nbytes <= 140_000 + 2 * 8 * 4
+    # once the budget is spent, every further map is reduced, never an error
+    tiny = fm.get_feature_maps(model, x, max_bytes=1, over_budget="pool")
+    assert all(m.info.reduction == "pool" for m in tiny.values())
 
 
 def test_reduce_pool_and_custom_reducer():

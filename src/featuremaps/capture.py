@@ -272,7 +272,8 @@ class FeatureExtractor:
             ``"error"`` raises :class:`~featuremaps.errors.MemoryBudgetError`
             before the map is kept, naming the layers and sizes; a reducer
             name (``"mean"``, ``"max"``, ``"pool"``) keeps that reduction for
-            the maps that do not fit.
+            every map that does not fit (these small reductions are kept even
+            once the budget is spent).
         device: move kept maps to this device (e.g. ``"cpu"``); by default
             they stay on the model's device.
         keep_graph: keep the captured outputs attached to the autograd graph
@@ -531,10 +532,9 @@ class FeatureExtractor:
             if self.device is not None and reduced.device.type != "meta":
                 reduced = reduced.to(self.device)
             kept = reduced
-            size = 0 if kept.device.type == "meta" else kept.numel() * kept.element_size()
-            if self.max_bytes is not None and self._used + size > self.max_bytes and self._budget_reducer is not None:
-                self._budget_error(key, size)
-            self._used += size
+            # Reduced maps are kept even once the budget is spent: they are what
+            # over_budget asked for, and at most C x 8^d values each.
+            self._used += 0 if kept.device.type == "meta" else kept.numel() * kept.element_size()
             self._maps[key] = LayerMap(kept, info)
             return True
         if self.device is not None and value.device != self.device:
