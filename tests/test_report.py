@@ -206,3 +206,43 @@ def _has(cmd: str) -> bool:
     import shutil
 
     return shutil.which(cmd) is not None
+
+
+class Deep(nn.Module):
+    """300 small conv layers, then a 2,048-channel layer: the report must stay usable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.body = nn.Sequential(*[nn.Conv2d(8, 8, 1) for _ in range(298)])
+        self.wide = nn.Conv2d(8, 2048, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.wide(self.body(self.stem(x)))).flatten(1))
+
+
+def test_300_layers_and_2048_channels_stay_proportionate():
+    torch.manual_seed(0)
+    model = Deep().eval()
+    rep = fm.report(model, fm.sample_image("coffee"), cam_methods=["gradcam"], metrics=False)
+    layers = rep.data["layers"]
+    wide = next(d for d in layers if d["name"] == "wide")
+    assert len(layers) == 301 and wide["channels"] == 2048 and len(wide["shown"]) == 2048
+    # each channel costs at most a 32x32 8-bit thumbnail, so the page stays proportionate to what it shows
+    per_channel = rep.nbytes / rep.data["meta"]["channels"]
+    assert per_channel < 32 * 32 * 1.4
+    top = fm.report(model, fm.sample_image("coffee"), top_k=16, cam_methods=None)
+    assert all(len(d["shown"]) <= 16 for d in top.data["layers"])
+    top_wide = next(d for d in top.data["layers"] if d["name"] == "wide")
+    assert len(top_wide["sprite"]) < len(wide["sprite"]) / 20  # 16 of 2,048 channels
+
+
+def test_1d_maps_encode_as_strips():
+    model = nn.Sequential(nn.Conv1d(3, 5, 3, padding=1), nn.ReLU())
+    maps = fm.get_feature_maps(model, torch.randn(1, 3, 64))
+    from featuremaps.report.data import ReportOptions, encode_layers
+
+    layers = encode_layers(maps, ReportOptions())
+    assert [d["kind"] for d in layers] == ["strip", "strip"] and layers[0]["tile"] == [1, 64]

@@ -159,6 +159,27 @@ def test_xss_module_name_renders_as_text(browser, tmp_path):
         p.page.close()
 
 
+def test_wide_and_deep_model_stays_usable(browser, tmp_path):
+    """300 layers and a 2,048-channel layer: the page opens, the wide layer draws and enlarges."""
+    import torch
+
+    from test_report import Deep
+
+    torch.manual_seed(0)
+    path = fm.report(Deep().eval(), fm.sample_image("coffee"), cam_methods=None).save(tmp_path / "deep.html")
+    p = Page(browser, path)
+    try:
+        assert p.page.locator(".layer-btn").count() == 301
+        p.page.click(".layer-btn[data-name='wide']")
+        p.page.wait_for_function("document.getElementById('grid').dataset.layer === 'wide'")
+        assert p.page.eval_on_selector("#grid", "c => c.width * c.height") > 2048 * 32 * 32
+        p.page.click("#grid", position={"x": 5, "y": 5})
+        p.page.wait_for_selector("#detail:not([hidden])")
+        assert [m for m in p.console if m[0] in ("error", "pageerror")] == []
+    finally:
+        p.page.close()
+
+
 def test_screenshot_artifact(default_page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     out = ARTIFACTS / "report.png"

@@ -118,9 +118,10 @@ def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
     if t.device.type == "meta" or t.ndim not in (3, 4, 5):
         return None
     x = t[0].detach().float()
+    strip = x.ndim == 2
     if x.ndim == 4:  # (C, D, H, W): maximum intensity projection over depth
         x = x.amax(dim=1)
-    elif x.ndim == 2:  # (C, L): a strip per channel
+    elif strip:  # (C, L): a strip per channel
         x = x[:, None, :]
     c = x.shape[0]
     finite = torch.isfinite(x)
@@ -135,8 +136,8 @@ def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
         shown = torch.topk(cmax_full.cpu(), options.top_k).indices.sort().values
     xs = clean[shown.to(clean.device)]
     h, w = xs.shape[-2:]
-    th = min(h, options.max_tile) if h > 1 else 1
-    tw = min(w, options.max_tile * (4 if h == 1 else 1))
+    th = min(h, options.max_tile)
+    tw = min(w, options.max_tile * (4 if strip else 1))
     if (th, tw) != (h, w):
         xs = F.adaptive_avg_pool2d(xs[None], (th, tw))[0]
     lo = xs.reshape(len(shown), -1).amin(dim=1)
@@ -144,7 +145,7 @@ def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
     span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     q = ((xs - lo[:, None, None]) / span[:, None, None] * 255).round().clamp(0, 255).to(torch.uint8).cpu()
     n = len(shown)
-    cols = 1 if th == 1 else min(n, max(1, math.ceil(math.sqrt(n * th / tw))))
+    cols = 1 if strip else min(n, max(1, math.ceil(math.sqrt(n * th / tw))))
     rows = math.ceil(n / cols)
     padded = torch.zeros(rows * cols, th, tw, dtype=torch.uint8)
     padded[:n] = q
@@ -157,6 +158,7 @@ def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
         "layout": lm.layout,
         "shape": list(lm.shape),
         "stage": layer_stage(lm.info.module_name),
+        "kind": "strip" if strip else "grid",
         "channels": c,
         "shown": [int(i) for i in idx.tolist()],
         "tile": [int(th), int(tw)],

@@ -125,10 +125,10 @@
   // ---------------------------------------------------------------- the grid
   var grid = $("grid");
   function geometry(L) {
-    var n = L.shown.length, th = L.tile[0], tw = L.tile[1];
-    var cols = th === 1 ? 1 : Math.max(1, Math.ceil(Math.sqrt(n * th / tw)));
-    var rows = Math.ceil(n / cols), tileH = th === 1 ? 1 : th;
-    return { cols: cols, rows: rows, th: th, tw: tw, cellW: tw + 1, cellH: tileH + 1 };
+    var n = L.shown.length, th = L.tile[0], tw = L.tile[1], strip = L.kind === "strip";
+    var cols = strip ? 1 : Math.max(1, Math.ceil(Math.sqrt(n * th / tw)));
+    var rows = Math.ceil(n / cols);
+    return { cols: cols, rows: rows, th: th, tw: tw, cellW: tw + 1, cellH: th + 1, strip: strip };
   }
 
   function drawGrid() {
@@ -138,7 +138,7 @@
       var g = geometry(L), W = g.cols * g.cellW + 1, H = g.rows * g.cellH + 1;
       grid.width = W; grid.height = H;
       var zoom = Math.max(1, Math.round(state.zoom * Math.max(1, 24 / Math.max(g.th, g.tw))));
-      var stretch = g.th === 1 ? 6 : 1;
+      var stretch = g.strip ? 6 : 1;
       grid.style.width = (W * zoom) + "px";
       grid.style.height = (H * zoom * stretch) + "px";
       var ctx = grid.getContext("2d"), img = ctx.createImageData(W, H), out = img.data;
@@ -285,7 +285,7 @@
       var heat = tileCanvas(sp, L, s, luts.inferno, function (slot, v) { return v; });
       ctx.imageSmoothingEnabled = true;
       ctx.globalAlpha = state.opacity;
-      if (L.tile[0] === 1) {
+      if (L.kind === "strip") {
         ctx.drawImage(heat, 0, 0, c.width, c.height / 8);
       } else {
         ctx.drawImage(heat, 0, 0, c.width, c.height);
@@ -325,7 +325,7 @@
     panel.setAttribute("data-channel", String(L.shown[s]));
     return decode(state.layer).then(function (sp) {
       var big = $("detail-map"), th = L.tile[0], tw = L.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
-      big.width = tw * z; big.height = Math.max(th, th === 1 ? 16 : th) * z;
+      big.width = tw * z; big.height = (L.kind === "strip" ? Math.max(16, th) : th) * z;
       var ctx = big.getContext("2d");
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(tileCanvas(sp, L, s, luts.viridis, function (slot, v) { return v; }), 0, 0, big.width, big.height);
