@@ -142,6 +142,7 @@ def _add_one_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_version_counter_fallback_recaptures_with_a_copy():
     model = _ScriptedInplace().eval()
     x = torch.randn(1, 1, 4, 4)

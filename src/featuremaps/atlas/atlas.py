@@ -135,10 +135,13 @@ class Atlas:
         root: the image folder, for folder datasets.
 
     Example:
-        >>> import featuremaps as fm                                  # doctest: +SKIP
-        >>> atlas = fm.build_atlas(fm.load_model(), "photos/", layers="_blocks.15._project_conv", k=9)  # doctest: +SKIP
-        >>> atlas.top_examples("_blocks.15._project_conv", 17)[0]     # doctest: +SKIP
-        TopExample(index=41, score=12.7, position=(3, 4))
+        >>> import torch, featuremaps as fm
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> atlas = fm.build_atlas(net, TensorDataset(torch.rand(6, 3, 16, 16)), layers="1", k=2, progress=False)
+        >>> atlas.layers(), len(atlas.top_examples("1", channel=0))
+        (['1'], 2)
     """
 
     k: int
