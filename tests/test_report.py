@@ -246,3 +246,36 @@ def test_1d_maps_encode_as_strips():
 
     layers = encode_layers(maps, ReportOptions())
     assert [d["kind"] for d in layers] == ["strip", "strip"] and layers[0]["tile"] == [1, 64]
+
+
+def test_optional_synthesized_images_per_channel():
+    model = xss_model()
+    rep = fm.report(model, fm.sample_image("coffee"), cam_methods=None, synthesize="conv", synth_steps=4,
+                    synth_size=32)
+    conv = next(d for d in rep.data["layers"] if d["name"] == "conv")
+    assert len(conv["synth"]) == len(conv["shown"]) == 6
+    im = Image.open(io.BytesIO(base64.b64decode(conv["synth"][0].split(",", 1)[1])))
+    assert im.format == "JPEG" and im.size == (32, 32)
+    assert all("synth" not in d for d in rep.data["layers"] if d["name"] != "conv")  # off unless asked
+    with pytest.raises(fm.LayerNotFoundError, match="closest: conv"):
+        fm.report(model, fm.sample_image("coffee"), cam_methods=None, synthesize="convv", synth_steps=2)
+
+
+def test_channels_link_to_the_atlas(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    model = xss_model()
+    atlas = fm.build_atlas(model, TensorDataset(torch.rand(5, 3, 32, 32)), layers="conv", k=2, progress=False)
+    atlas.save(tmp_path / "atlas", patches=False)
+    rep = fm.report(model, fm.sample_image("coffee"), cam_methods=None, atlas=tmp_path / "atlas",
+                    atlas_href="../atlas")
+    conv = next(d for d in rep.data["layers"] if d["name"] == "conv")
+    assert conv["atlas"] == "../atlas/layers/000.html"
+    assert all("atlas" not in d for d in rep.data["layers"] if d["name"] != "conv")
+    # the CLI makes the link relative to where the page is written
+    out = tmp_path / "pages" / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--model", "test_report:xss_model", "--weights", "random",
+                                      "--no-cams", "--atlas", str(tmp_path / "atlas"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    href = next(d for d in payload(out.read_text(encoding="utf-8"))["layers"] if d["name"] == "conv")["atlas"]
+    assert href == "../atlas/layers/000.html" and (out.parent / href).resolve().is_file()

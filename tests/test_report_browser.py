@@ -180,6 +180,30 @@ def test_wide_and_deep_model_stays_usable(browser, tmp_path):
         p.page.close()
 
 
+def test_channel_view_links_to_the_atlas_and_shows_synthesized_images(browser, tmp_path):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    model = xss_model()
+    fm.build_atlas(model, TensorDataset(torch.rand(4, 3, 32, 32)), layers="conv", k=2,
+                   progress=False).save(tmp_path / "atlas", patches=False)
+    path = fm.report(model, fm.sample_image("coffee"), cam_methods=None, atlas=tmp_path / "atlas",
+                     atlas_href="atlas", synthesize="conv", synth_steps=4, synth_size=32).save(tmp_path / "r.html")
+    p = Page(browser, path)
+    try:
+        p.page.click(".layer-btn[data-name='conv']")
+        p.page.click("#grid", position={"x": 3, "y": 3})
+        p.page.wait_for_selector("#detail:not([hidden])")
+        channel = p.page.locator("#detail").get_attribute("data-channel")
+        assert p.page.locator("#detail-atlas").get_attribute("href") == f"atlas/layers/000.html#c{channel}"
+        assert p.page.locator("#detail-synth-fig").is_visible()
+        p.page.click(f".layer-btn[data-name='{XSS}']")  # a layer without either
+        p.page.click("#grid", position={"x": 3, "y": 3})
+        assert p.page.locator("#detail-atlas-p").is_hidden() and p.page.locator("#detail-synth-fig").is_hidden()
+    finally:
+        p.page.close()
+
+
 def test_screenshot_artifact(default_page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     out = ARTIFACTS / "report.png"

@@ -228,6 +228,12 @@ def maps_cmd(
 @click.option("--cam-layer", default="auto", show_default=True, help="The CAM target layer.")
 @click.option("--no-cams", is_flag=True, help="Leave out the CAM section.")
 @click.option("--no-metrics", is_flag=True, help="Skip the faithfulness scores (faster).")
+@click.option("--synthesize", "synth_layers", multiple=True,
+              help="Also synthesize an image exciting each shown channel of these layers (slow; off by default).")
+@click.option("--synth-steps", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Optimization steps per synthesized image.")
+@click.option("--atlas", "atlas_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="An atlas folder of the same model: channels link to their top dataset examples there.")
 @click.option("--title", default=None, help="Page title.")
 @click.option("-o", "--out", "out_path", default=f"{DEFAULT_OUT}/report.html", show_default=True,
               type=click.Path(dir_okay=False), help="Where to write the page.")
@@ -236,7 +242,8 @@ def maps_cmd(
 def report_cmd(
     image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
     layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int, cam_methods: tuple[str, ...],
-    cam_layer: str, no_cams: bool, no_metrics: bool, title: str | None, out_path: str, serve: bool, port: int,
+    cam_layer: str, no_cams: bool, no_metrics: bool, synth_layers: tuple[str, ...], synth_steps: int,
+    atlas_dir: str | None, title: str | None, out_path: str, serve: bool, port: int,
 ) -> None:
     """Turn a model and IMAGE into one self-contained interactive HTML page.
 
@@ -254,6 +261,8 @@ def report_cmd(
             model, src, preprocess=preprocess, layers=_parse_layers(layer_patterns), top_k=top_k,
             max_tile=max_tile, cam_methods=() if no_cams else (cam_methods or DEFAULT_CAM_METHODS),
             cam_layer=cam_layer, metrics=not no_metrics, title=title, progress=progress,
+            synthesize=_parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir,
+            atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None,
         )
     path = rep.save(out_path)
     top = rep.data["predictions"]
@@ -267,6 +276,13 @@ def report_cmd(
     click.echo(f"wrote {path.resolve()}")
     if serve:
         _serve(path, port)
+
+
+def _relative_href(target: str, page: str) -> str:
+    """A link from the page's folder to ``target`` (POSIX separators)."""
+    import os
+
+    return Path(os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)).as_posix()
 
 
 def _serve(path: Path, port: int) -> None:

@@ -176,6 +176,11 @@ def report(
     classes: int = 5,
     title: str | None = None,
     max_bytes: int | str | None = "2GB",
+    synthesize: LayerSelector | None = None,
+    synth_steps: int = 128,
+    synth_size: int = 96,
+    atlas: str | os.PathLike[str] | None = None,
+    atlas_href: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -196,6 +201,18 @@ def report(
         classes: how many top classes to list (CAMs are computed for each).
         title: the page title.
         max_bytes: the capture's memory budget.
+        synthesize: layers (names or globs) whose shown channels also get an
+            image synthesized to excite them (:func:`featuremaps.synthesize`),
+            shown in the enlarged channel view. Off by default: it costs
+            about ``synth_steps`` forward and backward passes per batch of
+            channels.
+        synth_steps: optimization steps per synthesized image.
+        synth_size: synthesized image size in pixels.
+        atlas: an atlas folder (:func:`featuremaps.build_atlas`, ``featuremaps
+            atlas``) of the same model: the enlarged channel view then links
+            to the channel's top dataset examples there.
+        atlas_href: how the page should link to that folder (default: the
+            ``atlas`` path as given; the CLI makes it relative to the page).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -229,6 +246,12 @@ def report(
     encoded = encode_layers(maps, options, tick)
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
+    if atlas is not None:
+        _add_atlas_links(encoded, atlas, atlas_href)
+    if synthesize is not None:
+        t1 = time.perf_counter()
+        _add_synthesized(net, prep, maps, encoded, synthesize, synth_steps, synth_size, progress)
+        timings["synthesis"] = time.perf_counter() - t1
     del maps
     cams = None
     if cam_methods:
@@ -259,6 +282,47 @@ def report(
     seconds = time.perf_counter() - t0
     timings["total"] = seconds
     return Report(data=data, html=html, seconds=seconds, timings=timings)
+
+
+def _add_atlas_links(encoded: list[dict[str, Any]], atlas: str | os.PathLike[str], href: str | None) -> None:
+    """Give each layer the atlas has an ``atlas`` link base (the page adds ``#c<channel>``)."""
+    from ..atlas import load_atlas
+
+    loaded = load_atlas(atlas)
+    base = (href if href is not None else Path(atlas).as_posix()).rstrip("/")
+    known = set(loaded.layers())
+    for d in encoded:
+        if d["name"] in known:
+            page = loaded.channel_href(d["name"], loaded.channels(d["name"])[0]).split("#", 1)[0]
+            d["atlas"] = f"{base}/{page}"
+
+
+def _add_synthesized(
+    model: nn.Module, preprocess: Any, maps: Any, encoded: list[dict[str, Any]], layers: LayerSelector,
+    steps: int, size: int, progress: Callable[[str, int, int], None] | None,
+) -> None:
+    """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
+    import fnmatch
+
+    from ..synthesis import synthesize as synth
+
+    patterns = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[arg-type]
+    chosen = [d for d in encoded if any(d["name"] == p or fnmatch.fnmatchcase(d["name"], str(p)) for p in patterns)]
+    if not chosen:
+        from ..visualize import _select
+
+        _select(maps, layers)  # raises the usual "no captured map matches ... closest" error
+    total = sum(len(d["shown"]) for d in chosen)
+    done = 0
+    for d in chosen:
+        targets = [f"{d['name']}:{c}" for c in d["shown"]]
+        images = synth(model, targets, steps=steps, size=size, preprocess=preprocess, progress=False)
+        if not isinstance(images, list):
+            images = [images]
+        d["synth"] = [photo_data_uri(im, quality=85, max_side=size) for im in images]
+        done += len(targets)
+        if progress is not None:
+            progress("synthesis", done, total)
 
 
 def render_report(*args: Any, **kwargs: Any) -> str:

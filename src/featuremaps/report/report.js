@@ -323,6 +323,21 @@
       fmt(L.max[s]) + " \u00b7 mean " + fmt(L.mean[s]) + " \u00b7 variance " + fmt(L.var[s]) +
       " (full resolution) \u00b7 " + L.tile[1] + "\u00d7" + L.tile[0] + " px";
     panel.setAttribute("data-channel", String(L.shown[s]));
+    var atlasP = $("detail-atlas-p");
+    if (L.atlas) {
+      $("detail-atlas").setAttribute("href", L.atlas + "#c" + L.shown[s]);
+      atlasP.hidden = false;
+    } else {
+      atlasP.hidden = true;
+    }
+    var synthFig = $("detail-synth-fig");
+    if (L.synth && L.synth[s]) {
+      $("detail-synth").src = L.synth[s];
+      synthFig.hidden = false;
+    } else {
+      synthFig.hidden = true;
+      $("detail-synth").removeAttribute("src");
+    }
     return decode(state.layer).then(function (sp) {
       var big = $("detail-map"), th = L.tile[0], tw = L.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
       big.width = tw * z; big.height = (L.kind === "strip" ? Math.max(16, th) : th) * z;
