@@ -245,8 +245,22 @@ class _MaskedForwards:
         return scores
 
 
+class _PerturbationCAM(BaseCAM):
+    """Shared setup of the methods that run batched forwards of perturbed inputs (no gradients)."""
+
+    uses_gradients = False
+
+    def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, batch_size: int = 32,
+                 **options: Any) -> None:
+        super().__init__(model, layer, **options)
+        self.batch_size = _check_batch_size(batch_size)
+        #: perturbed forwards run by the last call (rows), and rows skipped as provably unneeded
+        self.last_forwards = 0
+        self.last_skipped = 0
+
+
 @register_cam("scorecam", "score-cam")
-class ScoreCAM(BaseCAM):
+class ScoreCAM(_PerturbationCAM):
     """Score-CAM (Wang et al., CVPR-W 2020, "Score-CAM: Score-Weighted Visual Explanations
     for Convolutional Neural Networks").
 
@@ -280,15 +294,6 @@ class ScoreCAM(BaseCAM):
         torch.Size([2, 8, 8])
     """
 
-    uses_gradients = False
-
-    def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, batch_size: int = 32,
-                 **options: Any) -> None:
-        super().__init__(model, layer, **options)
-        self.batch_size = _check_batch_size(batch_size)
-        #: masked forwards run by the last call (rows), and rows skipped as all-zero masks
-        self.last_forwards = 0
-        self.last_skipped = 0
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
         """Softmax of the masked-input scores as channel weights."""
@@ -448,7 +453,7 @@ def _substituted(model: nn.Module, module_name: str, call: int, path: str) -> It
 
 
 @register_cam("ablationcam", "ablation-cam")
-class AblationCAM(BaseCAM):
+class AblationCAM(_PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020, "Ablation-CAM: Visual Explanations for
     Deep Convolutional Network via Gradient-free Localization").
 
@@ -483,14 +488,6 @@ class AblationCAM(BaseCAM):
         torch.Size([2, 8, 8])
     """
 
-    uses_gradients = False
-
-    def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, batch_size: int = 32,
-                 **options: Any) -> None:
-        super().__init__(model, layer, **options)
-        self.batch_size = _check_batch_size(batch_size)
-        self.last_forwards = 0
-        self.last_skipped = 0
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
         """Relative score drop per ablated channel as weights."""
