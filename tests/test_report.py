@@ -279,3 +279,17 @@ def test_channels_link_to_the_atlas(tmp_path):
     assert result.exit_code == 0, result.output
     href = next(d for d in payload(out.read_text(encoding="utf-8"))["layers"] if d["name"] == "conv")["atlas"]
     assert href == "../atlas/layers/000.html" and (out.parent / href).resolve().is_file()
+
+
+def test_default_cam_methods_skip_what_the_model_cannot_use():
+    torch.manual_seed(0)
+    flat_head = nn.Sequential(nn.Conv2d(3, 4, 3, stride=8, padding=1), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(4 * 28 * 28, 5)).eval()
+    rep = fm.report(flat_head, fm.sample_image("coffee"), metrics=False)
+    cams = rep.data["cams"]
+    assert "cam" not in cams["methods"] and "gradcam" in cams["methods"]
+    assert cams["skipped"] and cams["skipped"][0].startswith("cam (") and "Not applicable" in cams["hint"]
+    with pytest.raises(fm.AttributionError, match="linear classifier"):  # asked for explicitly: an error
+        fm.report(flat_head, fm.sample_image("coffee"), cam_methods=["cam"], metrics=False)
+    small = fm.report(flat_head, fm.sample_image("coffee"), cam_methods=None, photo_size=64)
+    assert max(Image.open(io.BytesIO(base64.b64decode(small.data["photo"].split(",", 1)[1]))).size) == 64

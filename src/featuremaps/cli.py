@@ -223,6 +223,8 @@ def maps_cmd(
               help="Show only the K most active channels per layer (default: all).")
 @click.option("--max-tile", type=click.IntRange(min=4, max=224), default=32, show_default=True,
               help="Channel thumbnails are pooled to at most this many pixels per side.")
+@click.option("--photo-size", type=click.IntRange(min=32, max=4096), default=448, show_default=True,
+              help="Longest side of the embedded photo in pixels.")
 @click.option("--cam-method", "cam_methods", multiple=True,
               help="CAM methods to show (repeat; default: the gradient-based ones). See `featuremaps cam --help`.")
 @click.option("--cam-layer", default="auto", show_default=True, help="The CAM target layer.")
@@ -241,7 +243,7 @@ def maps_cmd(
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port for --serve (default: a free one).")
 def report_cmd(
     image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
-    layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int, cam_methods: tuple[str, ...],
+    layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int, photo_size: int, cam_methods: tuple[str, ...],
     cam_layer: str, no_cams: bool, no_metrics: bool, synth_layers: tuple[str, ...], synth_steps: int,
     atlas_dir: str | None, title: str | None, out_path: str, serve: bool, port: int,
 ) -> None:
@@ -261,7 +263,7 @@ def report_cmd(
             model, src, preprocess=preprocess, layers=_parse_layers(layer_patterns), top_k=top_k,
             max_tile=max_tile, cam_methods=() if no_cams else (cam_methods or DEFAULT_CAM_METHODS),
             cam_layer=cam_layer, metrics=not no_metrics, title=title, progress=progress,
-            synthesize=_parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir,
+            synthesize=_parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir, photo_size=photo_size,
             atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None,
         )
     path = rep.save(out_path)

@@ -24,9 +24,10 @@ from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 __all__ = ["Report", "report", "render_report", "DEFAULT_CAM_METHODS"]
 
 #: CAM methods shown by default: the gradient-based ones, which cost one
-#: backward each. Score-CAM and Ablation-CAM need a forward per channel;
+#: backward each, Eigen-CAM and plain CAM (skipped for models without a
+#: GAP + linear head). Score-CAM and Ablation-CAM need a forward per channel;
 #: ask for them with ``cam_methods=[...]``.
-DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")
+DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "cam")
 
 
 @dataclass
@@ -181,6 +182,7 @@ def report(
     synth_size: int = 96,
     atlas: str | os.PathLike[str] | None = None,
     atlas_href: str | None = None,
+    photo_size: int = 448,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -213,6 +215,7 @@ def report(
             to the channel's top dataset examples there.
         atlas_href: how the page should link to that folder (default: the
             ``atlas`` path as given; the CLI makes it relative to the page).
+        photo_size: the embedded photo's longest side at most (pixels).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -258,7 +261,8 @@ def report(
         from .cams import cam_section
 
         t1 = time.perf_counter()
-        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress)
+        lenient = tuple(cam_methods) == DEFAULT_CAM_METHODS  # defaults a model cannot use are skipped
+        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient)
         timings["cams"] = time.perf_counter() - t1
     meta = {
         "title": title or f"featuremaps: {model_name} on {_image_name(src)}",
@@ -272,7 +276,7 @@ def report(
     }
     data = {
         "meta": meta,
-        "photo": photo_data_uri(view),
+        "photo": photo_data_uri(view, max_side=photo_size),
         "predictions": predictions,
         "layers": encoded,
         "cams": cams,

@@ -33,6 +33,7 @@ def cam_section(
     progress: Callable[[str, int, int], None] | None = None,
     *,
     metric_steps: int = 10,
+    lenient: bool = False,
 ) -> dict[str, Any] | None:
     """CAM heatmaps of every method for each of the top classes, plus faithfulness scores.
 
@@ -40,6 +41,10 @@ def cam_section(
     (so all classes cost one forward and one backward). Faithfulness scores
     (deletion/insertion AUC, average drop, ROAD) are computed for the top
     class, for all methods in one batched evaluation.
+
+    With ``lenient``, a method the model cannot use (e.g. plain CAM without
+    a GAP + linear head) is skipped and named in the section's hint instead
+    of failing the report.
 
     Returns:
         ``None`` when the output is not a classification, else a dict with
@@ -56,7 +61,7 @@ def cam_section(
         >>> sec["layer"], list(sec["classes"][0]["maps"])
         ('1', ['gradcam'])
     """
-    from ..attribution import average_drop, create_cam, deletion_auc, get_cam, insertion_auc
+    from ..attribution import AttributionError, average_drop, create_cam, deletion_auc, get_cam, insertion_auc
 
     if not predictions:
         return None
@@ -66,13 +71,23 @@ def cam_section(
     heat: dict[str, torch.Tensor] = {}
     layer_names: list[str] = []
     total = len(methods) + (1 if metrics else 0)
+    skipped: list[str] = []
     for i, method in enumerate(methods):
         cam = create_cam(method, model, layer=layer)
-        result = cam.explain(xb, target=classes)
+        try:
+            result = cam.explain(xb, target=classes)
+        except AttributionError as exc:
+            if not lenient:
+                raise
+            skipped.append(f"{method} ({exc})")
+            continue
         heat[method] = result.heatmap.detach().float().cpu()
         layer_names = list(result.layers)
         if progress is not None:
             progress("CAM methods", i + 1, total)
+    methods = [m for m in methods if m in heat]
+    if not methods:
+        return None
     scores: dict[str, dict[str, float]] = {}
     if metrics and heat:
         stack = torch.stack([heat[m][0] for m in methods])  # (M, H, W): each method's top-class map
@@ -101,15 +116,19 @@ def cam_section(
             maps[method] = entry
         out_classes.append({"index": p["index"], "name": p["name"], "p": p["p"], "maps": maps})
     where = ", ".join(layer_names)
+    hint = (
+        "Faithfulness scores are for the top class (probability of that class): deletion removes the most "
+        f"relevant pixels first ({metric_steps} steps), insertion restores them into a blurred image, "
+        "average drop is the confidence lost when only the heatmap's pixels are kept."
+        if scores else "Faithfulness scores were not computed (metrics=False)."
+    )
+    if skipped:
+        hint += " Not applicable to this model: " + "; ".join(skipped) + "."
     return {
         "layer": where,
         "methods": list(methods),
         "classes": out_classes,
         "note": f"Target layer {where}; maps are min-max scaled per image (pytorch-grad-cam conventions).",
-        "hint": (
-            "Faithfulness scores are for the top class (probability of that class): deletion removes the most "
-            f"relevant pixels first ({metric_steps} steps), insertion restores them into a blurred image, "
-            "average drop is the confidence lost when only the heatmap's pixels are kept."
-            if scores else "Faithfulness scores were not computed (metrics=False)."
-        ),
+        "hint": hint,
+        "skipped": skipped,
     }
