@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import tracemalloc
 from html import unescape
+from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,7 @@ import atlas_helper
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
+REPORT_CSS = resources.files("featuremaps.report").joinpath("report.css").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -521,3 +527,195 @@ def test_cli_builds_an_atlas_of_the_sample_photos(tmp_path):
     assert atlas.channel_href("_blocks.15._project_conv", 17) == "layers/000.html#c17"
     assert 'id="c17"' in (out / "layers" / "000.html").read_text()
     assert isinstance(atlas, Atlas)
+
+
+# --------------------------------------------------------------------------- pages: style, CSP, escaping
+
+
+class _PageParser(HTMLParser):
+    """Collects every tag's attributes, the inline style text and the CSP of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.styles: list[str] = []
+        self.csp: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.tags.append((tag, a))
+        self._in_style = tag == "style"
+        if tag == "style":
+            self.styles.append("")
+        if tag == "meta" and a.get("http-equiv", "").lower() == "content-security-policy":
+            self.csp.append(a["content"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.styles[-1] += data
+
+
+def _parse(html: str) -> _PageParser:
+    p = _PageParser()
+    p.convert_charrefs = False  # the style text exactly as written
+    p.feed(html)
+    p.close()
+    return p
+
+
+def _pages(folder: Path) -> dict[Path, str]:
+    paths = [folder / "index.html", *sorted((folder / "layers").glob("*.html"))]
+    return {p: p.read_text(encoding="utf-8") for p in paths}
+
+
+def _check_page(path: Path, html: str, folder: Path) -> _PageParser:
+    """The CSP allows exactly the inline style, relative images and data: URIs; nothing is remote."""
+    page = _parse(html)
+    assert len(page.styles) == 1 and len(page.csp) == 1, path
+    style, csp = page.styles[0], page.csp[0]
+    digest = base64.b64encode(hashlib.sha256(style.encode("utf-8")).digest()).decode("ascii")
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["style-src"] == f"'sha256-{digest}'"
+    assert directives["default-src"] == "'none'" and directives["img-src"] == "'self' data:"
+    assert "script-src" not in directives and "unsafe" not in csp
+    assert REPORT_CSS in style  # the report's stylesheet, reused
+    for tag, attrs in page.tags:
+        assert tag != "script" and "style" not in attrs, (path, tag, attrs)  # both would be blocked
+        assert not any(name.startswith("on") for name in attrs), (path, tag, attrs)
+        for key in ("src", "href"):
+            if key in attrs:
+                url = attrs[key]
+                assert not re.match(r"^[a-z][a-z0-9+.-]*:|^//|^/", url, re.I), (path, url)  # relative only
+                target = (path.parent / url.split("#", 1)[0]).resolve()
+                assert folder.resolve() in [target, *target.parents] and target.exists(), (path, url)
+        if tag == "img":
+            assert attrs.get("alt", "").strip(), (path, attrs)
+    assert not re.search(r"https?://|url\(", html)
+    return page
+
+
+def test_pages_reuse_the_report_style_with_a_csp_hash_and_load_nothing_remote(tmp_path):
+    images = tmp_path / "images"
+    atlas_helper.make_folder(images, good=5)
+    model, preprocess = fm.load_model(atlas_helper.tiny_net())
+    out = tmp_path / "atlas"
+    build_atlas(model, images, preprocess=preprocess, layers=["1", "3", "6"], k=4, progress=False, out=out)
+    pages = _pages(out)
+    assert len(pages) == 4
+    for path, html in pages.items():
+        _check_page(path, html, out)
+    layer = pages[out / "layers" / "001.html"]
+    assert 'href="000.html" rel="prev"' in layer and 'href="002.html" rel="next"' in layer
+    assert layer.count('class="ch"') == 6 and 'id="c5"' in layer
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in layer
+
+
+def test_an_xss_layer_name_is_rendered_as_text(tmp_path):
+    name = "<img src=x onerror=alert(1)>"
+    net = nn.Sequential()
+    net.add_module(name, nn.Conv2d(3, 2, 3))
+    atlas = build_atlas(net, torch.rand(3, 3, 8, 8), layers=[name], k=1, progress=False)
+    assert atlas.layers() == [name]
+    out = atlas.save(tmp_path / "atlas")
+    for path, html in _pages(out).items():
+        page = _check_page(path, html, out)
+        assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+        assert not any(attrs.get("src") == "x" for _, attrs in page.tags)
+    assert unescape(_pages(out)[out / "layers" / "000.html"]).count(name) >= 2  # the title and the heading
+
+
+# --------------------------------------------------------------------------- synthesized images
+
+
+def test_synthesized_images_one_per_channel_shown_and_kept(tmp_path):
+    model = atlas_helper.tiny_net()
+    x = torch.rand(5, 3, 20, 20, generator=torch.Generator().manual_seed(4))
+    out = tmp_path / "atlas"
+    atlas = build_atlas(model, x, layers=["1", "6"], k=2, progress=False, out=out, synthesize=True, synth_steps=2,
+                        synth_size=16)
+    assert atlas.synthesis == {"steps": 2, "size": 16}
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "synth").rglob("*")) == [
+        "synth/000", *[f"synth/000/{c}.jpg" for c in range(4)], "synth/001", *[f"synth/001/{c}.jpg" for c in range(6)]
+    ]
+    assert atlas.synthesized("6", 5).size == (16, 16)
+    pages = _pages(out)
+    for path, html in pages.items():
+        _check_page(path, html, out)  # every image shown exists in the folder
+    layer = pages[out / "layers" / "000.html"]
+    for c in range(4):
+        assert f'src="../synth/000/{c}.jpg"' in layer
+        assert f'alt="An image synthesized to excite channel {c}"' in layer
+    assert 'src="synth/001/0.jpg"' in pages[out / "index.html"]
+    # kept by load_atlas + save
+    again = load_atlas(out).save(tmp_path / "copy")
+    assert files(again) == files(out)
+    assert load_atlas(again).synthesis == {"steps": 2, "size": 16}
+
+
+def test_synthesis_is_off_by_default_and_checked(tmp_path):
+    x = torch.rand(4, 3, 12, 12)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3))
+    out = build_atlas(net, x, layers="0", k=1, progress=False).save(tmp_path / "plain")
+    assert not (out / "synth").exists() and load_atlas(out).synthesis is None
+    assert all("synth/" not in html and "ynthesized" not in html for html in _pages(out).values())
+    with pytest.raises(FeatureMapsError, match="synth_steps=0"):
+        build_atlas(net, x, layers="0", progress=False, synthesize=True, synth_steps=0)
+    with pytest.warns(UserWarning, match="RGB images"):
+        seq = build_atlas(nn.Sequential(nn.Conv1d(2, 3, 3)), torch.rand(3, 2, 10), layers="0", k=1, progress=False,
+                          synthesize=True, synth_steps=1)
+    assert seq.synthesis is None
+
+
+def test_cli_synthesize_flag(tmp_path):
+    from featuremaps.cli_atlas import atlas_cmd
+
+    images = tmp_path / "images"
+    atlas_helper.make_folder(images, good=3)
+    out = tmp_path / "atlas"
+    result = CliRunner().invoke(
+        atlas_cmd, [str(images), "--model", "atlas_helper:tiny_net", "--weights", "random", "--layers", "3",
+                    "--k", "2", "--synthesize", "--synth-steps", "2", "--synth-size", "16", "-o", str(out), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "synthesized images (2 steps)" in result.output
+    assert len(list((out / "synth" / "000").glob("*.jpg"))) == 6
+    assert 'src="../synth/000/5.jpg"' in (out / "layers" / "000.html").read_text()
+
+
+def test_torchrun_ranks_share_the_synthesis_and_agree_with_one_process(tmp_path):
+    images = tmp_path / "images"
+    atlas_helper.make_folder(images, good=3)
+    args = ["atlas", str(images), "--model", "atlas_helper:tiny_net", "--weights", "random", "--layers", "3,6",
+            "--k", "2", "--quiet", "--synthesize", "--synth-steps", "3", "--synth-size", "16"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    helper = str(HERE / "atlas_helper.py")
+    single = subprocess.run([sys.executable, helper, *args, "-o", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    multi = subprocess.run(
+        [*launcher, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}", helper,
+         *args, "-o", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert multi.returncode == 0, multi.stdout + multi.stderr
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert one.keys() == two.keys()
+    synth = sorted(key for key in one if key.startswith("synth/"))
+    assert len(synth) == 6 + 6  # every channel of both layers, each made by one of the two ranks
+    assert all(one[key] == two[key] for key in one if key not in synth)
+    from PIL import Image
+
+    def pixels(path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            return np.asarray(img, dtype=np.int16)
+
+    for key in synth:  # the same images up to floating-point rounding (different batches)
+        assert np.abs(pixels(tmp_path / "one" / key) - pixels(tmp_path / "two" / key)).mean() < 2.0, key

@@ -4,6 +4,7 @@ A thin shell over :func:`featuremaps.atlas.build_atlas`. It works alone and
 under ``torchrun`` (each process reads a shard; rank 0 writes the folder)::
 
     featuremaps atlas IMAGE_DIR --layers '_blocks.1?.*' --k 9 -o atlas/
+    featuremaps atlas IMAGE_DIR --layers '_blocks.15.*' --synthesize --synth-steps 64 -o atlas/
     torchrun --nproc_per_node=4 -m featuremaps atlas IMAGE_DIR --layers ... -o atlas/
 """
 
@@ -63,11 +64,18 @@ def _init_distributed(device: str | None) -> tuple[bool, str | None]:
 @click.option("--receptive", type=click.Choice(["auto", "chain", "gradient", "none"]), default="auto",
               show_default=True,
               help="How patch sizes are found: from the module chain, by gradients, auto, or none (whole images).")
+@click.option("--synthesize", is_flag=True,
+              help="Also synthesize an image exciting each channel, shown next to its patches (slow; off by default).")
+@click.option("--synth-steps", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Optimization steps per synthesized image.")
+@click.option("--synth-size", default=96, show_default=True, type=click.IntRange(min=8),
+              help="Synthesized image size in pixels.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def atlas_cmd(
     image_dir: str, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
     layer_patterns: tuple[str, ...], k: int, score: str, out_dir: str, batch_size: int, workers: int,
-    checkpoint_every: int, no_resume: bool, patch_size: int, receptive: str, quiet: bool,
+    checkpoint_every: int, no_resume: bool, patch_size: int, receptive: str, synthesize: bool, synth_steps: int,
+    synth_size: int, quiet: bool,
 ) -> None:
     """Find the K images (and patches) of IMAGE_DIR that activate each channel most.
 
@@ -78,11 +86,15 @@ def atlas_cmd(
     atlas.safetensors (load it with featuremaps.atlas.load_atlas). An
     interrupted run continues where it stopped when re-run with the same
     arguments. Under torchrun each process reads its share of the images.
+    With --synthesize each channel also gets an image optimized to excite it
+    (about --synth-steps forward and backward passes per batch of channels;
+    under torchrun the processes share the channels).
 
     Example:
 
     \b
         featuremaps atlas photos/ --layers '_blocks.1?._project_conv' --k 9 -o atlas/
+        featuremaps atlas photos/ --layers '_blocks.15.*' --synthesize -o atlas/
         torchrun --nproc_per_node=4 -m featuremaps atlas photos/ --layers ... -o atlas/
     """
     from .atlas import build_atlas
@@ -98,6 +110,7 @@ def atlas_cmd(
             model, image_dir, preprocess=preprocess, layers=_parse_layers(layer_patterns), k=k, score=score,
             batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
             resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
+            synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size,
         )
         seconds = time.perf_counter() - t0
         if rank == 0:
@@ -106,6 +119,7 @@ def atlas_cmd(
             click.echo(
                 f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
                 f"{channels} channels, top {k} by {score}"
+                + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
             )
             if atlas.skipped:
                 click.echo(f"skipped {len(atlas.skipped)} unreadable images:", err=True)

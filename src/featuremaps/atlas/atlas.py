@@ -12,6 +12,9 @@ An atlas folder holds:
 * ``patches/NNN/C.png`` (or ``.jpg``) - for channel ``C`` of layer number
   ``NNN``, the receptive-field crops around the argmax of its top examples,
   in a grid (PNG for small fields shown enlarged, JPEG for photo-like crops);
+* ``synth/NNN/C.jpg`` - optionally, an image synthesized to excite channel
+  ``C`` of layer ``NNN`` (:meth:`Atlas.synthesize`; ``atlas.json`` then
+  records the steps and size under ``synthesis``);
 * ``index.html`` and ``layers/NNN.html`` - the pages (see :mod:`.html`).
 
 The folder is written into a temporary sibling and renamed into place, so it
@@ -21,11 +24,14 @@ same atlas always gives the same bytes.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
 import secrets
 import shutil
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -133,6 +139,8 @@ class Atlas:
         model: the model's name.
         input_size: ``(H, W)`` of the model input, when known.
         root: the image folder, for folder datasets.
+        synthesis: ``{"steps": ..., "size": ...}`` when the channels have
+            synthesized images (:meth:`synthesize`), else ``None``.
 
     Example:
         >>> import torch, featuremaps as fm
@@ -154,7 +162,9 @@ class Atlas:
     model: str = ""
     input_size: tuple[int, int] | None = None
     root: str | None = None
+    synthesis: dict[str, int] | None = None
     _viewer: ImageViewer | None = field(default=None, repr=False, compare=False)
+    _synth: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False, compare=False)
     _origin: Path | None = field(default=None, repr=False, compare=False)
 
     # -- queries ------------------------------------------------------------
@@ -303,6 +313,116 @@ class Atlas:
         i = self.layers().index(self.layer(layer).name)
         return f"layers/{i:03d}.html#c{self._channel(layer, channel)}"
 
+    # -- synthesized images -------------------------------------------------
+    def synthesize(
+        self,
+        model: Any,
+        *,
+        steps: int = 128,
+        size: int = 96,
+        preprocess: Any = None,
+        progress: bool = False,
+    ) -> None:
+        """Synthesize, for every channel of the atlas layers, an image that excites it.
+
+        Each image is optimized to maximize the channel's mean activation
+        (:func:`featuremaps.synthesize`, in batches of channels); it is kept
+        with the atlas (as JPEG), shown in the channel's card and written by
+        :meth:`save` as ``synth/NNN/C.jpg``. It costs about ``steps`` forward
+        and backward passes per batch of channels, so it is off unless asked
+        for. Under ``torch.distributed`` every rank synthesizes a share of the
+        channels and all ranks end with every image. A layer the synthesis
+        cannot use (e.g. one that does not run on a ``size`` x ``size``
+        image) is skipped with a warning.
+
+        Args:
+            model: the model the atlas was built from (an ``nn.Module`` or a
+                :class:`~featuremaps.LoadedModel`), taking RGB images.
+            steps: optimization steps per image.
+            size: image size in pixels.
+            preprocess: the model's preprocessing (its mean and std
+                normalize the images; default: the ImageNet ones).
+            progress: show a progress bar.
+
+        Raises:
+            FeatureMapsError: bad ``steps`` or ``size``; an atlas whose model
+                does not take images.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from featuremaps.atlas import build_atlas
+            >>> net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+            >>> atlas = build_atlas(net, torch.rand(4, 3, 16, 16), layers="1", k=1, progress=False)
+            >>> atlas.synthesize(net, steps=2, size=16)
+            >>> atlas.synthesized("1", 1).size, atlas.synthesis
+            ((16, 16), {'steps': 2, 'size': 16})
+        """
+        from ..models import LoadedModel
+        from ..synthesis import Channel, SynthesisError
+        from ..synthesis import synthesize as synth
+        from .build import _dist
+
+        if isinstance(model, LoadedModel):
+            model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
+        steps, size = check_synthesis(steps, size)
+        if self.input_size is None:
+            raise FeatureMapsError(
+                "this atlas was not built from images (N, C, H, W), so its channels cannot be synthesized; "
+                "synthesis needs a model that takes RGB images"
+            )
+        rank, world = _dist()
+        images: dict[tuple[str, int], bytes] = {}
+        failed: dict[str, str] = {}
+        error: str | None = None
+        try:
+            for layer in self.layer_table:
+                chans = list(range(rank, layer.channels, world))  # this rank's share
+                if not chans:
+                    continue
+                try:
+                    result = synth(model, [Channel(layer.name, c) for c in chans], steps=steps, size=size,
+                                   preprocess=preprocess, progress=progress and rank == 0, return_result=True)
+                except SynthesisError as exc:
+                    failed[layer.name] = str(exc).splitlines()[0]
+                    continue
+                if result.interrupted:  # synthesize returns on Ctrl-C; stop here, not at every layer
+                    raise KeyboardInterrupt
+                for c, img in zip(chans, result.images):
+                    images[(layer.name, c)] = _jpeg(img)
+        except Exception as exc:  # noqa: BLE001 - under torch.distributed every rank must reach the gather
+            if world == 1:
+                raise
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if world > 1:
+            images, failed, error = _gather_synthesized(images, failed, error, world)
+            if error is not None:
+                raise FeatureMapsError(f"synthesizing the atlas channels failed on a rank: {error}")
+        for name in failed:  # a layer is complete or absent
+            images = {key: v for key, v in images.items() if key[0] != name}
+        if failed:
+            listed = "; ".join(f"{name!r}: {msg}" for name, msg in sorted(failed.items())[:3])
+            warnings.warn(f"no images synthesized for {len(failed)} layer(s): {listed}", UserWarning, stacklevel=2)
+        self._synth = images
+        self.synthesis = {"steps": steps, "size": size}
+
+    def synthesized(self, layer: str, channel: int) -> Any:
+        """The image synthesized to excite a channel (a PIL image), or ``None`` if there is none.
+
+        Example:
+            >>> atlas = _tiny_atlas()
+            >>> atlas.synthesized("conv", 0) is None
+            True
+        """
+        data = self._synth.get((self.layer(layer).name, self._channel(layer, channel)))
+        if data is None:
+            return None
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+
     # -- saving -------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str], *, patch_size: int = 64, patches: bool = True) -> Path:
         """Write the data, patch thumbnails and HTML pages into ``directory``, atomically.
@@ -324,6 +444,8 @@ class Atlas:
             >>> out = _tiny_atlas().save(pathlib.Path(tempfile.mkdtemp()) / "atlas")
             >>> sorted(p.name for p in out.iterdir())
             ['atlas.json', 'atlas.safetensors', 'index.html', 'layers', 'patches']
+
+        With synthesized images (:meth:`synthesize`) there is also ``synth/``.
         """
         target = Path(directory)
         if patch_size < 4:
@@ -363,33 +485,50 @@ class Atlas:
         (folder / "atlas.json").write_text(json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n",
                                            encoding="utf-8")
         have = self._write_patches(folder, patch_size) if patches else {}
+        synth = self._write_synthesized(folder)
         from .html import render_index, render_layer
 
         (folder / "layers").mkdir()
-        (folder / "index.html").write_text(render_index(self._index_data(have)), encoding="utf-8")
+        (folder / "index.html").write_text(render_index(self._index_data(have, synth)), encoding="utf-8")
         for i, layer in enumerate(self.layer_table):
-            page = render_layer(self._layer_data(i, layer, have, patch_size))
+            page = render_layer(self._layer_data(i, layer, have, synth, patch_size))
             (folder / "layers" / f"{i:03d}.html").write_text(page, encoding="utf-8")
+
+    def _write_synthesized(self, folder: Path) -> dict[tuple[int, int], str]:
+        """Write the synthesized images; returns ``(layer number, channel) -> relative path``."""
+        written: dict[tuple[int, int], str] = {}
+        for i, layer in enumerate(self.layer_table):
+            for c in range(layer.channels):
+                data = self._synth.get((layer.name, c))
+                if data is None:
+                    continue
+                rel = f"synth/{i:03d}/{c}.jpg"
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder / rel).write_bytes(data)
+                written[(i, c)] = rel
+        return written
 
     def _meta(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "model": self.model, "k": self.k, "score": self.score,
             "num_images": self.num_images, "input_size": list(self.input_size) if self.input_size else None,
             "root": self.root, "images": self.images, "skipped": [list(s) for s in self.skipped],
-            "layers": [layer.to_json() for layer in self.layer_table],
+            "layers": [layer.to_json() for layer in self.layer_table], "synthesis": self.synthesis,
         }
 
-    def _write_patches(self, folder: Path, patch_size: int) -> dict[tuple[int, int], str]:
-        """Write one grid image per channel; returns ``(layer number, channel) -> relative path``."""
+    def _write_patches(self, folder: Path, patch_size: int) -> dict[tuple[int, int], tuple[str, int, int]]:
+        """Write one grid image per channel; returns ``(layer number, channel) -> (relative path, width, height)``."""
         from PIL import Image
 
-        written: dict[tuple[int, int], str] = {}
+        written: dict[tuple[int, int], tuple[str, int, int]] = {}
         origin = self._origin
         if self._viewer is None and origin is not None and (origin / "patches").is_dir():
             shutil.copytree(origin / "patches", folder / "patches")
             for p in sorted((folder / "patches").glob("*/*")):
                 if p.parent.name.isdigit() and p.stem.isdigit() and p.suffix in (".png", ".jpg"):
-                    written[(int(p.parent.name), int(p.stem))] = p.relative_to(folder).as_posix()
+                    with Image.open(p) as sheet:  # reads the header only: the sheets may have another patch size
+                        w, h = sheet.size
+                    written[(int(p.parent.name), int(p.stem))] = (p.relative_to(folder).as_posix(), w, h)
             return written
         (folder / "patches").mkdir()
         if self._viewer is None:
@@ -438,12 +577,15 @@ class Atlas:
                     sheet.save(sub / f"{c}.png", format="PNG", compress_level=6)
                 else:
                     sheet.save(sub / f"{c}.jpg", format="JPEG", quality=90)
-                written[(i, c)] = f"patches/{i:03d}/{c}.{ext}"
+                written[(i, c)] = (f"patches/{i:03d}/{c}.{ext}", sheet.width, sheet.height)
         return written
 
     # -- page data (the templates in .html render these) --------------------
-    def _index_data(self, have: dict[tuple[int, int], str]) -> dict[str, Any]:
+    def _index_data(
+        self, have: dict[tuple[int, int], tuple[str, int, int]], synth: dict[tuple[int, int], str]
+    ) -> dict[str, Any]:
         layers = []
+        shown = 4 if synth else 6  # preview thumbnails per column: two columns with synthesized images
         for i, layer in enumerate(self.layer_table):
             st = self.data[layer.name].stats
             rf = layer.receptive_field
@@ -452,16 +594,20 @@ class Atlas:
                 "channels": layer.channels, "spatial": "\u00d7".join(str(s) for s in layer.spatial) or "vector",
                 "rf": _rf_text(rf), "mean": _num(_finite_mean(st.mean)),
                 "active": _pct(_finite_mean(st.active_fraction)),
-                "preview": [have[(i, c)] for c in range(min(layer.channels, 6)) if (i, c) in have],
+                "preview": [{"src": have[(i, c)][0], "channel": c}
+                            for c in range(min(layer.channels, shown)) if (i, c) in have],
+                "synth_preview": [{"src": synth[(i, c)], "channel": c}
+                                  for c in range(min(layer.channels, shown)) if (i, c) in synth],
             })
         return {
             "title": f"Atlas of {self.model or 'a model'}", "model": self.model, "k": self.k, "score": self.score,
             "num_images": self.num_images, "root": self.root or "", "layers": layers,
-            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped], "synthesized": bool(synth),
         }
 
     def _layer_data(
-        self, i: int, layer: AtlasLayer, have: dict[tuple[int, int], str], patch_size: int
+        self, i: int, layer: AtlasLayer, have: dict[tuple[int, int], tuple[str, int, int]],
+        synth: dict[tuple[int, int], str], patch_size: int,
     ) -> dict[str, Any]:
         d = self.data[layer.name]
         st = d.stats
@@ -472,18 +618,30 @@ class Atlas:
                  "y": int(y), "x": int(x)}
                 for idx, s, y, x in zip(d.index[c], d.score[c], d.y[c], d.x[c]) if idx >= 0
             ]
+            sheet = have.get((i, c))
             channels.append({
                 "id": f"c{c}", "channel": c, "examples": examples,
-                "image": f"../{have[(i, c)]}" if (i, c) in have else None,
+                "image": f"../{sheet[0]}" if sheet else None, "width": sheet[1] if sheet else 0,
+                "height": sheet[2] if sheet else 0,
+                "synth": f"../{synth[(i, c)]}" if (i, c) in synth else None,
                 "mean": _num(float(st.mean[c])), "std": _num(float(st.std[c])), "max": _num(float(st.max[c])),
                 "active": _pct(float(st.active_fraction[c])),
             })
         cols = max(1, math.ceil(math.sqrt(self.k)))
+        rows = math.ceil(self.k / cols)
+        sheets = [have[(i, c)] for c in range(layer.channels) if (i, c) in have]
+        width = max((w for _, w, _ in sheets), default=cols * (patch_size + 2) - 2)
+        height = max((h for _, _, h in sheets), default=rows * (patch_size + 2) - 2)
+        side = 0
+        if any((i, c) in synth for c in range(layer.channels)):
+            natural = int((self.synthesis or {}).get("size", 96))
+            side = min(max(height, 64), 2 * natural)  # as tall as the patches, enlarged at most twice
         return {
             "title": f"{layer.name} \u00b7 atlas of {self.model or 'a model'}", "name": layer.name,
             "type": layer.module_type, "channels": channels, "k": self.k, "score": self.score,
             "num_images": self.num_images, "spatial": "\u00d7".join(str(s) for s in layer.spatial) or "vector",
-            "rf": _rf_text(layer.receptive_field), "sheet_width": cols * (patch_size + 2) - 2,
+            "rf": _rf_text(layer.receptive_field), "sheet_width": width, "sheet_height": height,
+            "synth_side": side,
             "prev": f"{i - 1:03d}.html" if i > 0 else None,
             "next": f"{i + 1:03d}.html" if i + 1 < len(self.layer_table) else None,
         }
@@ -494,6 +652,51 @@ class Atlas:
             f"channels={sum(la.channels for la in self.layer_table)}, k={self.k}, score={self.score!r}, "
             f"images={self.num_images}, skipped={len(self.skipped)})"
         )
+
+
+def check_synthesis(steps: Any, size: Any) -> tuple[int, int]:
+    """Check the synthesis options (steps >= 1, size >= 8 pixels); returns them as ints.
+
+    Example:
+        >>> check_synthesis(32, 96)
+        (32, 96)
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise FeatureMapsError(f"synth_steps={steps!r} must be an int >= 1: the optimization steps per image")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise FeatureMapsError(f"synth_size={size!r} must be an int >= 8: the synthesized image size in pixels")
+    return int(steps), int(size)
+
+
+def _jpeg(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _gather_synthesized(
+    images: dict[tuple[str, int], bytes], failed: dict[str, str], error: str | None, world: int
+) -> tuple[dict[tuple[str, int], bytes], dict[str, str], str | None]:
+    """Every rank's synthesized images, failed layers and error, on every rank."""
+    import torch
+
+    from .build import _comm_device, _gather_json
+
+    device = _comm_device(torch.device("cpu"))
+    parts = _gather_json(
+        {"images": [[name, c, base64.b64encode(data).decode("ascii")] for (name, c), data in images.items()],
+         "failed": failed, "error": error},
+        device, world,
+    )
+    merged: dict[tuple[str, int], bytes] = {}
+    all_failed: dict[str, str] = {}
+    first_error = None
+    for part in parts:
+        for name, c, text in part["images"]:
+            merged[(str(name), int(c))] = base64.b64decode(text)
+        all_failed.update(part["failed"])
+        first_error = first_error or part["error"]
+    return merged, all_failed, first_error
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -620,6 +823,15 @@ def load_atlas(directory: str | os.PathLike[str]) -> Atlas:
         skipped=[(str(a), str(b)) for a, b in meta.get("skipped", [])], model=str(meta.get("model", "")),
         input_size=(int(size[0]), int(size[1])) if size else None, root=meta.get("root"),
     )
+    synthesis = meta.get("synthesis")
+    if synthesis:
+        atlas.synthesis = {"steps": int(synthesis["steps"]), "size": int(synthesis["size"])}
+        for i, layer in enumerate(table):
+            sub = folder / "synth" / f"{i:03d}"
+            for c in range(layer.channels):
+                path = sub / f"{c}.jpg"
+                if path.is_file():
+                    atlas._synth[(layer.name, c)] = path.read_bytes()
     atlas._origin = folder.resolve()
     return atlas
 

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector, resolve_layers
 from ..maps import LayerInfo
-from .atlas import Atlas, AtlasLayer, _LayerData
+from .atlas import Atlas, AtlasLayer, _LayerData, check_synthesis
 from .receptive import receptive_fields
 from .stats import RunningStats, per_image_moments
 from .topk import EMPTY_INDEX, TopK
@@ -599,7 +599,7 @@ def _gather_json(obj: Any, device: torch.device, world: int) -> list[Any]:
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: data.numel()] = data
     chunks = _all_gather(padded, device, world)
-    return [json.loads(bytes(c[: int(s.item())].cpu().tolist()).decode("utf-8")) for c, s in zip(chunks, sizes)]
+    return [json.loads(c[: int(s.item())].cpu().numpy().tobytes().decode("utf-8")) for c, s in zip(chunks, sizes)]
 
 
 def _merge_ranks(state: _State, world: int) -> _State:
@@ -687,6 +687,9 @@ def build_atlas(
     patch_size: int = 64,
     receptive: str = "auto",
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    synthesize: bool = False,
+    synth_steps: int = 128,
+    synth_size: int = 96,
 ) -> Atlas:
     """Find, for every channel of ``layers``, the ``k`` dataset examples that activate it most.
 
@@ -726,6 +729,14 @@ def build_atlas(
             ``"gradient"`` (see :mod:`featuremaps.atlas.receptive`), or
             ``"none"`` (patches show whole images).
         checkpoint_dir: where to keep checkpoints (default: next to ``out``).
+        synthesize: also synthesize, for every channel, an image that
+            excites it (:meth:`~featuremaps.atlas.Atlas.synthesize`), shown
+            in the channel's card and saved in the folder. Off by default:
+            it costs about ``synth_steps`` forward and backward passes per
+            batch of channels. Needs a model that takes RGB images; under
+            ``torch.distributed`` the ranks share the channels.
+        synth_steps: optimization steps per synthesized image.
+        synth_size: synthesized image size in pixels.
 
     Returns:
         The :class:`~featuremaps.atlas.Atlas` (on every rank).
@@ -742,6 +753,10 @@ def build_atlas(
         >>> atlas = build_atlas(nn.Sequential(nn.Conv2d(3, 2, 3)), images, layers="0", k=2, progress=False)
         >>> len(atlas.top_examples("0", channel=1)), atlas.num_images
         (2, 6)
+        >>> atlas = build_atlas(nn.Sequential(nn.Conv2d(3, 2, 3)), images, layers="0", k=2, progress=False,
+        ...                     synthesize=True, synth_steps=2, synth_size=8)
+        >>> atlas.synthesized("0", channel=1).size
+        (8, 8)
     """
     from ..capture import FeatureExtractor
     from ..models import LoadedModel
@@ -760,6 +775,10 @@ def build_atlas(
         raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise FeatureMapsError(f"checkpoint_every={checkpoint_every} must be >= 1 image, or None for no checkpoints")
+    if not isinstance(synthesize, bool):
+        raise FeatureMapsError(f"synthesize={synthesize!r} must be True or False")
+    if synthesize:
+        check_synthesis(synth_steps, synth_size)
 
     src = _make_source(data, preprocess, batch_size, num_workers)
     n_items = len(src.dataset)
@@ -846,10 +865,23 @@ def build_atlas(
         state = _discover(model, layers, src, k, device)
         state.skipped = skipped
         state.position = position
+    elif synthesize and ckpt_file is not None and position > last_saved:
+        _save_checkpoint(ckpt_file, state, fingerprint)  # an interrupted synthesis does not cost the pass
     if world > 1:
         state = _merge_ranks(state, world)
 
     atlas = _to_atlas(state, model, src, k, score, preprocess, receptive)
+    if synthesize:
+        shape = state.input_shape
+        if shape is not None and len(shape) == 3 and shape[0] == 3:
+            atlas.synthesize(model, steps=synth_steps, size=synth_size, preprocess=preprocess,
+                             progress=progress)
+        else:
+            warnings.warn(
+                f"synthesize=True needs a model that takes RGB images (N, 3, H, W); this one takes "
+                f"{('(N, ' + ', '.join(str(v) for v in shape) + ')') if shape else 'other inputs'}: "
+                "no images synthesized", UserWarning, stacklevel=2,
+            )
     if out is not None and rank == 0:
         atlas.save(out, patch_size=patch_size)
     if world > 1:
