@@ -245,9 +245,15 @@ def _note(lm: LayerMap, img: GridImage) -> str:
     s = lm.stats()
     shown = f"{img.n_tiles} of {lm.channels}" if lm.channels and img.n_tiles != lm.channels else f"{img.n_tiles}"
     extra = f", {s.nan_count + s.inf_count} non-finite" if s.nan_count + s.inf_count else ""
+    n = img.norm
+    if n.mode == "channel":
+        scale = "colours scaled per channel"
+    else:
+        centred = ", centred at 0" if n.diverging else ""
+        scale = f"colour scale [{n.vmin:.3g}, {n.vmax:.3g}] ({n.mode}{centred})"
     return (
         f"{lm.info.module_type} {lm.layout} {tuple(lm.shape)}; {shown} channels; "
-        f"range [{s.min:.3g}, {s.max:.3g}], zeros {s.zero_fraction:.0%}, dead {s.num_dead}{extra}"
+        f"range [{s.min:.3g}, {s.max:.3g}], zeros {s.zero_fraction:.0%}, dead {s.num_dead}{extra}; {scale}"
     )
 
 
