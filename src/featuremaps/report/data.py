@@ -76,19 +76,22 @@ def photo_data_uri(image: Image.Image, *, quality: int = 88, max_side: int = 448
 def layer_stage(name: str) -> str:
     """The stage a layer belongs to, for the outline.
 
-    A numbered container's item (``_blocks.4``, ``features.3``) or the first
-    name part (``layer3``); layers directly on the model share one stage.
+    The name up to its first numbered part (``layer3``, ``_blocks.4``,
+    ``encoder.layers.encoder_layer_1``), else its first part; layers
+    directly on the model share one stage.
 
     Example:
         >>> layer_stage("layer3.1.conv2"), layer_stage("_blocks.4._bn1"), layer_stage("conv1")
         ('layer3', '_blocks.4', 'top level')
+        >>> layer_stage("encoder.layers.encoder_layer_1.ln_2"), layer_stage("encoder.ln")
+        ('encoder.layers.encoder_layer_1', 'encoder')
     """
     parts = name.split(".")
     if len(parts) == 1:
         return "top level"
-    # a numbered container ("_blocks.4", "features.3") is a stage; "layer3.1" already names one
-    if len(parts) >= 3 and parts[1].isdigit() and not parts[0][-1:].isdigit():
-        return f"{parts[0]}.{parts[1]}"
+    for i, part in enumerate(parts[:-1]):
+        if part[-1:].isdigit():
+            return ".".join(parts[: i + 1])
     return parts[0]
 
 

@@ -22,6 +22,14 @@
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) { return v.toExponential(2); }
     return String(Number(v.toPrecision(4)));
   }
+  // A name as text nodes with <wbr> after each dot, so long dotted names wrap at their parts.
+  function breakable(node, name) {
+    String(name).split(/(?<=\.)/).forEach(function (part, k) {
+      if (k) { node.appendChild(document.createElement("wbr")); }
+      node.appendChild(document.createTextNode(part));
+    });
+    return node;
+  }
   function pct(v) { return (v === null || v === undefined) ? "n/a" : (100 * v).toFixed(0) + "%"; }
 
   // ---------------------------------------------------------------- colormaps
@@ -221,7 +229,7 @@
       b.setAttribute("role", "listitem");
       b.setAttribute("data-i", String(i));
       b.setAttribute("data-name", L.name);
-      b.appendChild(el("span", "lname", L.name));
+      b.appendChild(breakable(el("span", "lname"), L.name));
       b.appendChild(sparkline(L));
       b.appendChild(el("span", "lmeta", L.type + " " + L.shape.join("\u00d7") + " \u00b7 zeros " + pct(L.stats.zeros) + " \u00b7 dead " + L.stats.dead));
       b.title = "mean activation per channel";
