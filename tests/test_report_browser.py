@@ -26,6 +26,22 @@ if not Path(CHROMIUM).exists() and os.environ.get("FEATUREMAPS_REQUIRE_BROWSER")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
 
 
+def wait_until(page, expression: str, timeout: float = 15.0) -> None:
+    """Poll a JavaScript expression until it is true.
+
+    Playwright's ``wait_for_function`` evaluates its predicate with ``eval``,
+    which the report's Content-Security-Policy (rightly) forbids; the
+    DevTools ``evaluate`` used here is not subject to the page's policy.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
@@ -86,11 +102,11 @@ def test_click_channel_opens_overlay_and_opacity_changes_it(default_page):
     assert page.locator("#detail").is_hidden()
     page.click("#grid", position={"x": 40, "y": 40})
     page.wait_for_selector("#detail:not([hidden])")
-    page.wait_for_function("document.getElementById('detail-overlay').width > 0")
+    wait_until(page, "document.getElementById('detail-overlay').width > 0")
     assert page.locator("#detail-title").inner_text().startswith(page.locator("#layer-name").inner_text())
     before = default_page.canvas_url("#detail-overlay")
     page.eval_on_selector("#opacity", "s => { s.value = '0.1'; s.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("document.getElementById('detail-overlay').dataset.opacity === '0.1'")
+    wait_until(page, "document.getElementById('detail-overlay').dataset.opacity === '0.1'")
     after = default_page.canvas_url("#detail-overlay")
     assert before != after
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -115,7 +131,7 @@ def test_keyboard_moves_between_layers_and_channels(default_page):
     page.wait_for_selector("#detail:not([hidden])")
     first = page.locator("#detail").get_attribute("data-channel")
     page.keyboard.press("ArrowRight")
-    page.wait_for_function(f"document.getElementById('detail').dataset.channel !== '{first}'")
+    wait_until(page, f"document.getElementById('detail').dataset.channel !== '{first}'")
     page.keyboard.press("Escape")
 
 
@@ -124,10 +140,10 @@ def test_cam_panels_render_and_follow_the_class_picker(default_page):
     data = payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))
     cards = page.locator("#cam-grid canvas")
     assert cards.count() == len(data["cams"]["methods"])
-    page.wait_for_function("document.querySelector('#cam-grid canvas').width > 0")
+    wait_until(page, "document.querySelector('#cam-grid canvas').width > 0")
     first = default_page.canvas_url("#cam-grid canvas")
     page.select_option("#cam-class", "1")
-    page.wait_for_function("document.querySelector('#cam-grid canvas').width > 0")
+    wait_until(page, "document.querySelector('#cam-grid canvas').width > 0")
     page.wait_for_timeout(200)
     assert default_page.canvas_url("#cam-grid canvas") != first
     assert page.locator("#cam-grid .scores").count() == 0  # scores belong to the top class only
@@ -171,7 +187,7 @@ def test_wide_and_deep_model_stays_usable(browser, tmp_path):
     try:
         assert p.page.locator(".layer-btn").count() == 301
         p.page.click(".layer-btn[data-name='wide']")
-        p.page.wait_for_function("document.getElementById('grid').dataset.layer === 'wide'")
+        wait_until(p.page, "document.getElementById('grid').dataset.layer === 'wide'")
         assert p.page.eval_on_selector("#grid", "c => c.width * c.height") > 2048 * 32 * 32
         p.page.click("#grid", position={"x": 5, "y": 5})
         p.page.wait_for_selector("#detail:not([hidden])")
