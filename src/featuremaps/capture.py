@@ -245,10 +245,14 @@ def _layout_cached(
     cshape = canonical_shape(shape, spec) if shape else ()
     channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
     spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
-    stride: tuple[float, ...] | None = None
+    return _Layout(spec, cshape, channels, spatial, _stride(spatial, in_spatial))
+
+
+def _stride(spatial: tuple[int, ...], in_spatial: tuple[int, ...] | None) -> tuple[float, ...] | None:
+    """Input size / map size per spatial dimension, when both are known and match in rank."""
     if spatial and in_spatial is not None and len(spatial) == len(in_spatial):
-        stride = tuple(float(i) / float(s) for i, s in zip(in_spatial, spatial))
-    return _Layout(spec, cshape, channels, spatial, stride)
+        return tuple(float(i) / float(s) for i, s in zip(in_spatial, spatial))
+    return None
 
 
 class FeatureExtractor:
@@ -521,9 +525,7 @@ class FeatureExtractor:
                 return False
             rshape = tuple(reduced.shape)
             rspatial = rshape[2:]
-            rstride = None
-            if rspatial and self._in_spatial is not None and len(rspatial) == len(self._in_spatial):
-                rstride = tuple(float(i) / float(s) for i, s in zip(self._in_spatial, rspatial))
+            rstride = _stride(rspatial, self._in_spatial)
             layout = "NC" if len(rshape) == 2 else {3: "NCL", 4: "NCHW", 5: "NCDHW"}.get(len(rshape), "other")
             info = dataclasses.replace(
                 info, layout=layout, shape=rshape, spatial=tuple(rspatial), stride=rstride,

@@ -343,17 +343,9 @@ def _progress(total: int, description: str) -> Iterator[Callable[[], None]]:
 
 
 def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, str, float]]:
-    import torch
+    from .models import top_classes
 
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
-        return []
-    probs = output[0].detach().float().softmax(-1)
-    values, indices = probs.topk(min(k, probs.numel()))
-    card = getattr(preprocess, "card", None)
-    names = []
-    for i in indices.tolist():
-        names.append(card.class_name(i) if card is not None else f"class {i}")
-    return [(int(i), n, float(v)) for i, n, v in zip(indices.tolist(), names, values.tolist())]
+    return top_classes(output, getattr(preprocess, "card", None), k)
 
 
 def main(argv: list[str] | None = None) -> None:

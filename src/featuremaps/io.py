@@ -39,12 +39,11 @@ import atexit
 import difflib
 import io
 import os
-import secrets
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Union, cast
@@ -52,6 +51,7 @@ from typing import IO, TYPE_CHECKING, Union, cast
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._atomic import atomic_path
 from .errors import FeatureMapsError, ImageLoadError
 
 if TYPE_CHECKING:
@@ -633,20 +633,11 @@ def save_image(
 
     if dest.is_dir():
         raise FeatureMapsError(f"cannot write image {label}: it is a directory; pass a file path")
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:  # mode 0o666 & ~umask, like a plain open
+        with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
             im.save(fh, format=fmt, **options)
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        with suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise FeatureMapsError(
-                f"cannot write image {label}: {_one_line(exc.strerror or exc)}"
-            ) from exc
-        raise
+    except OSError as exc:
+        raise FeatureMapsError(f"cannot write image {label}: {_one_line(exc.strerror or exc)}") from exc
     return dest
 
 

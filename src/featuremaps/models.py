@@ -375,6 +375,32 @@ class LoadedModel(NamedTuple):
         return self.preprocess.card
 
 
+def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[int, str, float]]:
+    """The ``k`` most probable classes of the first sample: ``(index, name, probability)``.
+
+    ``output`` may be logits ``(N, classes)``, a tuple/list whose first item
+    they are, or an object with ``.logits`` (Hugging Face); anything else
+    (not a classification) gives ``[]``.
+
+    Example:
+        >>> import torch
+        >>> top_classes(torch.tensor([[0.0, 2.0, 1.0]]), None, k=2)[0][:2]
+        (1, 'class 1')
+    """
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    elif hasattr(output, "logits"):
+        output = output.logits
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
+        return []
+    probs = output[0].detach().float().softmax(-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [
+        (int(i), card.class_name(int(i)) if card is not None else f"class {int(i)}", float(v))
+        for v, i in zip(values.tolist(), indices.tolist())
+    ]
+
+
 def available_models() -> list[str]:
     """The embedded model names and the spec forms :func:`load_model` accepts.
 

@@ -22,11 +22,11 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 from importlib import resources
 from typing import Any
+
+from ..report.build import source_hash
 
 __all__ = [
     "ATLAS_STYLE",
@@ -228,16 +228,6 @@ def stylesheet(cell: int | None = None) -> str:
     if cell is not None:
         css += f".ch-grid {{ --cell: {int(cell)}px; }}\n"
     return css
-
-
-def source_hash(text: str) -> str:
-    """The CSP source expression for an inline ``<style>`` or ``<script>`` with this exact text.
-
-    Example:
-        >>> source_hash("")
-        'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='
-    """
-    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
 def content_security_policy(style: str) -> str:

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 
 from featuremaps.errors import LayoutError
 from featuremaps.render._common import RenderError, as_shape, check_color, to_numpy
-from featuremaps.render.colormap import DEFAULT_OVERLAY_CMAP, default_nan_color, resolve_lut
+from featuremaps.render.colormap import (
+    DEFAULT_OVERLAY_CMAP,
+    colorize_index,
+    default_nan_color,
+    resolve_lut,
+    to_index,
+)
 from featuremaps.render.normalize import NormInfo, normalize
 
 if TYPE_CHECKING:
@@ -199,10 +205,8 @@ def overlay_array(
 
     up = upsample(values, rgb.shape[:2])
     bad = np.isnan(up)
-    idx = np.clip(np.where(bad, 0.0, up) * np.float32(256.0), 0.0, 255.0).astype(np.uint8)
-    colour = np.take(lut, idx, axis=0)
-    if bad.any():
-        colour[bad] = nan_rgb
+    idx, _ = to_index(up)
+    colour = colorize_index(idx, lut, bad, nan_rgb)
 
     weight = np.full(up.shape, np.float32(a), dtype=np.float32)
     if threshold is not None:

@@ -96,22 +96,19 @@ def _image_name(image: Any) -> str:
 
 
 def _predictions(output: Any, preprocess: Any, k: int) -> list[dict[str, Any]]:
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        output = output[0]
-    elif hasattr(output, "logits"):
-        output = output.logits
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
-        return []
-    probs = output[0].detach().float().softmax(-1)
-    values, indices = probs.topk(min(k, probs.numel()))
-    card = getattr(preprocess, "card", None)
-    return [
-        {"index": int(i), "name": card.class_name(int(i)) if card is not None else f"class {int(i)}", "p": float(v)}
-        for v, i in zip(values.tolist(), indices.tolist())
-    ]
+    from ..models import top_classes
+
+    top = top_classes(output, getattr(preprocess, "card", None), k)
+    return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 
-def _script_hash(text: str) -> str:
+def source_hash(text: str) -> str:
+    """The CSP source expression for an inline ``<style>`` or ``<script>`` with this exact text.
+
+    Example:
+        >>> source_hash("")
+        'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='
+    """
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
@@ -148,7 +145,7 @@ def render_html(data: dict[str, Any]) -> str:
     payload = _json_for_script(data)
     csp = (
         "default-src 'none'; img-src data: blob:; "
-        f"style-src '{_script_hash(style)}'; script-src '{_script_hash(script)}'; "
+        f"style-src '{source_hash(style)}'; script-src '{source_hash(script)}'; "
         "base-uri 'none'; form-action 'none'"
     )
     return template.render(
@@ -306,16 +303,11 @@ def _add_synthesized(
     steps: int, size: int, progress: Callable[[str, int, int], None] | None,
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
-    import fnmatch
-
     from ..synthesis import synthesize as synth
+    from ..visualize import _select
 
-    patterns = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[arg-type]
-    chosen = [d for d in encoded if any(d["name"] == p or fnmatch.fnmatchcase(d["name"], str(p)) for p in patterns)]
-    if not chosen:
-        from ..visualize import _select
-
-        _select(maps, layers)  # raises the usual "no captured map matches ... closest" error
+    wanted = set(_select(maps, layers))  # the usual "no captured map matches ... closest" error
+    chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
     for d in chosen:
