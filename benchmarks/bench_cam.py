@@ -28,7 +28,7 @@ feature resolution).
 
 Usage::
 
-    python benchmarks/bench_cam.py [--batch 16] [--reps 7] [--score-reps 3] [--score-batch 16]
+    python benchmarks/bench_cam.py [--batch 16] [--reps 7] [--score-reps 3] [--score-batch 16] [--device cuda]
 """
 
 from __future__ import annotations
@@ -73,14 +73,21 @@ def floor(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def measure(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):
         for name, fn in variants.items():  # interleaved
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -116,7 +123,7 @@ def gradcam_section(title: str, model: nn.Module, layer_name: str, x: torch.Tens
     extra: dict[str, str] = {}
     ref = ours(x)
     if pgc is not None:
-        diff = float((torch.as_tensor(variants["pgc"]()) - ref).abs().max())
+        diff = float((torch.as_tensor(variants["pgc"]()) - ref.cpu()).abs().max())
         extra["pgc"] = f"max |diff| {diff:.1e}   featuremaps {med['pgc'] / med['featuremaps']:.2f}x faster"
     if tcam is not None:
         tc = torch.as_tensor(variants["torchcam"]()).detach()
@@ -160,7 +167,7 @@ def scorecam_section(model: nn.Module, x: torch.Tensor, batch: int, reps: int) -
     extra = {"featuremaps": f"goal <= 1.05x; {rows} rows run for {channels} channels ({skipped} all-zero masks "
                             "share one forward)"}
     if pgc is not None:
-        diff = float((torch.as_tensor(variants["pgc"]()) - ref).abs().max())
+        diff = float((torch.as_tensor(variants["pgc"]()) - ref.cpu()).abs().max())
         extra["pgc"] = f"max |diff| {diff:.1e}   featuremaps {med['pgc'] / med['featuremaps']:.2f}x faster"
     report(f"Score-CAM, default model, layer {layer_name}, batch_size {batch}, 1 image", med, "masked forwards", extra)
 
@@ -173,23 +180,25 @@ def main() -> None:
     parser.add_argument("--score-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-score", action="store_true")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}")
+    dev = torch.device(args.device)
+    print(f"torch {torch.__version__}, {dev}, {args.threads} threads, batch {args.batch}")
 
     torchvision = optional("torchvision")
     if torchvision is not None:
-        model = torchvision.models.resnet50()
-        x = torch.randn(args.batch, 3, 224, 224)
+        model = torchvision.models.resnet50().to(dev)
+        x = torch.randn(args.batch, 3, 224, 224, device=dev)
         gradcam_section(f"Grad-CAM, resnet50 (random init), layer4[-1], batch {args.batch}", model, "layer4.2", x,
                         args.reps)
-    model, preprocess = fm.load_model()
+    model, preprocess = fm.load_model(device=dev)
     images = [fm.load_image(fm.sample_image(n)) for n in fm.sample_images()]
-    x = preprocess([images[i % len(images)] for i in range(args.batch)])
+    x = preprocess([images[i % len(images)] for i in range(args.batch)]).to(dev)
     gradcam_section(f"Grad-CAM, default model, _act_head, batch {args.batch}", model, "_act_head", x, args.reps)
     if not args.skip_score:
-        cat = preprocess(fm.load_image(fm.sample_image("cat")))
+        cat = preprocess(fm.load_image(fm.sample_image("cat"))).to(dev)
         scorecam_section(model, cat, args.score_batch, args.score_reps)
 
 

@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/bench_synthesis.py [--layer _blocks.5._project_conv] [--steps 256] [--size 128]
                                          [--channels N] [--single 4] [--time-steps S] [--save grid.png]
+                                         [--device cuda]
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def dataset_stats(model: torch.nn.Module, preprocess: fm.Preprocess, layer: str)
     """Per-channel mean activation per photo, and the channel's spread over photos and positions."""
     x = preprocess([fm.load_image(fm.sample_image(name)) for name in fm.sample_images()])
     with torch.no_grad():
-        t = fm.get_feature_maps(model, x, layers=layer)[layer].tensor.float()
+        t = fm.get_feature_maps(model, x, layers=layer)[layer].tensor.float().cpu()
     flat = t.transpose(0, 1).reshape(t.shape[1], -1)
     return {"per_photo": t.flatten(2).mean(2), "mean": flat.mean(1), "std": flat.std(1)}
 
@@ -66,9 +67,10 @@ def main() -> None:
     ap.add_argument("--time-steps", type=int, default=None,
                     help="steps timed for 'one batch' and 'one at a time' (default: --steps), then extrapolated")
     ap.add_argument("--save", default=None, help="write the batched images as one grid picture")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    model, preprocess = fm.load_model()
+    model, preprocess = fm.load_model(device=args.device)
     layer = args.layer
     stats = dataset_stats(model, preprocess, layer)
     n_all = int(stats["mean"].numel())
@@ -77,7 +79,7 @@ def main() -> None:
     steps = args.steps
     tsteps = max(1, min(args.time_steps or steps, steps))
     print(f"model efficientnet_lite0, layer {layer}: {n_all} channels; {n} synthesized at {args.size}x{args.size}, "
-          f"{steps} steps; torch {torch.__version__}, {torch.get_num_threads()} threads, CPU_BATCH={CPU_BATCH}")
+          f"{steps} steps; torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, CPU_BATCH={CPU_BATCH}")
     opts = dict(size=args.size, preprocess=preprocess, progress=False, return_result=True)
     target = f"{layer}:0-{n - 1}"
 

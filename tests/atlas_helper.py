@@ -70,8 +70,25 @@ def make_folder(root: Path, good: int = 8, size: int = 24) -> list[str]:
     return ["b/broken.png"]
 
 
+def gloo_cuda(out: str) -> None:
+    """Under torchrun: every rank on the one GPU, gloo between them, the atlas of a fixed tensor dataset."""
+    import torch.distributed as dist
+
+    from featuremaps.atlas import build_atlas
+
+    dist.init_process_group(backend="gloo")
+    try:
+        x = torch.rand(11, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+        build_atlas(tiny_net().cuda(), x, layers=["1", "3"], k=3, batch_size=2, progress=False, out=out)
+    finally:
+        dist.destroy_process_group()
+
+
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if sys.argv[1:2] == ["gloo-cuda"]:
+        gloo_cuda(sys.argv[2])
+        return
     from featuremaps.cli import cli, main as cli_main
     from featuremaps.cli_atlas import atlas_cmd
 

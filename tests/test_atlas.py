@@ -138,6 +138,43 @@ def test_exact_sums_do_not_depend_on_order():
     assert len(results) == 1
 
 
+def test_exact_sums_with_changing_weights_equal_rational_arithmetic():
+    """Batches wait, unweighted, until the weights change or the sum is read: the result must not show it."""
+    from fractions import Fraction
+
+    gen = torch.Generator().manual_seed(5)
+    s, expected = ExactSum(2), [Fraction(0), Fraction(0)]
+    weights = [torch.tensor([3, 5]), torch.tensor([3, 5]), torch.tensor([7, 1]), 2, None, torch.tensor([7, 1])]
+    for w in weights:
+        vals = (torch.randn(4, 2, generator=gen, dtype=torch.float64) * 1e6).round() / 64  # exact in 2**-96
+        s.add(vals, weight=w)
+        factor = [1, 1] if w is None else (torch.as_tensor(w).expand(2)).tolist()
+        for c in range(2):
+            expected[c] += factor[c] * sum(Fraction(v) for v in vals[:, c].tolist())
+        if isinstance(w, int):
+            assert s.fractions() == expected  # a read in between flushes; later adds still count
+    assert s.fractions() == expected
+
+
+def test_deferred_range_check_flags_huge_values_and_raises_at_the_next_read():
+    """On an accelerator the range check must not wait for the device: it is flagged, then raised."""
+    from featuremaps.atlas import stats as st
+
+    out = torch.zeros(st._LIMBS, 2, dtype=torch.int64)
+    flag = torch.zeros((), dtype=torch.bool)
+    st._add_limbs(torch.tensor([[1.5, 2.0**300]], dtype=torch.float64), out.view(-1), 0, 2, flag)
+    assert bool(flag)
+    one = ExactSum(1)
+    one.add(torch.tensor([1.5], dtype=torch.float64))
+    st._carry(out)
+    assert out[:, 0].tolist() == one.limbs[:, 0].tolist()  # the finite value was added all the same
+    s = ExactSum(1)
+    s.add(torch.tensor([1.0], dtype=torch.float64))
+    s._overflow = torch.ones((), dtype=torch.bool)  # as an accelerator add of a huge value leaves it
+    with pytest.raises(FeatureMapsError, match="beyond the exact range"):
+        s.fractions()
+
+
 # --------------------------------------------------------------------------- merges (property test)
 
 

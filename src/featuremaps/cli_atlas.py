@@ -34,7 +34,14 @@ def _init_distributed(device: str | None) -> tuple[bool, str | None]:
         return False, device
     cuda = device is not None and device.startswith("cuda") and torch.cuda.is_available()
     if cuda and device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", "?")
+            raise click.UsageError(
+                f"torchrun started {per_node} processes on this machine but it has {gpus} GPU(s); NCCL needs one "
+                f"GPU per process: use --nproc_per_node={gpus}"
+            )
+        device = f"cuda:{local_rank}"
     if cuda:
         torch.cuda.set_device(torch.device(device or "cuda"))
     dist.init_process_group(backend="nccl" if cuda else "gloo")

@@ -49,7 +49,7 @@ from ..maps import LayerInfo
 from .atlas import Atlas, AtlasLayer, _LayerData, check_synthesis
 from .receptive import receptive_fields
 from .stats import RunningStats, per_image_moments
-from .topk import EMPTY_INDEX, TopK
+from .topk import EMPTY_INDEX, TopK, update_all
 
 __all__ = ["build_atlas", "image_files", "IMAGE_SUFFIXES"]
 
@@ -358,6 +358,39 @@ def _model_signature(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- the reducer
 
 
+def _positions(flat_index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, x)`` of flat spatial indices (``(0, i)`` for 1-D maps)."""
+    if width:
+        return flat_index // width, flat_index % width
+    return torch.zeros_like(flat_index), flat_index
+
+
+def _candidate_positions(
+    flat: torch.Tensor, score: torch.Tensor, top: TopK, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial argmax ``(y, x)``, each ``(batch, channels)``, of the maps that may enter ``top``.
+
+    Only maps scoring at least their channel's current k-th best can enter a
+    top-k, so only theirs are located (finding an argmax costs a pass over the
+    map); the other entries are left 0 and never read.
+    """
+    dev = top.device
+    s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
+    rows, chans = torch.nonzero(s >= top.score[:, -1], as_tuple=True)
+    y = torch.zeros(s.shape, dtype=torch.int64, device=dev)
+    x = torch.zeros(s.shape, dtype=torch.int64, device=dev)
+    if rows.numel():
+        r, c = rows.to(flat.device), chans.to(flat.device)
+        if 3 * r.numel() > flat.shape[0] * flat.shape[1]:
+            # many maps may enter (the first batches): one pass over the whole batch costs less than
+            # copying a third of it out first
+            pos = flat.argmax(2)[r, c]  # the first maximum, as below
+        else:
+            pos = flat[r, c].argmax(1)
+        y[rows, chans], x[rows, chans] = _positions(pos.to(dev), width)
+    return y, x
+
+
 @dataclass
 class _Reduced:
     info: LayerInfo
@@ -371,10 +404,11 @@ class _Reduced:
 class _AtlasReducer:
     """The capture reducer: merges a layer's top-k and keeps a few numbers per (image, channel).
 
-    Called inside the forward hook; the map is dropped when it returns. The
-    top-k of each layer is updated right there (the spatial argmax is found
-    only for the few maps that enter a top-k); the per-image moments wait for
-    the end of the forward, to be merged for all layers at once.
+    Called inside the forward hook; the map is dropped when it returns, leaving
+    a few numbers per (image, channel): moments, maximum, score and the spatial
+    argmax of the maps that may enter a top-k (on the CPU only those are
+    located; on an accelerator all are, in the same kernel as the maximum). The
+    top-k and statistics of all layers are merged at the end of the forward.
     """
 
     name = "atlas"
@@ -409,32 +443,36 @@ class _AtlasReducer:
         flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
-        maximum = flat.amax(2)
+        argmax: torch.Tensor | None = None
+        if flat.device.type == "cpu":
+            maximum = flat.amax(2)
+        else:
+            # on an accelerator a pass over the map is cheap and a wait for the device is not: one
+            # kernel gives every map's maximum and its position, and nothing in this hook waits
+            maximum, argmax = flat.max(2)
         mean, var, active = per_image_moments(flat, self._scratch(flat))
         if self.indices is not None:
             top = self.tops.get(info.name)
             if top is None:
                 top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
             if top.channels == flat.shape[1]:
+                score = maximum if self.score == "max" else mean
                 width = int(t.shape[-1]) if nsp == 2 else 0
-
-                def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                    pos = flat[rows.to(flat.device), chans.to(flat.device)].argmax(1)  # first maximum
-                    if width:
-                        return pos // width, pos % width
-                    return torch.zeros_like(pos), pos
-
-                self.pending[info.name] = top.updated(
-                    maximum if self.score == "max" else mean, self.indices, locate=locate
-                )
+                if argmax is None:
+                    y, x = _candidate_positions(flat, score, top, width)
+                else:
+                    y, x = _positions(argmax.to(top.device), width)
+                self.pending[info.name] = (score, y, x)
         self.batch[info.name] = _Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
         return None
 
     def commit(self) -> None:
-        """Make the top-k of the batch just run the current ones."""
-        for name, parts in self.pending.items():
-            top = self.tops[name]
-            top.score, top.index, top.y, top.x = parts
+        """Merge the batch just run into the top-k of every layer (one sort for all their channels)."""
+        if self.pending and self.indices is not None:
+            names = list(self.pending)
+            parts = [self.pending[n] for n in names]
+            update_all([self.tops[n] for n in names], [p[0] for p in parts], self.indices,
+                       [p[1] for p in parts], [p[2] for p in parts])
         self.pending = {}
 
     def release(self) -> None:
@@ -454,30 +492,35 @@ class _State:
     position: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     input_shape: tuple[int, ...] | None = None
+    _counts: tuple[tuple[int, ...], torch.Tensor] | None = field(default=None, repr=False)
 
     def update(self, reduced: dict[str, _Reduced]) -> None:
         """Merge the per-image moments of every layer (one exact accumulation for all)."""
         dev = self.stats.device
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("mean", "var", "active", "max")}
-        counts: list[torch.Tensor] = []
+        counts: list[int] = []
         b = next(iter(reduced.values())).mean.shape[0] if reduced else 0
         for layer in self.layers:
             r = reduced.get(layer.name)
             c = layer.channels
             if r is None or r.mean.shape != (b, c):
                 # the layer did not run (or changed shape): nothing to add for it
-                zeros = torch.zeros((b, c), device=dev, dtype=torch.float64)
+                zeros = torch.zeros((b, c), device=dev)
                 for key in parts:
                     parts[key].append(zeros)
-                counts.append(torch.zeros(c, device=dev, dtype=torch.int64))
+                counts.append(0)
                 continue
-            parts["mean"].append(r.mean.to(dev, torch.float64))
-            parts["var"].append(r.var.to(dev, torch.float64))
-            parts["active"].append(r.active.to(dev, torch.float64))
-            parts["max"].append(r.maximum.to(dev, torch.float64))
-            counts.append(torch.full((c,), r.count, device=dev, dtype=torch.int64))
-        cat = {k: torch.cat(v, 1) for k, v in parts.items()}
-        self.stats.update(torch.cat(counts), cat["mean"], cat["var"], cat["active"], cat["max"])
+            parts["mean"].append(r.mean.to(dev))
+            parts["var"].append(r.var.to(dev))
+            parts["active"].append(r.active.to(dev))
+            parts["max"].append(r.maximum.to(dev))
+            counts.append(r.count)
+        cat = {k: torch.cat(v, 1) for k, v in parts.items()}  # one conversion each, below, not one per layer
+        key = tuple(counts)
+        if self._counts is None or self._counts[0] != key:  # the same tensor every batch: no copy, no check
+            sizes = torch.tensor([la.channels for la in self.layers])
+            self._counts = (key, torch.tensor(counts).repeat_interleave(sizes).to(dev))
+        self.stats.update(self._counts[1], cat["mean"], cat["var"], cat["active"], cat["max"])
 
     def merge(self, other: _State) -> _State:
         return _State(

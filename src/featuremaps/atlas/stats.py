@@ -43,7 +43,8 @@ _FRAC_BITS = 96  # bits kept below the binary point: values are multiples of 2**
 _LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top limb
 _MAX_MEAN = 2.0**100  # per-image means beyond this (and variances beyond its square) count as non-finite
 _MAX_WEIGHT = (1 << 31) - 1
-_CHUNK = 1 << 14  # values per step when splitting into limbs
+_CHUNK = 1 << 17  # values per step when splitting into limbs
+_MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
 
 
 class ExactSum:
@@ -72,9 +73,28 @@ class ExactSum:
         self.limbs = torch.zeros(_LIMBS, channels, dtype=torch.int64, device=device)
 
     @property
+    def limbs(self) -> torch.Tensor:
+        """The normalized limbs ``(limbs, channels)``: all but the last in ``[0, 2**32)``."""
+        self._flush()
+        return self._limbs
+
+    @limbs.setter
+    def limbs(self, value: torch.Tensor) -> None:
+        self._limbs = value
+        # Batches added with the same weights wait here, summed but neither weighted nor
+        # normalized (carries cost more than the additions): see _flush.
+        self._pending: torch.Tensor | None = None
+        self._pending_weight: torch.Tensor | None = None
+        self._pending_source: object = None  # the weight argument the pending sum was added with
+        self._pending_values = 0
+        # set on an accelerator when a value beyond the exact range was added (checked at the next flush,
+        # not at each add: a check there would wait for the device)
+        self._overflow: torch.Tensor | None = None
+
+    @property
     def channels(self) -> int:
         """The number of sums."""
-        return int(self.limbs.shape[1])
+        return int(self._limbs.shape[1])
 
     def add(self, values: torch.Tensor, weight: torch.Tensor | int | None = None) -> None:
         """Add a ``(batch, channels)`` (or ``(channels,)``) tensor of finite values.
@@ -91,34 +111,69 @@ class ExactSum:
             >>> [float(f) for f in s.fractions()]
             [1.5, -2.0]
         """
-        batch = self._limbs_of(values)
-        if weight is not None:
-            w = torch.as_tensor(weight, device=batch.device).to(torch.int64).expand(self.channels)
+        w = None
+        same = weight is self._pending_source  # the weights of the pending sum, again: nothing to check
+        if weight is not None and not same:
+            w = torch.as_tensor(weight, device=self._limbs.device).to(torch.int64).expand(self.channels)
             if bool(((w < 0) | (w > _MAX_WEIGHT)).any()):
                 raise FeatureMapsError(f"ExactSum.add: weights must lie in 0..{_MAX_WEIGHT}")
-            batch *= w[None, :]  # limbs < 2**32 times < 2**31: no overflow
-            _carry(batch)
-        self.limbs += batch
-        _carry(self.limbs)
+        batch_values = values.shape[0] if values.ndim == 2 else 1
+        pending = self._pending
+        if pending is not None and (
+            self._pending_values + batch_values > _MAX_PENDING
+            or not (same or (w is not None and self._pending_weight is not None and torch.equal(w, self._pending_weight)))
+        ):
+            self._flush()
+            pending = None
+        batch = self._limbs_of(values, out=pending)
+        if pending is None:
+            self._pending, self._pending_weight, self._pending_source = batch, w, weight
+            self._pending_values = 0
+        self._pending_values += batch_values
 
-    def _limbs_of(self, values: torch.Tensor) -> torch.Tensor:
-        """The exact sum over the batch of ``values``, as normalized limbs ``(limbs, channels)``."""
-        v = values.to(device=self.limbs.device, dtype=torch.float64)
+    def _flush(self) -> None:
+        """Normalize the pending sum, weight it and add it to the limbs."""
+        pending, w = self._pending, self._pending_weight
+        if pending is None:
+            return
+        self._pending, self._pending_weight, self._pending_source, self._pending_values = None, None, None, 0
+        overflow, self._overflow = self._overflow, None
+        if overflow is not None and bool(overflow):
+            raise FeatureMapsError(_RANGE_ERROR)
+        _carry(pending)
+        if w is not None:
+            pending *= w[None, :]  # normalized limbs < 2**32 times weights < 2**31: no overflow
+            _carry(pending)
+        self._limbs += pending
+        _carry(self._limbs)
+
+    def _limbs_of(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the exact sum over the batch of ``values`` to ``out`` (new zeros by default), unnormalized.
+
+        Each value adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
+        values per channel can be summed before the limbs need a carry.
+        """
+        v = values.to(device=self._limbs.device, dtype=torch.float64)
         if v.ndim == 1:
             v = v[None]
         if v.ndim != 2 or v.shape[1] != self.channels:
             raise FeatureMapsError(
                 f"ExactSum.add got shape {tuple(values.shape)}; expected (batch, {self.channels})"
             )
-        out = torch.zeros_like(self.limbs)
+        if out is None:
+            out = torch.zeros_like(self._limbs)
         if v.numel() == 0:
+            return out
+        flat = out.view(-1)
+        if v.device.type != "cpu":
+            if self._overflow is None:
+                self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
+            _add_limbs(v, flat, 0, self.channels, self._overflow)
             return out
         # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
         step = max(1, _CHUNK // v.shape[0])
-        flat = out.view(-1)
         for start in range(0, self.channels, step):
             _add_limbs(v[:, start : start + step], flat, start, self.channels)
-        _carry(out)
         return out
 
     def merge(self, other: ExactSum) -> ExactSum:
@@ -167,10 +222,20 @@ class ExactSum:
         return [Fraction(i, 1 << _FRAC_BITS) for i in self.integers()]
 
 
-def _add_limbs(v: torch.Tensor, out: torch.Tensor, start: int, channels: int) -> None:
+_RANGE_ERROR = (
+    "ExactSum.add got a value beyond the exact range (magnitude 2**240 or more); filter non-finite or huge "
+    "values before adding"
+)
+
+
+def _add_limbs(
+    v: torch.Tensor, out: torch.Tensor, start: int, channels: int, overflow: torch.Tensor | None = None
+) -> None:
     """Add every value of ``v`` ``(batch, n)`` to the limbs of channels ``start:start+n`` of ``out``.
 
-    ``out`` is the flat view of a ``(limbs, channels)`` tensor.
+    ``out`` is the flat view of a ``(limbs, channels)`` tensor. Values beyond
+    the exact range raise at once, or, with ``overflow`` (a boolean scalar on
+    the device), set it and are left out, so that nothing waits for the device.
     """
     mant, exp = torch.frexp(v)
     mag = (mant * 2.0**53).to(torch.int64)  # exact and signed: |mant| < 1
@@ -178,11 +243,14 @@ def _add_limbs(v: torch.Tensor, out: torch.Tensor, start: int, channels: int) ->
     mag >>= (-pos).clamp_(min=0, max=63)  # below 2**-96: rounded down, the same wherever it is added
     pos.clamp_(min=0)
     limb = pos >> 5
-    if bool((limb > _LIMBS - 4).any()):
-        raise FeatureMapsError(
-            f"ExactSum.add got a value of magnitude {float(v.abs().max()):.3g}, beyond the exact range "
-            "(2**240); filter non-finite or huge values before adding"
-        )
+    beyond = limb > _LIMBS - 4
+    if overflow is None:
+        if bool(beyond.any()):
+            raise FeatureMapsError(_RANGE_ERROR)
+    else:
+        overflow.logical_or_(beyond.any())
+        mag.masked_fill_(beyond, 0)
+        limb.clamp_(max=_LIMBS - 4)
     off = pos & (_LIMB_BITS - 1)
     lo = (mag & _LIMB_MASK) << off  # < 2**63
     hi = (mag >> _LIMB_BITS) << off  # |hi| < 2**52; arithmetic shifts keep the sign
@@ -287,6 +355,7 @@ class RunningStats:
         self.maximum = torch.full((channels,), -math.inf, dtype=torch.float64, device=dev)
         # exact sums, channels side by side: [sum_i n_i m_i | sum_i n_i v_i | sum_i n_i m_i**2]
         self.moments = ExactSum(3 * channels, dev)
+        self._weights: tuple[object, torch.Tensor, torch.Tensor] | None = None  # (count given, n, weights)
 
     @property
     def channels(self) -> int:
@@ -329,12 +398,18 @@ class RunningStats:
         dev = self.device
         m = mean.to(dev, torch.float32).to(torch.float64)  # float32 values: m*m is exact in float64
         v = var.to(dev, torch.float32).to(torch.float64)
-        n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
+        cached = self._weights
+        if cached is not None and (cached[0] is count or (isinstance(count, int) and cached[0] == count)):
+            n, weights = cached[1], cached[2]  # the same counts as the last batch: the same weights object
+        else:
+            n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
+            weights = n.repeat(3)
+            self._weights = (count, n, weights)
         ok = torch.isfinite(m) & torch.isfinite(v) & (m.abs() < _MAX_MEAN) & (v < _MAX_MEAN**2) & (n > 0)[None, :]
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         m = torch.where(ok, m, zero)
         v = torch.where(ok, v, zero)
-        self.moments.add(torch.cat([m, v, m * m], 1), weight=n.repeat(3))
+        self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
         self.count += n * ok.sum(0)
         self.active += torch.where(ok, active.to(dev, torch.int64), 0).sum(0)
         self.excluded += (~ok).sum(0) * (n > 0)
@@ -373,6 +448,7 @@ class RunningStats:
             )
         dev = self.device
         out = RunningStats.__new__(RunningStats)
+        out._weights = None
         out.count = self.count + other.count.to(dev)
         out.active = self.active + other.active.to(dev)
         out.excluded = self.excluded + other.excluded.to(dev)
@@ -464,10 +540,12 @@ def per_image_moments(
     stably: float32 maps on the CPU use ``E[x^2] - E[x]^2`` in float64 from
     float32 sums only where that cannot cancel (``E[x^2] < 64 var``: at most
     six bits lost) and two passes (the mean of squared deviations) for the
-    other rows; other maps always use two passes. Each row's result depends
-    only on that row, whatever the batch. ``buffer``, a tensor like ``flat``
-    with at least ``flat.numel()`` elements, holds the temporaries (reusing
-    one avoids allocating a map-sized buffer per call).
+    other rows; other CPU maps always use two passes. Each row's result
+    depends only on that row, whatever the batch. Maps on an accelerator use
+    one Welford pass (``torch.var_mean``), which is as stable and queues two
+    kernels without waiting for the device. ``buffer``, a CPU tensor like
+    ``flat`` with at least ``flat.numel()`` elements, holds the temporaries
+    (reusing one avoids allocating a map-sized buffer per call).
 
     Example:
         >>> import torch
@@ -475,6 +553,10 @@ def per_image_moments(
         >>> m.item(), round(v.item(), 5), a.item()
         (2.0, 5.0, 3)
     """
+    if flat.device.type != "cpu":
+        # one Welford kernel for both moments, one for the count; no scratch buffer, no wait for the device
+        var, mean = torch.var_mean(flat, 2, correction=0)
+        return mean, var, (flat > 0).sum(2)
     mean = flat.mean(2)
     positions = flat.shape[2]
     if buffer is None or buffer.numel() < flat.numel() or buffer.dtype != flat.dtype:
