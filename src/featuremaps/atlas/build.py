@@ -422,7 +422,7 @@ class _AtlasReducer:
         self.batch: dict[str, _Reduced] = {}
         # the top-k after this batch, committed only once the whole forward has run (an
         # interrupt during the forward then leaves every state as it was after the last batch)
-        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # (score, y, x)
         self._buffer: torch.Tensor | None = None  # one map-sized scratch buffer, reused by every layer
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
@@ -516,11 +516,12 @@ class _State:
             parts["max"].append(r.maximum.to(dev))
             counts.append(r.count)
         cat = {k: torch.cat(v, 1) for k, v in parts.items()}  # one conversion each, below, not one per layer
-        key = tuple(counts)
-        if self._counts is None or self._counts[0] != key:  # the same tensor every batch: no copy, no check
+        per_layer = tuple(counts)
+        cached = self._counts
+        if cached is None or cached[0] != per_layer:  # the same tensor every batch: no copy, no check
             sizes = torch.tensor([la.channels for la in self.layers])
-            self._counts = (key, torch.tensor(counts).repeat_interleave(sizes).to(dev))
-        self.stats.update(self._counts[1], cat["mean"], cat["var"], cat["active"], cat["max"])
+            cached = self._counts = (per_layer, torch.tensor(counts).repeat_interleave(sizes).to(dev))
+        self.stats.update(cached[1], cat["mean"], cat["var"], cat["active"], cat["max"])
 
     def merge(self, other: _State) -> _State:
         return _State(
