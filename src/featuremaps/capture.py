@@ -113,10 +113,12 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dt
 
 def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
     if isinstance(obj, torch.Tensor):
+        if device is not None and obj.device != device:
+            # from pinned memory (DataLoader(pin_memory=True)) the copy need not wait for the device
+            pinned = obj.device.type == "cpu" and device.type == "cuda" and obj.is_pinned()
+            obj = obj.to(device, non_blocking=pinned)
         if obj.is_floating_point() and dtype is not None and obj.dtype != dtype:
             obj = obj.to(dtype)
-        if device is not None and obj.device != device:
-            obj = obj.to(device)
         return obj
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(_move(v, device, dtype) for v in obj))

@@ -188,6 +188,13 @@ class _Source:
     fingerprint: dict[str, Any]
 
 
+def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch's dataset indices on ``device``, copied without making the host wait for a GPU."""
+    if device.type == "cuda":
+        return indices.pin_memory().to(device, non_blocking=True)
+    return indices.to(device)
+
+
 def _first_item(item: Any) -> Any:
     if isinstance(item, (tuple, list)) and item:
         return item[0]
@@ -875,7 +882,7 @@ def build_atlas(
                     n = int(indices.shape[0])
                     if n:
                         reducer.batch, reducer.pending = {}, {}
-                        reducer.indices = indices.to(device)
+                        reducer.indices = _to_device(indices, device)
                         x = _first_item(batch)
                         fx(x)
                         consistent = False

@@ -143,11 +143,14 @@ class TopK:
             return self.score, self.index, self.y, self.x
         k = self.k
         batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf)
-        # Only rows with a score >= some channel's k-th best can enter a top-k (a tie may win on the
-        # index): once the top-k have filled, most batches have few such rows, or none.
-        rows = torch.nonzero((batch >= self.score[:, k - 1 :]).any(0)).flatten()
-        if rows.numel() == 0:
-            return self.score, self.index, self.y, self.x
+        rows = torch.arange(b, device=dev)
+        if dev.type == "cpu":
+            # Only rows with a score >= some channel's k-th best can enter a top-k (a tie may win on
+            # the index): once the top-k have filled, most batches have few such rows, or none. (On
+            # an accelerator, finding them would make the host wait for the device: sort them all.)
+            rows = torch.nonzero((batch >= self.score[:, k - 1 :]).any(0)).flatten()
+            if rows.numel() == 0:
+                return self.score, self.index, self.y, self.x
         idx = indices.to(dev, torch.int64)
         n = int(rows.numel())
         if n < b:
