@@ -175,6 +175,19 @@ def test_deferred_range_check_flags_huge_values_and_raises_at_the_next_read():
         s.fractions()
 
 
+def test_batch_indices_are_made_on_the_device_only_for_progressions():
+    from featuremaps.atlas.build import _progression
+
+    assert _progression([4, 6, 8, 10]) == (4, 2, 4)  # rank 0 of 2: every other index
+    assert _progression([7]) == (7, 1, 1)
+    assert _progression([]) is None
+    assert _progression([1, 2, 4]) is None  # an unreadable item (3) was left out: copied instead
+    assert _progression([5, 5]) is None and _progression([6, 4, 2]) is None
+    for values in ([4, 6, 8, 10], [7], [0, 3, 6]):
+        first, step, n = _progression(values)
+        assert (torch.arange(n) * step + first).tolist() == values
+
+
 # --------------------------------------------------------------------------- merges (property test)
 
 

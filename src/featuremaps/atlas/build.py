@@ -189,10 +189,29 @@ class _Source:
 
 
 def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The batch's dataset indices on ``device``, copied without making the host wait for a GPU."""
-    if device.type == "cuda":
-        return indices.pin_memory().to(device, non_blocking=True)
+    """The batch's dataset indices on ``device``, without making the host wait for an accelerator.
+
+    A batch of this rank's shard is an arithmetic progression (unless an
+    unreadable item was left out), which is made on the device rather than
+    copied there: a copy from ordinary memory waits for the device's queue.
+    """
+    if device.type == "cpu":
+        return indices
+    progression = _progression(indices.tolist())
+    if progression is not None:
+        first, step, n = progression
+        return torch.arange(n, device=device) * step + first
     return indices.to(device)
+
+
+def _progression(values: list[int]) -> tuple[int, int, int] | None:
+    """``(first, step, length)`` when ``values`` is an increasing arithmetic progression, else None."""
+    if len(values) < 2:
+        return (values[0], 1, 1) if values else None
+    first, step = values[0], values[1] - values[0]
+    if step > 0 and values == list(range(first, first + step * len(values), step)):
+        return first, step, len(values)
+    return None
 
 
 def _first_item(item: Any) -> Any:
