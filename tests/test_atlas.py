@@ -156,6 +156,26 @@ def test_exact_sums_with_changing_weights_equal_rational_arithmetic():
     assert s.fractions() == expected
 
 
+def test_queued_statistics_equal_statistics_added_one_batch_at_a_time(monkeypatch):
+    """RunningStats queues batches with the same counts: the bytes must not depend on when it adds them."""
+    from featuremaps.atlas import stats as st
+
+    gen = torch.Generator().manual_seed(9)
+    batches = [(n, torch.randn(b, 3, generator=gen) * 100, torch.rand(b, 3, generator=gen),
+                torch.randint(0, n + 1, (b, 3), generator=gen), torch.randn(b, 3, generator=gen))
+               for n, b in [(16, 2), (16, 3), (9, 1), (9, 4), (16, 2)]]
+    queued = RunningStats(3)
+    for batch in batches:
+        queued.update(*batch)
+    monkeypatch.setattr(st, "_QUEUE_VALUES", 1)  # every batch added at once
+    direct = RunningStats(3)
+    for batch in batches:
+        direct.update(*batch)
+    a, b = queued.state_dict(), direct.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert a["count"].tolist() == [16 * 7 + 9 * 5] * 3
+
+
 def test_deferred_range_check_flags_huge_values_and_raises_at_the_next_read():
     """On an accelerator the range check must not wait for the device: it is flagged, then raised."""
     from featuremaps.atlas import stats as st
@@ -267,6 +287,37 @@ def test_batch_size_does_not_change_a_single_byte(tmp_path):
         build_atlas(model, x, layers=["1", "3", "6"], k=3, batch_size=bs, progress=False, out=tmp_path / f"a{bs}")
     ref = files(tmp_path / "a1")
     assert files(tmp_path / "a4") == ref and files(tmp_path / "a11") == ref
+
+
+def _conv1d_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv1d(2, 5, 3), nn.ReLU(), nn.Conv1d(5, 4, 3, stride=2)).eval()
+
+
+@pytest.mark.parametrize("kind", ["image", "sequence"])
+def test_accelerator_path_gives_the_cpu_paths_atlas(monkeypatch, kind):
+    """The path taken on GPUs (argmax of every map, Welford moments, deferred checks), run on the CPU."""
+    from featuremaps.atlas import _device
+
+    if kind == "image":
+        make, x, layers = atlas_helper.tiny_net, torch.rand(13, 3, 20, 20, generator=torch.Generator().manual_seed(4)), ["1", "3"]
+    else:
+        make, x, layers = _conv1d_net, torch.randn(13, 2, 30, generator=torch.Generator().manual_seed(4)), ["0", "2"]
+    opts = dict(layers=layers, k=3, batch_size=4, progress=False, receptive="none")
+    cpu = build_atlas(make(), x, **opts)
+    monkeypatch.setattr(_device, "_FORCE", True)
+    fast = build_atlas(make(), x, **opts)
+    for layer in cpu.layers():
+        for c in cpu.channels(layer):
+            assert fast.top_examples(layer, c) == cpu.top_examples(layer, c)
+        a, b = cpu.stats(layer), fast.stats(layer)
+        np.testing.assert_array_equal(b.max, a.max)
+        np.testing.assert_array_equal(b.active_fraction, a.active_fraction)
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b.std, a.std, rtol=1e-5, atol=1e-7)
+    if kind == "sequence":  # 1-D maps: positions (0, x) with x the index along the sequence
+        assert any(e.position[1] > 0 for c in fast.channels("2") for e in fast.top_examples("2", c))
+        assert all(e.position[0] == 0 for c in fast.channels("2") for e in fast.top_examples("2", c))
 
 
 # --------------------------------------------------------------------------- torchrun

@@ -48,6 +48,7 @@ from ..layers import LayerSelector, resolve_layers
 from ..maps import LayerInfo
 from .atlas import Atlas, AtlasLayer, _LayerData, check_synthesis
 from .receptive import receptive_fields
+from ._device import asynchronous
 from .stats import RunningStats, per_image_moments
 from .topk import EMPTY_INDEX, TopK, update_all
 
@@ -195,8 +196,8 @@ def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
     unreadable item was left out), which is made on the device rather than
     copied there: a copy from ordinary memory waits for the device's queue.
     """
-    if device.type == "cpu":
-        return indices
+    if not asynchronous(device):
+        return indices.to(device)
     progression = _progression(indices.tolist())
     if progression is not None:
         first, step, n = progression
@@ -418,6 +419,21 @@ def _candidate_positions(
 
 
 @dataclass
+class _Pending:
+    """One layer's part of the batch for its top-k: scores and positions, ``(batch, channels)`` each.
+
+    Positions come as ``(y, x)``, or as the flat spatial argmax and the map's
+    width, turned into ``(y, x)`` for all layers at once when the batch is merged.
+    """
+
+    score: torch.Tensor
+    y: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    flat_index: torch.Tensor | None = None
+    width: int = 0
+
+
+@dataclass
 class _Reduced:
     info: LayerInfo
     count: int  # positions per map
@@ -448,7 +464,8 @@ class _AtlasReducer:
         self.batch: dict[str, _Reduced] = {}
         # the top-k after this batch, committed only once the whole forward has run (an
         # interrupt during the forward then leaves every state as it was after the last batch)
-        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # (score, y, x)
+        self.pending: dict[str, _Pending] = {}
+        self._widths: tuple[tuple[tuple[int, int], ...], torch.Tensor] | None = None  # cached per-channel widths
         self._buffer: torch.Tensor | None = None  # one map-sized scratch buffer, reused by every layer
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
@@ -470,13 +487,14 @@ class _AtlasReducer:
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         argmax: torch.Tensor | None = None
-        if flat.device.type == "cpu":
+        if not asynchronous(flat.device):
             maximum = flat.amax(2)
+            mean, var, active = per_image_moments(flat, self._scratch(flat))
         else:
             # on an accelerator a pass over the map is cheap and a wait for the device is not: one
             # kernel gives every map's maximum and its position, and nothing in this hook waits
             maximum, argmax = flat.max(2)
-        mean, var, active = per_image_moments(flat, self._scratch(flat))
+            mean, var, active = per_image_moments(flat)
         if self.indices is not None:
             top = self.tops.get(info.name)
             if top is None:
@@ -486,9 +504,9 @@ class _AtlasReducer:
                 width = int(t.shape[-1]) if nsp == 2 else 0
                 if argmax is None:
                     y, x = _candidate_positions(flat, score, top, width)
-                else:
-                    y, x = _positions(argmax.to(top.device), width)
-                self.pending[info.name] = (score, y, x)
+                    self.pending[info.name] = _Pending(score, y, x)
+                else:  # (y, x) for all layers at once, in commit: two kernels per batch, not per layer
+                    self.pending[info.name] = _Pending(score, flat_index=argmax.to(top.device), width=width)
         self.batch[info.name] = _Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
         return None
 
@@ -497,9 +515,25 @@ class _AtlasReducer:
         if self.pending and self.indices is not None:
             names = list(self.pending)
             parts = [self.pending[n] for n in names]
-            update_all([self.tops[n] for n in names], [p[0] for p in parts], self.indices,
-                       [p[1] for p in parts], [p[2] for p in parts])
+            self._locate(parts)
+            update_all([self.tops[n] for n in names], [p.score for p in parts], self.indices,
+                       [p.y for p in parts], [p.x for p in parts])  # type: ignore[misc]
         self.pending = {}
+
+    def _locate(self, parts: list[_Pending]) -> None:
+        """Turn the flat spatial argmax of the parts that have one into ``(y, x)``, all layers at once."""
+        todo = [p for p in parts if p.y is None and p.flat_index is not None]
+        if not todo:
+            return
+        key = tuple((p.width, int(p.flat_index.shape[1])) for p in todo)  # type: ignore[union-attr]
+        if self._widths is None or self._widths[0] != key:
+            # per channel, the row length; 1-D maps get one longer than any index: y = 0, x = index
+            width = torch.tensor([w or (1 << 62) for w, _ in key]).repeat_interleave(torch.tensor([c for _, c in key]))
+            self._widths = (key, width.to(todo[0].flat_index.device))  # type: ignore[union-attr]
+        flat = torch.cat([p.flat_index for p in todo], 1)  # type: ignore[misc]
+        sizes = [c for _, c in key]
+        for p, y, x in zip(todo, (flat // self._widths[1]).split(sizes, 1), (flat % self._widths[1]).split(sizes, 1)):
+            p.y, p.x = y, x
 
     def release(self) -> None:
         """Drop the scratch buffer."""

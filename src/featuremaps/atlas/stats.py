@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatureMapsError
+from ._device import asynchronous
 
 __all__ = ["ExactSum", "RunningStats", "ChannelStats"]
 
@@ -44,6 +45,7 @@ _LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top
 _MAX_MEAN = 2.0**100  # per-image means beyond this (and variances beyond its square) count as non-finite
 _MAX_WEIGHT = (1 << 31) - 1
 _CHUNK = 1 << 17  # values per step when splitting into limbs
+_QUEUE_VALUES = 1 << 20  # per-image moments (rows x channels) queued before RunningStats adds them
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
 
 
@@ -165,7 +167,7 @@ class ExactSum:
         if v.numel() == 0:
             return out
         flat = out.view(-1)
-        if v.device.type != "cpu":
+        if asynchronous(v.device):
             if self._overflow is None:
                 self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
             _add_limbs(v, flat, 0, self.channels, self._overflow)
@@ -356,6 +358,11 @@ class RunningStats:
         # exact sums, channels side by side: [sum_i n_i m_i | sum_i n_i v_i | sum_i n_i m_i**2]
         self.moments = ExactSum(3 * channels, dev)
         self._weights: tuple[object, torch.Tensor, torch.Tensor] | None = None  # (count given, n, weights)
+        # Batches wait here (with the same counts) and are added together: one set of operations
+        # for many batches. Readers (result, merge, state_dict) add them first.
+        self._queue: list[tuple[torch.Tensor, ...]] = []
+        self._queue_count: torch.Tensor | int | None = None
+        self._queue_rows = 0
 
     @property
     def channels(self) -> int:
@@ -386,7 +393,9 @@ class RunningStats:
             maximum: each map's maximum.
 
         Maps whose moments are NaN or infinite are left out and counted in
-        ``excluded``.
+        ``excluded``. Batches with the same ``count`` are queued and added
+        together (by reference: leave the tensors unchanged); :meth:`result`,
+        :meth:`merge` and :meth:`state_dict` see every batch.
 
         Example:
             >>> import torch
@@ -395,6 +404,30 @@ class RunningStats:
             >>> float(s.result().mean[0]), int(s.result().count[0])
             (1.0, 4)
         """
+        same = self._queue_count is count or (isinstance(count, int) and self._queue_count == count)
+        rows = int(mean.shape[0]) if mean.ndim == 2 else 1
+        if self._queue and (not same or (self._queue_rows + rows) * self.channels > _QUEUE_VALUES):
+            self._drain()
+        self._queue.append((mean, var, active, maximum))
+        self._queue_count = count
+        self._queue_rows += rows
+        if self._queue_rows * self.channels >= _QUEUE_VALUES:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Add the queued batches."""
+        if not self._queue:
+            return
+        queue, count = self._queue, self._queue_count
+        self._queue, self._queue_count, self._queue_rows = [], None, 0
+        parts = [torch.cat([q[i] if q[i].ndim == 2 else q[i][None] for q in queue]) for i in range(4)]
+        assert count is not None
+        self._add(count, *parts)
+
+    def _add(
+        self, count: torch.Tensor | int, mean: torch.Tensor, var: torch.Tensor, active: torch.Tensor,
+        maximum: torch.Tensor,
+    ) -> None:
         dev = self.device
         m = mean.to(dev, torch.float32).to(torch.float64)  # float32 values: m*m is exact in float64
         v = var.to(dev, torch.float32).to(torch.float64)
@@ -446,9 +479,11 @@ class RunningStats:
             raise FeatureMapsError(
                 f"cannot merge statistics of {other.channels} channels into statistics of {self.channels}"
             )
+        self._drain()
+        other._drain()
         dev = self.device
         out = RunningStats.__new__(RunningStats)
-        out._weights = None
+        out._weights, out._queue, out._queue_count, out._queue_rows = None, [], None, 0
         out.count = self.count + other.count.to(dev)
         out.active = self.active + other.active.to(dev)
         out.excluded = self.excluded + other.excluded.to(dev)
@@ -463,6 +498,7 @@ class RunningStats:
             >>> RunningStats(1).result().count.tolist()    # nothing seen yet: NaN mean and std
             [0]
         """
+        self._drain()
         c = self.channels
         counts = self.count.cpu().tolist()
         active = self.active.cpu().tolist()
@@ -493,6 +529,7 @@ class RunningStats:
             >>> sorted(RunningStats(1).state_dict("s."))
             ['s.active', 's.count', 's.excluded', 's.maximum', 's.moments']
         """
+        self._drain()
         return {
             f"{prefix}count": self.count.cpu(), f"{prefix}active": self.active.cpu(),
             f"{prefix}excluded": self.excluded.cpu(), f"{prefix}maximum": self.maximum.cpu(),
@@ -553,7 +590,7 @@ def per_image_moments(
         >>> m.item(), round(v.item(), 5), a.item()
         (2.0, 5.0, 3)
     """
-    if flat.device.type != "cpu":
+    if asynchronous(flat.device):
         # one Welford kernel for both moments, one for the count; no scratch buffer, no wait for the device
         var, mean = torch.var_mean(flat, 2, correction=0)
         return mean, var, (flat > 0).sum(2)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import FeatureMapsError
+from ._device import asynchronous
 
 __all__ = ["TopK", "TopExample", "EMPTY_INDEX", "update_all"]
 
@@ -144,7 +145,7 @@ class TopK:
         k = self.k
         batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf)
         rows = torch.arange(b, device=dev)
-        if dev.type == "cpu":
+        if not asynchronous(dev):
             # Only rows with a score >= some channel's k-th best can enter a top-k (a tie may win on
             # the index): once the top-k have filled, most batches have few such rows, or none. (On
             # an accelerator, finding them would make the host wait for the device: sort them all.)
