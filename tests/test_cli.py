@@ -84,3 +84,29 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["maps", "cam"])
+def test_folder_outputs_never_land_among_a_users_files(runner, tmp_path, command):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "summary.txt").write_text("my notes")
+    (mine / "predictions.txt").write_text("my predictions")
+    result = runner.invoke(cli, [command, "--layers" if command == "maps" else "--layer", "_conv_stem", "-o", str(mine)])
+    assert result.exit_code == 2, result.output
+    assert "holds other files (predictions.txt, summary.txt)" in result.output
+    assert len(result.output.strip().splitlines()[-1]) < 200 and "Traceback" not in result.output
+    assert sorted(p.name for p in mine.iterdir()) == ["predictions.txt", "summary.txt"]  # nothing written
+    assert (mine / "summary.txt").read_text() == "my notes"
+    (tmp_path / "a-file").write_text("x")
+    result = runner.invoke(cli, [command, "-o", str(tmp_path / "a-file")])
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_a_folder_featuremaps_wrote_can_be_written_again(runner, tmp_path):
+    out = tmp_path / "out"
+    for args in (["maps", "--layers", "_conv_stem"], ["maps", "--layers", "_conv_stem"], ["cam"]):
+        result = runner.invoke(cli, [*args, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"maps.safetensors", "summary.txt", "cam_gradcam.png", ".featuremaps"} <= names

@@ -110,6 +110,33 @@ def _image(image: str | None) -> Any:
     return load_image(image if image is not None else sample_image("cat"))
 
 
+OUTPUT_MARKER = ".featuremaps"  # in every folder the CLI writes: a later run may write there again
+
+
+def _output_folder(out_dir: str, create: bool = True) -> Path:
+    """Check ``-o``: a new or empty folder, or one featuremaps wrote; then (``create``) make it and mark it ours.
+
+    The commands that write several files with names of their own never put
+    them among a user's files: a folder holding anything else is refused.
+    They check before any work and create the folder when they write.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out_dir} is a file; pass a folder", param_hint="'-o'")
+    if out.is_dir() and not (out / OUTPUT_MARKER).is_file():
+        others = sorted(p.name for p in out.iterdir())
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise click.BadParameter(
+                f"{out_dir} holds other files ({shown}); pass a new or empty folder", param_hint="'-o'"
+            )
+    if not create:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
+    return out
+
+
 def _parse_layers(values: tuple[str, ...]) -> Any:
     if not values:
         return None
@@ -183,12 +210,12 @@ def maps_cmd(
 
     if cmap is not None:
         colormap_lut(cmap)  # fail early on a bad colormap name
+    _output_folder(out_dir, create=False)
     model, preprocess = _load(model_spec, weights, device, trust_pickle)
     img = _image(image)
     x = preprocess(img)
     maps = get_feature_maps(model, x, layers=_parse_layers(layer_patterns), max_bytes=max_bytes)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(out_dir)
     written: list[Path] = []
     top = _top_classes(maps.output, preprocess)
     vis = visualize(maps, channels=top_k, order=order if top_k else None, norm=norm, cmap=cmap, labels=labels)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .attribution import cam_methods
-from .cli import DEFAULT_OUT, _image, _load, _top_classes, model_options
+from .cli import DEFAULT_OUT, _image, _load, _output_folder, _top_classes, model_options
 
 __all__ = ["cam_cmd", "parse_target"]
 
@@ -96,6 +96,7 @@ def cam_cmd(
     chosen = list(dict.fromkeys(m.lower() for m in methods)) or ["gradcam"]
     if "all" in chosen:
         chosen = cam_methods()
+    _output_folder(out_dir, create=False)
     model, preprocess = _load(model_spec, weights, device, trust_pickle)
     img = _image(image)
     view = preprocess.view(img)
@@ -117,8 +118,7 @@ def cam_cmd(
     class_name = card.class_name(cls) if card is not None else f"class {cls}"
     click.echo(f"explaining class {cls} ({class_name})")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(out_dir)
     written: list[Path] = []
     tensors: dict[str, torch.Tensor] = {}
     meta_layers: dict[str, list[str]] = {}
