@@ -703,12 +703,34 @@ def test_save_failure_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
+@pytest.mark.parametrize("suffix", [".bmp", ".tif", ".gif"])
+def test_save_lossless_raster_formats_round_trip(tmp_path: Path, suffix: str) -> None:
+    arr = np.zeros((5, 7, 3), np.uint8)
+    arr[1:3, 2:6] = (200, 30, 90)  # two colours: exact even in GIF's palette
+    rgba = np.dstack([arr, np.full((5, 7), 255, np.uint8)])
+    dest = save_image(rgba, tmp_path / f"a{suffix}")
+    assert np.array_equal(image_to_array(load_image(dest)), arr)
+
+
+def test_save_svg_and_pdf_hold_the_pixels(tmp_path: Path) -> None:
+    import base64
+    import io as _io
+    import xml.etree.ElementTree as ET
+
+    arr = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    root = ET.fromstring(save_image(arr, tmp_path / "a.svg").read_bytes())
+    (image,) = [e for e in root.iter() if e.tag.endswith("image")]
+    png = base64.b64decode(image.get("href").split(",", 1)[1])
+    assert root.get("width") == "6" and np.array_equal(np.asarray(Image.open(_io.BytesIO(png))), arr)
+    assert save_image(arr, tmp_path / "b.png", format="pdf").read_bytes().startswith(b"%PDF")
+
+
 def test_save_errors(tmp_path: Path) -> None:
     arr = np.zeros((2, 2, 3), np.uint8)
-    with pytest.raises(FeatureMapsError, match=r"unsupported suffix '\.gif'.*\.png"):
-        save_image(arr, tmp_path / "a.gif")
-    with pytest.raises(FeatureMapsError, match="unsupported format 'bmp'"):
-        save_image(arr, tmp_path / "a.png", format="bmp")
+    with pytest.raises(FeatureMapsError, match=r"unsupported suffix '\.heic'.*\.png"):
+        save_image(arr, tmp_path / "a.heic")
+    with pytest.raises(FeatureMapsError, match="unsupported format 'exr'"):
+        save_image(arr, tmp_path / "a.png", format="exr")
     with pytest.raises(FeatureMapsError, match="compress_level"):
         save_image(arr, tmp_path / "a.png", compress_level=12)
     (tmp_path / "d.png").mkdir()

@@ -679,7 +679,7 @@ def test_file_outputs(tmp_path):
     pdf = g.save(tmp_path / "g.pdf")
     assert pdf.read_bytes()[:5] == b"%PDF-"
     assert g.save(tmp_path / "noext", format="png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(RenderError, match="format"):
+    with pytest.raises(FeatureMapsError, match="unsupported suffix '.xyz'"):
         g.save(tmp_path / "g.xyz")
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "load_image",
     "image_to_array",
     "save_image",
+    "IMAGE_FORMATS",
     "sample_image",
     "sample_images",
 ]
@@ -91,7 +92,12 @@ DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
 default, 89,478,485 pixels: about 0.25 GiB of 24-bit RGB)."""
 
 _COMMON_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
-_SAVE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+_SAVE_FORMATS = {
+    "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF",
+    "gif": "GIF", "svg": "SVG", "pdf": "PDF",
+}
+#: File suffixes :func:`save_image` writes.
+IMAGE_FORMATS: tuple[str, ...] = tuple(sorted(f".{k}" for k in _SAVE_FORMATS))
 _SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # Pillow's decompression-bomb limit is a module global; it is swapped only
@@ -575,15 +581,17 @@ def save_image(
     compress_level: int = 1,
     quality: int = 95,
 ) -> Path:
-    """Write an image as PNG, JPEG or WebP, atomically.
+    """Write an image as PNG, JPEG, WebP, BMP, TIFF, GIF, SVG or PDF, atomically.
 
     The image is first written to a hidden temporary file in the target
     directory and then moved over ``path`` with ``os.replace``, so readers
     never see a partial file and a failed write leaves any previous file
     untouched. Missing parent directories are created.
 
-    Grayscale and alpha are kept where the format allows (PNG, WebP); JPEG
-    has no alpha, so transparency is composited over white there. Arrays and
+    Grayscale and alpha are kept where the format allows (PNG, WebP, TIFF);
+    JPEG, BMP, GIF, SVG and PDF get transparency composited over white. SVG
+    and PDF hold the pixels losslessly (one pixel to one unit; the SVG embeds
+    a PNG drawn with sharp pixels), for papers and slides. Arrays and
     tensors follow the :func:`load_image` rules (float in [0, 1], ``uint8``,
     ``uint16``, ``bool``); PIL images in other modes are reduced to 8 bits by
     the same rules.
@@ -592,10 +600,12 @@ def save_image(
         image: a PIL image, a NumPy array (HxW, HxWx1, HxWx3, HxWx4) or a
             torch tensor (HxW, CxHxW, HxWxC, 1xCxHxW).
         path: destination file.
-        format: ``"png"``, ``"jpeg"``/``"jpg"`` or ``"webp"``
-            (case-insensitive); by default taken from the file suffix.
-        compress_level: PNG zlib level 0-9. The default 1 is fast and still
-            lossless; higher levels shrink files a little for much more time.
+        format: ``"png"``, ``"jpeg"``/``"jpg"``, ``"webp"``, ``"bmp"``,
+            ``"tiff"``, ``"gif"``, ``"svg"`` or ``"pdf"`` (case-insensitive);
+            by default taken from the file suffix.
+        compress_level: PNG zlib level 0-9 (also of the PNG inside an SVG).
+            The default 1 is fast and still lossless; higher levels shrink
+            files a little for much more time.
         quality: JPEG / WebP quality 0-100 (JPEG is written without chroma
             subsampling, so thin coloured lines stay sharp).
 
@@ -622,20 +632,27 @@ def save_image(
         raise FeatureMapsError(f"quality must be an int in 0..100, got {quality!r}")
 
     im = _image_for_saving(image)
-    options: dict[str, object]
+    options: dict[str, object] = {}
     if fmt == "PNG":
         options = {"compress_level": compress_level}
     elif fmt == "JPEG":
-        im = _flatten(im)  # JPEG has no alpha
         options = {"quality": quality, "subsampling": 0}
-    else:
+    elif fmt == "WEBP":
         options = {"quality": quality}
+    if fmt in ("JPEG", "BMP", "GIF", "SVG", "PDF"):
+        im = _flatten(im)  # no alpha (kept simple: GIF transparency is a palette entry)
 
     if dest.is_dir():
         raise FeatureMapsError(f"cannot write image {label}: it is a directory; pass a file path")
     try:
         with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
-            im.save(fh, format=fmt, **options)
+            if fmt in ("SVG", "PDF"):
+                from .render._output import pdf_bytes, svg_bytes
+
+                rgb = np.asarray(im.convert("RGB"))
+                fh.write(svg_bytes(rgb, compress_level) if fmt == "SVG" else pdf_bytes(rgb))
+            else:
+                im.save(fh, format=fmt, **options)
     except OSError as exc:
         raise FeatureMapsError(f"cannot write image {label}: {_one_line(exc.strerror or exc)}") from exc
     return dest
@@ -648,7 +665,7 @@ def _save_format(dest: Path, format: str | None) -> str:  # noqa: A002
         what = f"format {format!r}" if format is not None else f"suffix {dest.suffix!r}"
         raise FeatureMapsError(
             f"cannot write image {_quote(str(dest))}: unsupported {what}; "
-            "use .png, .jpg/.jpeg or .webp (or format='png')"
+            f"use one of {', '.join(IMAGE_FORMATS)} (or format='png')"
         )
     if fmt == "WEBP":
         from PIL import features

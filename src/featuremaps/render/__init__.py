@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 from featuremaps.render._common import RenderError, to_numpy
-from featuremaps.render._output import IMAGE_FORMATS, PNG_COMPRESS_LEVEL, RenderedImage, save_image
+from featuremaps.io import IMAGE_FORMATS, save_image
+from featuremaps.render._output import PNG_COMPRESS_LEVEL, RenderedImage
 from featuremaps.render.colormap import (
     DEFAULT_CMAP,
     DEFAULT_DIVERGING_CMAP,

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from featuremaps._atomic import atomic_path
-from featuremaps.render._common import Color, RenderError
+from featuremaps.render._common import Color
 from featuremaps.render.normalize import NormInfo
 
 if TYPE_CHECKING:
@@ -37,26 +36,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL import Image
 
-__all__ = ["RenderedImage", "encode_png", "save_image", "PNG_COMPRESS_LEVEL", "IMAGE_FORMATS"]
+__all__ = ["RenderedImage", "encode_png", "svg_bytes", "pdf_bytes", "PNG_COMPRESS_LEVEL"]
 
 #: zlib level used for PNG files (see the module docstring for why 1).
 PNG_COMPRESS_LEVEL = 1
 #: zlib level used for PNGs embedded in notebooks, where size outlives speed.
 _REPR_COMPRESS_LEVEL = 6
-
-_PIL_FORMATS = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".webp": "WEBP",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".gif": "GIF",
-}
-#: File suffixes :func:`save_image` writes.
-IMAGE_FORMATS: tuple[str, ...] = tuple(sorted({*_PIL_FORMATS, ".svg", ".pdf"}))
-
 
 def _to_pil(array: npt.NDArray[np.uint8]) -> Image.Image:
     from PIL import Image
@@ -71,7 +56,8 @@ def encode_png(array: npt.NDArray[np.uint8], compress_level: int = PNG_COMPRESS_
     return buf.getvalue()
 
 
-def _svg_bytes(array: npt.NDArray[np.uint8], compress_level: int) -> bytes:
+def svg_bytes(array: npt.NDArray[np.uint8], compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """An SVG file holding the ``(H, W, 3)`` uint8 pixels as an embedded PNG, drawn with sharp pixels."""
     h, w = array.shape[:2]
     data = base64.b64encode(encode_png(array, compress_level)).decode("ascii")
     return (
@@ -83,7 +69,8 @@ def _svg_bytes(array: npt.NDArray[np.uint8], compress_level: int) -> bytes:
     ).encode("ascii")
 
 
-def _pdf_bytes(array: npt.NDArray[np.uint8]) -> bytes:
+def pdf_bytes(array: npt.NDArray[np.uint8]) -> bytes:
+    """A PDF file holding the ``(H, W, 3)`` uint8 pixels losslessly, one pixel to one point."""
     # Pillow writes RGB PDFs as JPEG (lossy); matplotlib embeds the pixels
     # losslessly. One image pixel = one PDF point.
     from matplotlib.figure import Figure
@@ -94,52 +81,6 @@ def _pdf_bytes(array: npt.NDArray[np.uint8]) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="pdf", dpi=72)
     return buf.getvalue()
-
-
-def save_image(
-    array: npt.NDArray[np.uint8],
-    path: str | os.PathLike[str],
-    *,
-    format: str | None = None,
-    compress_level: int = PNG_COMPRESS_LEVEL,
-    quality: int = 95,
-) -> Path:
-    """Write an RGB uint8 array to a PNG, JPEG, SVG, PDF (or WebP/BMP/TIFF/GIF) file.
-
-    Args:
-        array: ``(H, W, 3)`` uint8 pixels.
-        path: Destination; the format follows the suffix unless ``format`` is given.
-        format: ``"png"``, ``"jpeg"``, ``"svg"``, ``"pdf"``, ... (case-insensitive).
-        compress_level: zlib level for PNG (and the PNG inside an SVG).
-        quality: JPEG/WebP quality (chroma is not subsampled, so colours stay crisp).
-
-    Returns:
-        The path written (atomically; parent folders are created).
-    """
-    p = Path(path)
-    suffix = ("." + format.lower().lstrip(".")) if format else p.suffix.lower()
-    if suffix == ".jpeg" or suffix == ".jpg":
-        suffix = ".jpg"
-    if suffix not in IMAGE_FORMATS:
-        raise RenderError(
-            f"cannot tell the image format of {str(p)!r}; use a suffix or format= from {', '.join(IMAGE_FORMATS)}"
-        )
-    with atomic_path(p) as tmp:
-        if suffix == ".svg":
-            tmp.write_bytes(_svg_bytes(array, compress_level))
-        elif suffix == ".pdf":
-            tmp.write_bytes(_pdf_bytes(array))
-        else:
-            fmt = _PIL_FORMATS[suffix]
-            options: dict[str, Any] = {}
-            if fmt == "PNG":
-                options["compress_level"] = int(compress_level)
-            elif fmt in ("JPEG", "WEBP"):
-                options["quality"] = int(quality)
-                if fmt == "JPEG":
-                    options["subsampling"] = 0
-            _to_pil(array).save(tmp, format=fmt, **options)
-    return p
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,7 +136,9 @@ class RenderedImage:
         compress_level: int = PNG_COMPRESS_LEVEL,
         quality: int = 95,
     ) -> Path:
-        """Write the picture to a PNG/JPEG/SVG/PDF/... file; see :func:`save_image`."""
+        """Write the picture to a PNG/JPEG/SVG/PDF/... file; see :func:`featuremaps.io.save_image`."""
+        from featuremaps.io import save_image
+
         return save_image(self.array, path, format=format, compress_level=compress_level, quality=quality)
 
     def figure(
