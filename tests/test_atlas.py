@@ -564,6 +564,15 @@ def test_receptive_field_of_a_small_conv_chain_computed_by_hand():
     assert measured is not None and (measured.stride, measured.offset, measured.size) == (rf.stride, rf.offset, rf.size)
 
 
+def test_gradient_fields_of_a_training_model_with_batch_norm():
+    """Measured in eval mode (batch norm in training mode would mix the probe images), then restored."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))
+    model.train()
+    rf = receptive_field(model, "3", (3, 20, 20), method="gradient")
+    assert rf is not None and rf.size == (5.0, 5.0) and rf.stride == (1.0, 1.0)
+    assert all(m.training for m in model.modules())
+
+
 def test_chain_is_not_trusted_through_functional_ops():
     class Residual(nn.Module):
         def __init__(self) -> None:

@@ -243,7 +243,7 @@ def receptive_fields(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *shape), generator=gen).to(device, dtype)
+    x = torch.randn((4, *shape), generator=gen).to(device, dtype)  # two images for each of two probe positions
     out: dict[str, ReceptiveField | None] = {}
     todo = dict(layers)
     if method in ("auto", "chain"):
@@ -332,7 +332,10 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
     out: dict[str, ReceptiveField | None] = {k: None for k in layers}
     height, width = int(x.shape[2]), int(x.shape[3])
     xg = x.detach().clone().requires_grad_(True)
+    flags = [(m, m.training) for m in model.modules()]  # eval: images must not mix (batch norm, dropout)
     try:
+        for m, _ in flags:
+            m.training = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with FeatureExtractor(model, sorted(set(layers.values())), keep_graph=True) as fx:
@@ -349,11 +352,11 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
                     h, w = int(t.shape[2]), int(t.shape[3])
                     cy, cx = h // 2, w // 2
                     ny, nx = (cy - 1 if cy > 0 else cy), (cx - 1 if cx > 0 else cx)  # a neighbour: the jump
-                    spans = [_span(xg, t, cy, cx), _span(xg, t, ny, nx) if (ny, nx) != (cy, cx) else None]
+                    spans = _spans(xg, t, [(cy, cx), (ny, nx)] if (ny, nx) != (cy, cx) else [(cy, cx)])
                     if spans[0] is None:
                         continue
                     (r0, r1), (c0, c1) = spans[0]
-                    near = spans[1]
+                    near = spans[1] if len(spans) > 1 else None
                     ay = _measured_axis(r0, r1, cy, _jump(spans[0][0], near[0] if near else None, cy - ny, height, h),
                                         height)
                     ax = _measured_axis(c0, c1, cx, _jump(spans[0][1], near[1] if near else None, cx - nx, width, w),
@@ -362,20 +365,32 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
     except (RuntimeError, FeatureMapsError) as exc:
         warnings.warn(f"could not measure receptive fields with gradients ({exc}); patches show whole images",
                       stacklevel=3)
+    finally:
+        for m, flag in flags:
+            m.training = flag
     return out
 
 
-def _span(
-    x: torch.Tensor, t: torch.Tensor, y: int, xx: int
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The input rows and columns ``((first, last), (first, last))`` position ``(y, xx)`` depends on."""
-    (g,) = torch.autograd.grad(t[:, :, y, xx].sum(), x, retain_graph=True)
-    mask = g.detach().abs().sum((0, 1)) > 0
-    rows = torch.nonzero(mask.any(1)).flatten().tolist()
-    cols = torch.nonzero(mask.any(0)).flatten().tolist()
-    if not rows or not cols:
-        return None
-    return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
+def _spans(
+    x: torch.Tensor, t: torch.Tensor, positions: Sequence[tuple[int, int]]
+) -> list[tuple[tuple[int, int], tuple[int, int]] | None]:
+    """The input rows and columns ``((first, last), (first, last))`` each position of ``t`` depends on.
+
+    One backward for all: the probe batch is split into one group of images
+    per position, position ``i`` is seeded in group ``i`` only, and images do
+    not mix in eval mode, so group ``i`` of the input gradient belongs to
+    position ``i`` alone.
+    """
+    per = int(x.shape[0]) // len(positions)  # probe images per position: their union guards against dead units
+    seed = sum(t[i * per : (i + 1) * per, :, y, xx].sum() for i, (y, xx) in enumerate(positions))
+    (g,) = torch.autograd.grad(seed, x, retain_graph=True)
+    out: list[tuple[tuple[int, int], tuple[int, int]] | None] = []
+    for i in range(len(positions)):
+        mask = g[i * per : (i + 1) * per].detach().abs().sum((0, 1)) > 0
+        rows = torch.nonzero(mask.any(1)).flatten().tolist()
+        cols = torch.nonzero(mask.any(0)).flatten().tolist()
+        out.append(((int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))) if rows and cols else None)
+    return out
 
 
 def _jump(here: tuple[int, int], near: tuple[int, int] | None, step: int, extent: int, size: int) -> float:
