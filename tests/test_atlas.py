@@ -565,7 +565,7 @@ def test_receptive_field_of_a_small_conv_chain_computed_by_hand():
 
 
 def test_gradient_fields_of_a_training_model_with_batch_norm():
-    """Measured in eval mode (batch norm in training mode would mix the probe images), then restored."""
+    """Probe images are seeded separately: they must not mix (the capture runs in eval mode, then restores)."""
     model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))
     model.train()
     rf = receptive_field(model, "3", (3, 20, 20), method="gradient")

@@ -332,10 +332,7 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
     out: dict[str, ReceptiveField | None] = {k: None for k in layers}
     height, width = int(x.shape[2]), int(x.shape[3])
     xg = x.detach().clone().requires_grad_(True)
-    flags = [(m, m.training) for m in model.modules()]  # eval: images must not mix (batch norm, dropout)
-    try:
-        for m, _ in flags:
-            m.training = False
+    try:  # the capture runs in eval mode: probe images do not mix (batch norm), nothing is random
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with FeatureExtractor(model, sorted(set(layers.values())), keep_graph=True) as fx:
@@ -365,9 +362,6 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
     except (RuntimeError, FeatureMapsError) as exc:
         warnings.warn(f"could not measure receptive fields with gradients ({exc}); patches show whole images",
                       stacklevel=3)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     return out
 
 
