@@ -533,3 +533,30 @@ def test_load_model_never_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pre.card.name == "resnet18"
     with pytest.raises(ModelLoadError, match="needs weights"):
         load_model("torchvision:resnet18")
+
+
+def test_a_model_unpacked_from_load_model_keeps_its_own_preprocessing(tmp_path):
+    """README: ``model, preprocess = fm.load_model()``; passing ``model`` alone must not fall back to a guess."""
+    import gc
+    import weakref
+
+    import featuremaps as fm
+    from featuremaps.models import IMAGENET_MEAN, preprocess_for
+    from featuremaps.report.build import _as_model
+
+    model, preprocess = fm.load_model()
+    assert tuple(preprocess.card.mean) != tuple(IMAGENET_MEAN)  # Lite0 normalizes its own way: a guess is wrong
+    again = fm.load_model(model)
+    assert again.card == preprocess.card and again.model is model
+    assert _as_model(model, None)[1].card == preprocess.card  # fm.report(model, image)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    fm.load_image(fm.sample_image("cat")).save(folder / "cat.png")
+    atlas = fm.build_atlas(model, folder, layers="_blocks.15._project_conv", k=1, progress=False, receptive="none")
+    assert atlas.num_images == 1
+    other = nn.Sequential(nn.Conv2d(3, 2, 1))
+    assert preprocess_for(other) is None and tuple(fm.load_model(other).card.mean) == tuple(IMAGENET_MEAN)
+    gone = weakref.ref(model)
+    del model, again, atlas
+    gc.collect()
+    assert gone() is None  # remembering the card does not keep the model alive

@@ -225,3 +225,39 @@ def test_screenshot_artifact(default_page):
     out = ARTIFACTS / "report.png"
     default_page.page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
+
+
+def test_atlas_pages_fit_and_stay_offline(browser, tmp_path):
+    """The atlas of real photos in the browser: no errors, no network, every channel card inside its box."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in fm.sample_images():
+        fm.load_image(fm.sample_image(name)).save(folder / f"{name}.jpg")
+    atlas = fm.build_atlas(fm.load_model(), folder, layers="_blocks.1[45]._project_conv", k=3, progress=False)
+    out = atlas.save(tmp_path / "atlas")
+    pages = [out / "index.html", *sorted((out / "layers").glob("*.html"))]
+    assert len(pages) == 3
+    for width in (1280, 390):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith("file:") else problems.append(r.url))
+        try:
+            for path in pages:
+                page.goto(path.resolve().as_uri())
+                overflowing = page.evaluate(
+                    "() => [...document.querySelectorAll('.ch, .card')].filter(c => c.scrollWidth > c.clientWidth + 1)"
+                    ".map(c => c.id || c.className)"
+                )
+                assert overflowing == [], (path.name, width, overflowing)
+                assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), path.name
+            page.goto(pages[-1].resolve().as_uri())
+            shown = page.locator("#c0 .scores dd").all_inner_texts()
+            assert shown[3] == f"{100 * atlas.stats('_blocks.15._project_conv').active_fraction[0]:.1f}%"
+            if width == 1280:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "atlas-layer.png"))
+        finally:
+            page.close()
+        assert problems == [], problems

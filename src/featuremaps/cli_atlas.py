@@ -129,7 +129,8 @@ def atlas_cmd(
                 + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
             )
             if atlas.skipped:
-                click.echo(f"skipped {len(atlas.skipped)} unreadable images:", err=True)
+                n = len(atlas.skipped)
+                click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
                 for name, reason in atlas.skipped[:20]:
                     click.echo(f"  {name}: {reason}", err=True)
                 if len(atlas.skipped) > 20:

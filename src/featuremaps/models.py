@@ -30,6 +30,7 @@ import importlib
 import os
 import pickle
 import re
+import weakref
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ __all__ = [
     "available_models",
     "imagenet_classes",
     "load_model",
+    "preprocess_for",
+    "top_classes",
 ]
 
 #: Name of the embedded default model.
@@ -486,7 +489,30 @@ def load_model(
             "pick an available device, e.g. device='cpu'"
         ) from exc
     model.eval()
+    _CARDS[model] = card
     return LoadedModel(model, Preprocess(card, device=target))
+
+
+# The card of every model load_model made, so that a model unpacked from its preprocessing
+# (``model, preprocess = fm.load_model()``) and passed on alone still gets its own
+# normalization and class names, not a guess. Weak: a model forgotten is dropped here too.
+_CARDS: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
+
+
+def preprocess_for(model: nn.Module) -> Preprocess | None:
+    """The preprocessing :func:`load_model` returned with ``model``, or None for any other model.
+
+    Example:
+        >>> import featuremaps as fm
+        >>> from torch import nn
+        >>> model, preprocess = fm.load_model()
+        >>> preprocess_for(model).card.name, preprocess_for(nn.Conv2d(3, 3, 1))
+        ('efficientnet_lite0', None)
+    """
+    card = _CARDS.get(model)
+    if card is None:
+        return None
+    return Preprocess(card, device=_module_device(model))
 
 
 def _resolve_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, ModelCard]:
@@ -756,7 +782,8 @@ def _from_module(model: nn.Module, weights: str | os.PathLike[str] | None, trust
     _no_keyword_weights(weights, name, "an nn.Module already holds its weights")
     if _weights_kind(weights) == "path":
         _load_weights_file(model, weights, name, trust_pickle)
-    return model, imagenet_card(name, name, _guess_num_classes(model))
+    known = _CARDS.get(model)  # a model load_model made: its own card, not a guess
+    return model, known or imagenet_card(name, name, _guess_num_classes(model))
 
 
 def _build(factory: Any, spec: str) -> nn.Module:

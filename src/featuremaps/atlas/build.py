@@ -320,8 +320,8 @@ def _make_source(
             )
         if preprocess is None:
             raise FeatureMapsError(
-                "reading an image folder needs the model's preprocessing: pass preprocess= (the second value "
-                "of fm.load_model) or the LoadedModel itself as the model"
+                "reading an image folder needs the model's preprocessing: pass preprocess= (for example "
+                "fm.load_model(model).preprocess, which assumes ImageNet normalization at 224 px)"
             )
         prep = _cpu_preprocess(preprocess)
         stats = []
@@ -863,12 +863,14 @@ def build_atlas(
         (8, 8)
     """
     from ..capture import FeatureExtractor
-    from ..models import LoadedModel
+    from ..models import LoadedModel, preprocess_for
 
     if isinstance(model, LoadedModel):
         model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
     if not isinstance(model, nn.Module):
         raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    if preprocess is None:
+        preprocess = preprocess_for(model)  # a model from fm.load_model: its own preprocessing
     if score not in ("max", "mean"):
         raise FeatureMapsError(f"score={score!r} is not a score; use 'max' (spatial maximum) or 'mean'")
     if not isinstance(k, int) or k < 1:

@@ -75,7 +75,8 @@ h1.mono { font-size: 1.25rem; }
 .figs img { display: block; max-width: 100%; height: auto; border-radius: 4px; background: #fbfbf9; }
 .figs img.px { image-rendering: pixelated; }
 .figs figcaption { margin-top: .15rem; font-size: 11.5px; }
-.ch .scores { grid-template-columns: auto auto auto auto; gap: 0 .45rem; margin: .45rem 0 0; }
+.ch .scores { grid-template-columns: auto minmax(0, 1fr) auto minmax(0, 1fr); gap: 0 .45rem; margin: .45rem 0 0; }
+.ch .scores dd { overflow-wrap: anywhere; }
 .ch details { font-size: 12px; margin-top: .35rem; }
 .ch summary { cursor: pointer; color: var(--muted); }
 .ch ol { margin: .2rem 0 0; padding-left: 1.3rem; }
@@ -305,5 +306,5 @@ def render_layer(page: dict[str, Any]) -> str:
     width = int(page["sheet_width"])
     side = int(page["synth_side"])
     content = width + side + 8 if side and width else max(width, side)
-    cell = max(content, 120) + 24  # the card's padding and border
+    cell = max(content, 172) + 24  # room for the statistics (two pairs a row); plus the card's padding and border
     return _render(LAYER_TEMPLATE, page, cell)

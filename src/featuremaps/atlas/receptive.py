@@ -376,7 +376,7 @@ def _spans(
     position ``i`` alone.
     """
     per = int(x.shape[0]) // len(positions)  # probe images per position: their union guards against dead units
-    seed = sum(t[i * per : (i + 1) * per, :, y, xx].sum() for i, (y, xx) in enumerate(positions))
+    seed = torch.stack([t[i * per : (i + 1) * per, :, y, xx].sum() for i, (y, xx) in enumerate(positions)]).sum()
     (g,) = torch.autograd.grad(seed, x, retain_graph=True)
     out: list[tuple[tuple[int, int], tuple[int, int]] | None] = []
     for i in range(len(positions)):

@@ -689,6 +689,10 @@ def synthesize(
         per_batch: int | None = (CPU_BATCH if dev.type == "cpu" else None) if batch else 0
     else:
         per_batch = _check_int(batch, "batch", 1)
+    if preprocess is None:
+        from ..models import preprocess_for
+
+        preprocess = preprocess_for(model)  # a model from fm.load_model: its own normalization
     mean, std = _normalization(preprocess)
     items, single = _parse_targets(targets)
     _check_layers(model, items)
