@@ -110,3 +110,17 @@ def test_a_folder_featuremaps_wrote_can_be_written_again(runner, tmp_path):
         assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
     assert {"maps.safetensors", "summary.txt", "cam_gradcam.png", ".featuremaps"} <= names
+
+
+def test_every_command_can_write_to_the_default_folder_in_turn(runner, tmp_path, monkeypatch):
+    """report (one file) creates featuremaps-out and marks it, so maps and cam may write there next."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["report", "--no-cams", "--layers", "_blocks.15.*"], ["maps", "--layers", "_conv_stem"], ["cam"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+    names = {p.name for p in (tmp_path / "featuremaps-out").iterdir()}
+    assert {"report.html", "maps.safetensors", "cam_gradcam.png", ".featuremaps"} <= names
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert runner.invoke(cli, ["report", "--no-cams", "--layers", "_conv_stem", "-o", "mine/r.html"]).exit_code == 0
+    assert not (tmp_path / "mine" / ".featuremaps").exists()  # a folder of the user's is not claimed

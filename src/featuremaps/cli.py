@@ -137,6 +137,22 @@ def _output_folder(out_dir: str, create: bool = True) -> Path:
     return out
 
 
+def _mark_new_folder(out_file: str) -> Callable[[], None]:
+    """For commands writing one file: if its folder does not exist yet, mark it ours once written.
+
+    Returns the function to call after writing. (The default folder,
+    featuremaps-out, then takes every command's output in turn.)
+    """
+    folder = Path(out_file).parent
+    new = not folder.exists()
+
+    def mark() -> None:
+        if new and folder.is_dir():
+            (folder / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
+
+    return mark
+
+
 def _parse_layers(values: tuple[str, ...]) -> Any:
     if not values:
         return None
@@ -293,7 +309,9 @@ def report_cmd(
             synthesize=_parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir, photo_size=photo_size,
             atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None,
         )
+    mark = _mark_new_folder(out_path)
     path = rep.save(out_path)
+    mark()
     top = rep.data["predictions"]
     if top:
         click.echo(f"top-1: {top[0]['name']} (class {top[0]['index']}, p={top[0]['p']:.3f})")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .cli import DEFAULT_OUT, _load, model_options
+from .cli import DEFAULT_OUT, _load, _mark_new_folder, model_options
 
 __all__ = ["synth_cmd"]
 
@@ -71,6 +71,7 @@ def synth_cmd(
             preprocess=preprocess, progress=True, return_result=True,
         )
         out = Path(out_path)
+        mark = _mark_new_folder(out_path)
         written: list[Path] = []
         if separate or len(result) == 1:
             for i, img in enumerate(result.images):
@@ -78,6 +79,7 @@ def synth_cmd(
                 written.append(save_image(img, dest))
         else:
             written.append(save_image(result.grid(labels=labels), out))
+        mark()
     except FeatureMapsError as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     _report(result, written, steps)
