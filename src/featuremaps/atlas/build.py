@@ -565,9 +565,8 @@ class _State:
             c = layer.channels
             if r is None or r.mean.shape != (b, c):
                 # the layer did not run (or changed shape): nothing to add for it
-                zeros = torch.zeros((b, c), device=dev)
-                for key in parts:
-                    parts[key].append(zeros)
+                for key in parts:  # (counts stay integers: a float would round them beyond 2**24)
+                    parts[key].append(torch.zeros((b, c), device=dev, dtype=torch.int64 if key == "active" else None))
                 counts.append(0)
                 continue
             parts["mean"].append(r.mean.to(dev))

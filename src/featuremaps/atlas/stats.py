@@ -44,7 +44,7 @@ _FRAC_BITS = 96  # bits kept below the binary point: values are multiples of 2**
 _LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top limb
 _MAX_MEAN = 2.0**100  # per-image means beyond this (and variances beyond its square) count as non-finite
 _MAX_WEIGHT = (1 << 31) - 1
-_CHUNK = 1 << 17  # values per step when splitting into limbs
+_CHUNK = 1 << 14  # values per step when splitting into limbs
 _QUEUE_VALUES = 1 << 20  # per-image moments (rows x channels) queued before RunningStats adds them
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
 
@@ -105,6 +105,9 @@ class ExactSum:
             values: the values; each must be below ``2**240`` in magnitude.
             weight: an integer factor per channel (``(channels,)``, each
                 below ``2**31``): adds ``weight * sum(values)``, exactly.
+                Batches with the same weights are summed first and weighted
+                once; passing the very same tensor again skips the comparison
+                (so do not change a weights tensor in place between adds).
 
         Example:
             >>> import torch
