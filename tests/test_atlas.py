@@ -616,6 +616,16 @@ def test_patches_are_the_receptive_field_crops_around_the_argmax(tmp_path):
         assert sheet.size == (2 * 22 - 2, 20)
 
 
+def test_patch_sheets_fit_the_examples_there_are(tmp_path):
+    """k=9 over 4 images: a 2x2 sheet, not a 3x3 grid with blank cells."""
+    from PIL import Image
+
+    x = torch.rand(4, 3, 20, 20, generator=torch.Generator().manual_seed(2))
+    out = build_atlas(atlas_helper.tiny_net(), x, layers="1", k=9, progress=False).save(tmp_path / "a", patch_size=10)
+    with Image.open(out / "patches" / "000" / "0.png") as sheet:
+        assert sheet.size == (2 * 12 - 2, 2 * 12 - 2)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -556,7 +556,6 @@ class Atlas:
                 crops.popitem(last=False)
             return out
 
-        cols = max(1, math.ceil(math.sqrt(self.k)))
         for i, layer in enumerate(self.layer_table):
             d = self.data[layer.name]
             sub = folder / "patches" / f"{i:03d}"
@@ -566,9 +565,10 @@ class Atlas:
                 examples = [e for e in zip(d.index[c], d.y[c], d.x[c]) if e[0] >= 0]
                 if not examples:
                     continue
+                # a square-ish grid of the examples there are (fewer than k when the dataset is smaller)
+                cols = math.ceil(math.sqrt(len(examples)))
                 rows = math.ceil(len(examples) / cols)
-                ncols = min(cols, len(examples))
-                sheet = Image.new("RGB", (ncols * (patch_size + 2) - 2, rows * (patch_size + 2) - 2), (255, 255, 255))
+                sheet = Image.new("RGB", (cols * (patch_size + 2) - 2, rows * (patch_size + 2) - 2), (255, 255, 255))
                 for j, (index, y, x) in enumerate(examples):
                     patch = crop(int(index), self.patch_box(layer.name, (int(y), int(x))))
                     if patch is not None:
