@@ -629,6 +629,20 @@ def test_patch_sheets_fit_the_examples_there_are(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
+def test_torchrun_with_more_processes_than_gpus_is_a_clear_usage_error(monkeypatch):
+    import click
+
+    from featuremaps.cli_atlas import _init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(click.UsageError, match=r"started 2 processes .* 1 GPU\(s\).*--nproc_per_node=1"):
+        _init_distributed("cuda")
+
+
 def test_cli_builds_an_atlas_of_the_sample_photos(tmp_path):
     from featuremaps.cli_atlas import atlas_cmd
 
