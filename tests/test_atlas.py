@@ -416,6 +416,31 @@ def test_an_interrupt_inside_the_forward_checkpoints_the_last_complete_batch(tmp
     assert files(tmp_path / "resumed") == files(tmp_path / "full")
 
 
+def test_an_interrupt_while_a_checkpoint_is_saved_keeps_the_last_good_one(tmp_path, monkeypatch):
+    """Saving adds the queued statistics: cut there, it must not be saved half-added; resuming still agrees."""
+    from featuremaps.atlas import stats as st
+
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.rand(12, 3, 9, 9, generator=torch.Generator().manual_seed(4))
+    opts = {"layers": "0", "k": 2, "batch_size": 2, "checkpoint_every": 4, "progress": False}
+    build_atlas(nn.Sequential(conv), x, out=tmp_path / "full", **opts)
+    real_add, calls = st.RunningStats._add, []
+
+    def flaky_add(self, *args):  # the second save's drain: add part of it, then Ctrl-C
+        calls.append(1)
+        if len(calls) == 2:
+            self.count += 1
+            raise KeyboardInterrupt
+        return real_add(self, *args)
+
+    monkeypatch.setattr(st.RunningStats, "_add", flaky_add)
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(nn.Sequential(conv), x, out=tmp_path / "resumed", **opts)
+    monkeypatch.setattr(st.RunningStats, "_add", real_add)
+    build_atlas(nn.Sequential(conv), x, out=tmp_path / "resumed", **opts)
+    assert files(tmp_path / "resumed") == files(tmp_path / "full")
+
+
 def test_a_checkpoint_from_other_arguments_is_not_used(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 2, 3))
     x = torch.rand(6, 3, 8, 8)

@@ -955,7 +955,11 @@ def build_atlas(
                     consistent = True
                     if (state is not None and ckpt_file is not None and checkpoint_every is not None
                             and position - last_saved >= checkpoint_every):
+                        # saving adds the statistics' queued batches to the state: an interrupt in there
+                        # must not be followed by a save of the half-added state (the last file stays)
+                        consistent = False
                         _save_checkpoint(ckpt_file, state, fingerprint)
+                        consistent = True
                         last_saved = position
                     bar.advance((n + len(failed)) * world)
     except BaseException:
