@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
@@ -80,8 +81,8 @@ def _fmt_bytes(n: int) -> str:
 class _ModelState:
     """Everything a capture may touch, saved on enter and restored on exit."""
 
-    def __init__(self, model: nn.Module, save_buffers: bool) -> None:
-        self.training = [(m, m.training) for m in model.modules()]
+    def __init__(self, model: nn.Module, save_buffers: bool, modules: list[nn.Module] | None = None) -> None:
+        self.training = [(m, m.training) for m in (modules if modules is not None else model.modules())]
         self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = [
             (p, p.requires_grad, p.grad) for p in model.parameters()
         ]
@@ -91,7 +92,8 @@ class _ModelState:
 
     def restore(self) -> None:
         for m, flag in self.training:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         for p, requires_grad, grad in self.params:
             if p.requires_grad != requires_grad:
                 p.requires_grad_(requires_grad)
@@ -103,12 +105,25 @@ class _ModelState:
                     b.copy_(saved)
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
-    for t in tensors:
+def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and floating dtype of a model's first floating parameter or buffer.
+
+    ``(device of its first tensor, None)`` when none is floating, ``(None, None)``
+    when it has no tensors. Stops at the first floating tensor (usually the
+    first parameter): cheap enough to call on every forward.
+
+    Example:
+        >>> from torch import nn
+        >>> model_device_dtype(nn.Linear(2, 2)), model_device_dtype(nn.ReLU())
+        ((device(type='cpu'), torch.float32), (None, None))
+    """
+    first: torch.Tensor | None = None
+    for t in itertools.chain(model.parameters(), model.buffers()):
         if t.is_floating_point():
             return t.device, t.dtype
-    return (tensors[0].device, None) if tensors else (None, None)
+        if first is None:
+            first = t
+    return (first.device, None) if first is not None else (None, None)
 
 
 def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
@@ -354,12 +369,14 @@ class FeatureExtractor:
     def __enter__(self) -> FeatureExtractor:
         if self._active:
             raise CaptureError("this FeatureExtractor is already active; create one extractor per `with` block")
-        training = any(m.training for m in self.model.modules())
-        self._state = _ModelState(self.model, save_buffers=training and not self.eval_mode)
+        modules = list(self.model.modules())  # one walk of the module tree for the three uses here
+        training = any(m.training for m in modules)
+        self._state = _ModelState(self.model, save_buffers=training and not self.eval_mode, modules=modules)
         try:
             if self.eval_mode:
-                for m in self.model.modules():
-                    m.training = False
+                for m in modules:
+                    if m.training:  # (nn.Module.__setattr__ is slow: only the flags that change)
+                        m.training = False
             for name, module in self.selection.modules.items():
                 try:
                     handle = module.register_forward_hook(self._make_hook(name, module))
@@ -406,7 +423,7 @@ class FeatureExtractor:
                 "call it outside that block"
             )
         if self.move_inputs:
-            device, dtype = _model_device_dtype(self.model)
+            device, dtype = model_device_dtype(self.model)
             args = _move(args, device, dtype)
             kwargs = _move(kwargs, device, dtype)
         first = _first_tensor((args, kwargs))

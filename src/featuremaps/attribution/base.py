@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import FeatureExtractor
+from ..capture import FeatureExtractor, _move, model_device_dtype
 from ..layers import LayerSelector, resolve_layers
 from ..layout import to_canonical
 from ..maps import LayerMap
@@ -230,7 +230,8 @@ def hookless(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
         >>> net.training
         True
     """
-    on_cpu = model_device_dtype(model)[0].type == "cpu"
+    device = model_device_dtype(model)[0]
+    on_cpu = device is None or device.type == "cpu"
     if next(iter(model.children()), None) is None:  # no submodules: the engine needs some
         flag = model.training
         if eval_mode:
@@ -243,22 +244,6 @@ def hookless(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
         return
     with FeatureExtractor(model, layers=[], eval_mode=eval_mode), flush_denormals(on_cpu):
         yield
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
-    """The device and floating dtype of a model's first floating parameter or buffer.
-
-    Example:
-        >>> from torch import nn
-        >>> model_device_dtype(nn.Linear(2, 2))
-        (device(type='cpu'), torch.float32)
-    """
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device, None
-    return torch.device("cpu"), None
 
 
 def prepare_input(x: Any, model: nn.Module, what: str = "x") -> torch.Tensor:
@@ -277,11 +262,7 @@ def prepare_input(x: Any, model: nn.Module, what: str = "x") -> torch.Tensor:
         )
     if x.ndim < 2:
         raise AttributionError(f"{what} has shape {tuple(x.shape)}; pass a batch with a leading sample axis (N, ...)")
-    device, dtype = model_device_dtype(model)
-    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
-        x = x.to(dtype)
-    if x.device != device:
-        x = x.to(device)
+    x = _move(x, *model_device_dtype(model))
     if x.is_inference():  # inference-mode tensors cannot take part in autograd
         with torch.inference_mode(False):
             x = x.clone()
