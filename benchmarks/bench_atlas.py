@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -51,6 +50,7 @@ from torch import nn  # noqa: E402
 import featuremaps as fm  # noqa: E402
 from featuremaps.atlas import build_atlas  # noqa: E402
 from featuremaps.layers import LayerSelector  # noqa: E402
+from _timing import measure_all  # noqa: E402
 
 BLOCKS = r"re:^_blocks\.\d+$"
 
@@ -92,18 +92,6 @@ def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
 
 def atlas(model: nn.Module, loader: torch.utils.data.DataLoader, layers: LayerSelector, receptive: str) -> None:
     build_atlas(model, loader, layers=layers, k=9, progress=False, checkpoint_every=None, receptive=receptive)
-
-
-def measure(variants: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def _peak_rss_mb() -> float:
@@ -168,7 +156,7 @@ def main() -> None:
         "atlas blocks (build_atlas)": lambda: atlas(model, loader, BLOCKS, "auto"),
         f"atlas {n_convs} convs (build_atlas)": lambda: atlas(model, loader, nn.Conv2d, "auto"),
     }
-    times = measure(variants, args.reps)
+    times = measure_all(variants, args.reps)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     # the ratio of each repetition to the plain pass run just before it (same machine load)

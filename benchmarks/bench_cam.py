@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 import warnings
 from typing import Any, Callable
 
@@ -49,6 +47,7 @@ from torch import nn  # noqa: E402
 import featuremaps as fm  # noqa: E402
 from featuremaps.attribution import GradCAM, ScoreCAM, minmax_per_image  # noqa: E402
 from featuremaps.attribution.base import flush_denormals  # noqa: E402
+from _timing import measure, report  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -71,31 +70,6 @@ def floor(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     score = out.gather(1, out.argmax(1, keepdim=True)).sum()
     (grad,) = torch.autograd.grad(score, kept[0])
     return grad
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def measure(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():  # interleaved
-            _sync()
-            t0 = time.perf_counter()
-            fn()
-            _sync()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def report(title: str, med: dict[str, float], base: str, extra: dict[str, str]) -> None:
-    print(f"\n{title}")
-    for name, t in med.items():
-        print(f"  {name:<18} {t * 1e3:9.1f} ms   {t / med[base]:5.2f}x {base}   {extra.get(name, '')}")
 
 
 def gradcam_section(title: str, model: nn.Module, layer_name: str, x: torch.Tensor, reps: int) -> None:
@@ -131,7 +105,7 @@ def gradcam_section(title: str, model: nn.Module, layer_name: str, x: torch.Tens
         diff = float((minmax_per_image(tc) - ours_feat).abs().max())
         extra["torchcam"] = f"max |diff| {diff:.1e} (feature res.)   featuremaps {med['torchcam'] / med['featuremaps']:.2f}x faster"
     extra["featuremaps"] = "goal <= 1.10x floor"
-    report(title, med, "floor", extra)
+    report(title, med, "floor", extra, width=18)
 
 
 def scorecam_section(model: nn.Module, x: torch.Tensor, batch: int, reps: int) -> None:
@@ -169,7 +143,7 @@ def scorecam_section(model: nn.Module, x: torch.Tensor, batch: int, reps: int) -
     if pgc is not None:
         diff = float((torch.as_tensor(variants["pgc"]()) - ref.cpu()).abs().max())
         extra["pgc"] = f"max |diff| {diff:.1e}   featuremaps {med['pgc'] / med['featuremaps']:.2f}x faster"
-    report(f"Score-CAM, default model, layer {layer_name}, batch_size {batch}, 1 image", med, "masked forwards", extra)
+    report(f"Score-CAM, default model, layer {layer_name}, batch_size {batch}, 1 image", med, "masked forwards", extra, width=18)
 
 
 def main() -> None:

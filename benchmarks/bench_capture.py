@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -32,6 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import featuremaps as fm  # noqa: E402
+from _timing import measure, report  # noqa: E402
 
 
 def bare_hooks(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,24 +50,6 @@ def bare_hooks(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def plain(model: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         model(x)
-
-
-def measure(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def report(title: str, med: dict[str, float], base: str, extra: dict[str, str]) -> None:
-    print(f"\n{title}")
-    for name, t in med.items():
-        print(f"  {name:<28} {t * 1e3:8.1f} ms   {t / med[base]:5.2f}x {base}   {extra.get(name, '')}")
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ real CLI under torch.distributed.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_helper(args: list[str], processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run this file with ``args`` in a fresh process, or under ``torchrun`` with ``processes`` ranks (127.0.0.1)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [sys.executable, str(HERE / "atlas_helper.py")]
+    if processes > 1:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+        command = [*launcher, f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
+                   f"--master_port={free_port()}", str(HERE / "atlas_helper.py")]
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 class _RoundSTE(torch.autograd.Function):

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import random
 import re
-import socket
-import subprocess
-import sys
 import tracemalloc
 from html import unescape
 from html.parser import HTMLParser
@@ -38,8 +34,6 @@ from featuremaps.errors import FeatureMapsError
 
 import atlas_helper
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
 REPORT_CSS = resources.files("featuremaps.report").joinpath("report.css").read_text(encoding="utf-8")
 
 
@@ -65,12 +59,6 @@ def peak_images(spec: list[list[tuple[float, int, int]]], size: int = 6) -> torc
 
 def files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- known answers
@@ -328,19 +316,9 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     atlas_helper.make_folder(images, good=8)  # 9 files: DistributedSampler pads one index for 2 ranks
     args = ["atlas", str(images), "--model", "atlas_helper:tiny_net", "--weights", "random", "--layers", "1,3,6",
             "--k", "3", "--batch-size", "2", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE"}
-    helper = str(HERE / "atlas_helper.py")
-    single = subprocess.run([sys.executable, helper, *args, "-o", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    single = atlas_helper.run_helper([*args, "-o", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    multi = subprocess.run(
-        [*launcher, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}", helper,
-         *args, "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    multi = atlas_helper.run_helper([*args, "-o", str(tmp_path / "two")], processes=2)
     assert multi.returncode == 0, multi.stdout + multi.stderr
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert one.keys() == two.keys() and one == two  # data, patches and pages: the same bytes
@@ -851,19 +829,9 @@ def test_torchrun_ranks_share_the_synthesis_and_agree_with_one_process(tmp_path)
     atlas_helper.make_folder(images, good=3)
     args = ["atlas", str(images), "--model", "atlas_helper:tiny_net", "--weights", "random", "--layers", "3,6",
             "--k", "2", "--quiet", "--synthesize", "--synth-steps", "3", "--synth-size", "16"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE"}
-    helper = str(HERE / "atlas_helper.py")
-    single = subprocess.run([sys.executable, helper, *args, "-o", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    single = atlas_helper.run_helper([*args, "-o", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    multi = subprocess.run(
-        [*launcher, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}", helper,
-         *args, "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    multi = atlas_helper.run_helper([*args, "-o", str(tmp_path / "two")], processes=2)
     assert multi.returncode == 0, multi.stdout + multi.stderr
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert one.keys() == two.keys()

@@ -8,8 +8,6 @@ them, so float32 results agree to float32 rounding.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,17 +23,8 @@ from featuremaps.attribution import cam_methods, create_cam, deletion_auc, inser
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 import atlas_helper  # noqa: E402
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
@@ -124,14 +113,7 @@ def test_two_gloo_ranks_with_state_on_cuda_equal_one_process(tmp_path):
     """Both ranks on the one GPU (gloo moves the tensors through the CPU): the merge runs on CUDA state."""
     x = torch.rand(11, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     one = build_atlas(atlas_helper.tiny_net().cuda(), x, layers=["1", "3"], k=3, batch_size=2, progress=False)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    run = subprocess.run(
-        [*launcher, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-         str(HERE / "atlas_helper.py"), "gloo-cuda", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    run = atlas_helper.run_helper(["gloo-cuda", str(tmp_path / "two")], processes=2)
     assert run.returncode == 0, run.stdout + run.stderr
     two = load_atlas(tmp_path / "two")
     assert two.num_images == one.num_images == 11

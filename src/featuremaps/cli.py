@@ -133,8 +133,13 @@ def _output_folder(out_dir: str, create: bool = True) -> Path:
     if not create:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    (out / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
+    _mark(out)
     return out
+
+
+def _mark(folder: Path) -> None:
+    """Mark ``folder`` as written by featuremaps (later runs may write there again)."""
+    (folder / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
 
 
 def _mark_new_folder(out_file: str) -> Callable[[], None]:
@@ -148,7 +153,7 @@ def _mark_new_folder(out_file: str) -> Callable[[], None]:
 
     def mark() -> None:
         if new and folder.is_dir():
-            (folder / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
+            _mark(folder)
 
     return mark
 

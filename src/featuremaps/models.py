@@ -569,16 +569,9 @@ def _load_default(spec: str, weights: str | os.PathLike[str] | None, trust_pickl
         _load_state_dict(model, state, spec, str(path))
     elif kind == "path":
         _load_weights_file(model, weights, spec, trust_pickle)
-    card = ModelCard(
-        name=DEFAULT_MODEL,
-        source=spec,
-        input_size=(224, 224),
-        resize=256,
-        interpolation="bicubic",
-        mean=_LITE_MEAN,
-        std=_LITE_STD,
-        class_names=imagenet_classes(),
-        num_classes=1000,
+    # the ImageNet card but for EfficientNet-Lite's bicubic resize and its own normalization
+    card = dataclasses.replace(
+        imagenet_card(DEFAULT_MODEL, spec, 1000), interpolation="bicubic", mean=_LITE_MEAN, std=_LITE_STD
     )
     return model, card
 

@@ -385,27 +385,17 @@ def _model_signature(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- the reducer
 
 
-def _positions(flat_index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, x)`` of flat spatial indices (``(0, i)`` for 1-D maps)."""
-    if width:
-        return flat_index // width, flat_index % width
-    return torch.zeros_like(flat_index), flat_index
-
-
-def _candidate_positions(
-    flat: torch.Tensor, score: torch.Tensor, top: TopK, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial argmax ``(y, x)``, each ``(batch, channels)``, of the maps that may enter ``top``.
+def _candidate_argmax(flat: torch.Tensor, score: torch.Tensor, top: TopK) -> torch.Tensor:
+    """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
 
     Only maps scoring at least their channel's current k-th best can enter a
     top-k, so only theirs are located (finding an argmax costs a pass over the
-    map); the other entries are left 0 and never read.
+    map); the other entries are never read.
     """
     dev = top.device
     s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
     rows, chans = torch.nonzero(s >= top.score[:, -1], as_tuple=True)
-    y = torch.zeros(s.shape, dtype=torch.int64, device=dev)
-    x = torch.zeros(s.shape, dtype=torch.int64, device=dev)
+    out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
     if rows.numel():
         r, c = rows.to(flat.device), chans.to(flat.device)
         if 3 * r.numel() > flat.shape[0] * flat.shape[1]:
@@ -414,23 +404,22 @@ def _candidate_positions(
             pos = flat.argmax(2)[r, c]  # the first maximum, as below
         else:
             pos = flat[r, c].argmax(1)
-        y[rows, chans], x[rows, chans] = _positions(pos.to(dev), width)
-    return y, x
+        out[rows, chans] = pos.to(dev)
+    return out
 
 
 @dataclass
 class _Pending:
-    """One layer's part of the batch for its top-k: scores and positions, ``(batch, channels)`` each.
+    """One layer's part of the batch for its top-k, ``(batch, channels)`` each.
 
-    Positions come as ``(y, x)``, or as the flat spatial argmax and the map's
-    width, turned into ``(y, x)`` for all layers at once when the batch is merged.
+    ``flat_index`` is the spatial argmax within the flattened map; with the
+    map's ``width`` it becomes ``(y, x)`` for all layers at once when the batch
+    is merged.
     """
 
     score: torch.Tensor
-    y: torch.Tensor | None = None
-    x: torch.Tensor | None = None
-    flat_index: torch.Tensor | None = None
-    width: int = 0
+    flat_index: torch.Tensor
+    width: int
 
 
 @dataclass
@@ -501,12 +490,8 @@ class _AtlasReducer:
                 top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
             if top.channels == flat.shape[1]:
                 score = maximum if self.score == "max" else mean
-                width = int(t.shape[-1]) if nsp == 2 else 0
-                if argmax is None:
-                    y, x = _candidate_positions(flat, score, top, width)
-                    self.pending[info.name] = _Pending(score, y, x)
-                else:  # (y, x) for all layers at once, in commit: two kernels per batch, not per layer
-                    self.pending[info.name] = _Pending(score, flat_index=argmax.to(top.device), width=width)
+                located = _candidate_argmax(flat, score, top) if argmax is None else argmax.to(top.device)
+                self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
         self.batch[info.name] = _Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
         return None
 
@@ -515,25 +500,21 @@ class _AtlasReducer:
         if self.pending and self.indices is not None:
             names = list(self.pending)
             parts = [self.pending[n] for n in names]
-            self._locate(parts)
+            y, x = self._locate(parts)
+            sizes = [int(p.score.shape[1]) for p in parts]
             update_all([self.tops[n] for n in names], [p.score for p in parts], self.indices,
-                       [p.y for p in parts], [p.x for p in parts])  # type: ignore[misc]
+                       list(y.split(sizes, 1)), list(x.split(sizes, 1)))
         self.pending = {}
 
-    def _locate(self, parts: list[_Pending]) -> None:
-        """Turn the flat spatial argmax of the parts that have one into ``(y, x)``, all layers at once."""
-        todo = [p for p in parts if p.y is None and p.flat_index is not None]
-        if not todo:
-            return
-        key = tuple((p.width, int(p.flat_index.shape[1])) for p in todo)  # type: ignore[union-attr]
+    def _locate(self, parts: list[_Pending]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, x)``, ``(batch, all channels)``, of every part's flat argmax: two operations for all layers."""
+        key = tuple((p.width, int(p.flat_index.shape[1])) for p in parts)
         if self._widths is None or self._widths[0] != key:
             # per channel, the row length; 1-D maps get one longer than any index: y = 0, x = index
             width = torch.tensor([w or (1 << 62) for w, _ in key]).repeat_interleave(torch.tensor([c for _, c in key]))
-            self._widths = (key, width.to(todo[0].flat_index.device))  # type: ignore[union-attr]
-        flat = torch.cat([p.flat_index for p in todo], 1)  # type: ignore[misc]
-        sizes = [c for _, c in key]
-        for p, y, x in zip(todo, (flat // self._widths[1]).split(sizes, 1), (flat % self._widths[1]).split(sizes, 1)):
-            p.y, p.x = y, x
+            self._widths = (key, width.to(parts[0].flat_index.device))
+        flat = torch.cat([p.flat_index for p in parts], 1)
+        return flat // self._widths[1], flat % self._widths[1]
 
     def release(self) -> None:
         """Drop the scratch buffer."""

@@ -436,7 +436,9 @@ class RunningStats:
         v = var.to(dev, torch.float32).to(torch.float64)
         cached = self._weights
         if cached is not None and (cached[0] is count or (isinstance(count, int) and cached[0] == count)):
-            n, weights = cached[1], cached[2]  # the same counts as the last batch: the same weights object
+            # the same counts as the last batch: the same weights object, which ExactSum.add takes
+            # without checking or comparing it again (each would make the host wait for a GPU)
+            n, weights = cached[1], cached[2]
         else:
             n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
             weights = n.repeat(3)

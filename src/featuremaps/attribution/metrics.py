@@ -364,6 +364,12 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     raise AttributionError(f"reduction={reduction!r}; choose 'mean' or 'none'")
 
 
+def _curve_auc(curve: torch.Tensor, return_curve: bool) -> Any:
+    """The trapezoid area under ``(N, steps + 1)`` curves over [0, 1], and the curves if asked."""
+    auc = (curve[:, 1:] + curve[:, :-1]).sum(dim=1) / (2 * (curve.shape[1] - 1))
+    return (auc, curve) if return_curve else auc
+
+
 def deletion_auc(
     model: nn.Module,
     x: torch.Tensor,
@@ -415,9 +421,7 @@ def deletion_auc(
     """
     ev = _Evaluator(model, x, heatmap, target, batch_size=batch_size, probability=probability, output=output,
                     eval_mode=eval_mode, forward_kwargs=forward_kwargs)
-    curve = ev.curve(steps, baseline, insert=False)
-    auc = (curve[:, 1:] + curve[:, :-1]).sum(dim=1) / (2 * steps)
-    return (auc, curve) if return_curve else auc
+    return _curve_auc(ev.curve(steps, baseline, insert=False), return_curve)
 
 
 def insertion_auc(
@@ -451,9 +455,7 @@ def insertion_auc(
     """
     ev = _Evaluator(model, x, heatmap, target, batch_size=batch_size, probability=probability, output=output,
                     eval_mode=eval_mode, forward_kwargs=forward_kwargs)
-    curve = ev.curve(steps, baseline, insert=True)
-    auc = (curve[:, 1:] + curve[:, :-1]).sum(dim=1) / (2 * steps)
-    return (auc, curve) if return_curve else auc
+    return _curve_auc(ev.curve(steps, baseline, insert=True), return_curve)
 
 
 def average_drop(
@@ -718,10 +720,8 @@ def faithfulness(
     ev = _Evaluator(model, x, heatmap, target, batch_size=batch_size, probability=probability, output=output,
                     eval_mode=eval_mode, forward_kwargs=forward_kwargs)
     out: dict[str, torch.Tensor] = {}
-    dele = ev.curve(steps, "zero", insert=False)
-    ins = ev.curve(steps, "blur", insert=True)
-    out["deletion_auc"] = (dele[:, 1:] + dele[:, :-1]).sum(dim=1) / (2 * steps)
-    out["insertion_auc"] = (ins[:, 1:] + ins[:, :-1]).sum(dim=1) / (2 * steps)
+    out["deletion_auc"] = _curve_auc(ev.curve(steps, "zero", insert=False), False)
+    out["insertion_auc"] = _curve_auc(ev.curve(steps, "blur", insert=True), False)
     o = ev.confidence_on_masked()
     out["average_drop"] = 100 * (ev.base - o).clamp_min(0) / ev.base.abs().clamp_min(1e-12)
     out["increase"] = 100 * (o > ev.base).float()

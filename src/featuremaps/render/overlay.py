@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from featuremaps.errors import LayoutError
 from featuremaps.render._common import RenderError, as_shape, check_color, to_numpy
 from featuremaps.render.colormap import (
+    DEFAULT_DIVERGING_CMAP,
     DEFAULT_OVERLAY_CMAP,
     colorize_index,
     default_nan_color,
@@ -199,7 +200,7 @@ def overlay_array(
     heat = to_numpy(_heatmap_2d(heatmap), name="heatmap")
     values, info = normalize(heat, norm, vmin=vmin, vmax=vmax, percentiles=percentiles)
     if cmap is None:
-        cmap = "RdBu_r" if info.diverging else DEFAULT_OVERLAY_CMAP
+        cmap = DEFAULT_DIVERGING_CMAP if info.diverging else DEFAULT_OVERLAY_CMAP
     lut = resolve_lut(cmap)
     nan_rgb = check_color(nan_color, name="nan_color") or default_nan_color(cmap, lut)
 

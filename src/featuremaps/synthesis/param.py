@@ -46,6 +46,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models import IMAGENET_MEAN, IMAGENET_STD
 from .objectives import SynthesisError
 
 __all__ = [
@@ -153,8 +154,8 @@ class ImageParam:
         size: int | Sequence[int],
         *,
         decorrelate: bool = True,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         device: str | torch.device | None = None,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -221,8 +222,8 @@ class PixelParam(ImageParam):
         *,
         generators: Sequence[torch.Generator],
         decorrelate: bool = True,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         device: str | torch.device | None = None,
         init_std: float = 0.01,
     ) -> None:
@@ -284,8 +285,8 @@ class FourierParam(ImageParam):
         *,
         generators: Sequence[torch.Generator],
         decorrelate: bool = True,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         device: str | torch.device | None = None,
         init_std: float = 0.01,
         decay: float = 1.0,
@@ -310,8 +311,8 @@ def make_param(
     *,
     generators: Sequence[torch.Generator],
     decorrelate: bool = True,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     device: str | torch.device | None = None,
 ) -> ImageParam:
     """Build the parameterization named ``kind`` (``"fft"`` or ``"pixel"``).
