@@ -293,3 +293,21 @@ def test_default_cam_methods_skip_what_the_model_cannot_use():
         fm.report(flat_head, fm.sample_image("coffee"), cam_methods=["cam"], metrics=False)
     small = fm.report(flat_head, fm.sample_image("coffee"), cam_methods=None, photo_size=64)
     assert max(Image.open(io.BytesIO(base64.b64decode(small.data["photo"].split(",", 1)[1]))).size) == 64
+
+
+def test_report_leaves_a_training_model_as_it_was():
+    """Without preprocess= the report guesses ImageNet's preprocessing, without putting the model in eval mode."""
+    from featuremaps.models import IMAGENET_MEAN
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 10)).train()
+    model[1].eval()  # a mix of flags, as a fine-tuning script may leave them
+    flags = [m.training for m in model.modules()]
+    stats = model[1].running_mean.clone()
+    fm.report(model, fm.sample_image("cat"), cam_methods=None, metrics=False)
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(model[1].running_mean, stats)
+    from featuremaps.report.build import _as_model
+
+    assert tuple(_as_model(model, None)[1].card.mean) == tuple(IMAGENET_MEAN)
+    assert [m.training for m in model.modules()] == flags

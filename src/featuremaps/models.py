@@ -499,8 +499,14 @@ def load_model(
 _CARDS: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
 
 
-def preprocess_for(model: nn.Module) -> Preprocess | None:
-    """The preprocessing :func:`load_model` returned with ``model``, or None for any other model.
+def preprocess_for(model: nn.Module, *, guess: bool = False) -> Preprocess | None:
+    """The preprocessing :func:`load_model` returned with ``model``; for any other model None, or a guess.
+
+    Args:
+        model: the model; nothing in it is changed (unlike ``load_model(model)``,
+            which puts it in eval mode).
+        guess: for a model load_model did not make, the standard ImageNet
+            preprocessing (224 px, ImageNet mean and std) instead of None.
 
     Example:
         >>> import featuremaps as fm
@@ -508,11 +514,18 @@ def preprocess_for(model: nn.Module) -> Preprocess | None:
         >>> model, preprocess = fm.load_model()
         >>> preprocess_for(model).card.name, preprocess_for(nn.Conv2d(3, 3, 1))
         ('efficientnet_lite0', None)
+        >>> preprocess_for(nn.Conv2d(3, 3, 1), guess=True).card.input_size
+        (224, 224)
     """
     card = _CARDS.get(model)
-    if card is None:
+    if card is None and not guess:
         return None
-    return Preprocess(card, device=_module_device(model))
+    return Preprocess(card or _guessed_card(model), device=_module_device(model))
+
+
+def _guessed_card(model: nn.Module) -> ModelCard:
+    name = type(model).__name__
+    return imagenet_card(name, name, _guess_num_classes(model))
 
 
 def _resolve_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, ModelCard]:
@@ -775,8 +788,7 @@ def _from_module(model: nn.Module, weights: str | os.PathLike[str] | None, trust
     _no_keyword_weights(weights, name, "an nn.Module already holds its weights")
     if _weights_kind(weights) == "path":
         _load_weights_file(model, weights, name, trust_pickle)
-    known = _CARDS.get(model)  # a model load_model made: its own card, not a guess
-    return model, known or imagenet_card(name, name, _guess_num_classes(model))
+    return model, _CARDS.get(model) or _guessed_card(model)  # a model load_model made: its own card
 
 
 def _build(factory: Any, spec: str) -> nn.Module:

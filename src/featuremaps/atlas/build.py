@@ -321,7 +321,7 @@ def _make_source(
         if preprocess is None:
             raise FeatureMapsError(
                 "reading an image folder needs the model's preprocessing: pass preprocess= (for example "
-                "fm.load_model(model).preprocess, which assumes ImageNet normalization at 224 px)"
+                "featuremaps.models.preprocess_for(model, guess=True): ImageNet normalization at 224 px)"
             )
         prep = _cpu_preprocess(preprocess)
         stats = []

@@ -74,7 +74,7 @@ class Report:
 
 
 def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
-    from ..models import load_model
+    from ..models import load_model, preprocess_for
 
     if model is None or isinstance(model, (str, os.PathLike)):
         spec = "efficientnet_lite0" if model is None else model
@@ -82,9 +82,8 @@ def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
         return loaded.model, preprocess or loaded.preprocess, str(spec)
     if not isinstance(model, nn.Module):
         raise FeatureMapsError(f"model must be an nn.Module or a model spec string, got {type(model).__name__}")
-    if preprocess is None:
-        loaded = load_model(model)
-        preprocess = loaded.preprocess
+    if preprocess is None:  # its own (a model from load_model), else ImageNet's; the model is left as it is
+        preprocess = preprocess_for(model, guess=True)
     card = getattr(preprocess, "card", None)
     return model, preprocess, getattr(card, "name", None) or type(model).__name__
 
