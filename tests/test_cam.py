@@ -57,8 +57,13 @@ def _pgc_post(cams: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         for img in np.maximum(cam.detach().double().numpy(), 0):
             img = img - img.min()
             img = img / (1e-7 + img.max())
+            if img.ndim == 3:  # volumes: SciPy's cubic spline zoom, as the reference does
+                from scipy.ndimage import zoom
+
+                out.append(zoom(img, [t / s for s, t in zip(img.shape, size)]))
+                continue
             t = torch.from_numpy(img)[None, None]
-            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[t.ndim - 2]
+            mode = {1: "linear", 2: "bilinear"}[t.ndim - 2]
             out.append(F.interpolate(t, size=size, mode=mode, align_corners=False)[0, 0].numpy())
         per_layer.append(np.stack(out))
     fused = np.maximum(np.stack(per_layer, 1), 0).mean(1)
@@ -152,7 +157,7 @@ def test_eigen_cam_is_the_first_principal_component(tiny):
     net, x = tiny
     with torch.no_grad():
         a = net.relu(net.conv(x)).numpy().astype(np.float64)
-    got = EigenCAM(net, layer="relu", normalize=False, relu=False).explain(x).layer_maps["relu"].numpy()
+    got = EigenCAM(net, layer="relu", sign="auto", normalize=False, relu=False).explain(x).layer_maps["relu"].numpy()
     for i in range(3):
         m = a[i].reshape(4, -1).T
         m = m - m.mean(0)
@@ -234,7 +239,9 @@ def _reference(name: str, model: nn.Module, x: torch.Tensor, layers: list[str]) 
                 m = m - m.mean(0)
                 v = torch.linalg.svd(m)[2][0]
                 p = m @ v
-                p = p if float((p * m.sum(1)).sum()) >= 0 else -p
+                m32 = ai.reshape(ai.shape[0], -1).T.numpy()  # the reference's sign: NumPy's SVD in float32
+                v_ref = np.linalg.svd(m32 - m32.mean(0), full_matrices=True)[2][0]
+                p = p if float(np.dot(v_ref, v.numpy())) >= 0 else -p
                 rows.append(p.reshape(ai.shape[1:]).float())
             elif name == "cam":
                 rows.append((model.head.weight[k[i]].detach()[:, None, None] * ai).sum(0))
@@ -326,14 +333,82 @@ def test_matches_pytorch_grad_cam_on_resnet18(pgc, name, cls):
     for layers in (["layer4"], ["layer3", "layer4"]):
         with getattr(pgc, cls)(model, target_layers=[model.get_submodule(n) for n in layers]) as ref_cam:
             ref = torch.from_numpy(ref_cam(x, targets=None))
-        ours = create_cam(name, model, layer=layers)(x)
-        if name == "eigencam":  # the SVD's sign is arbitrary: per image and layer, take the sign that fits
-            raw = list(create_cam(name, model, layer=layers).explain(x).layer_maps.values())
-            for i in range(3):
-                options = [_pgc_post([s * m[i:i + 1] for s, m in zip(signs, raw)], (64, 64))[0]
-                           for signs in itertools.product((1, -1), repeat=len(raw))]
-                ours[i] = min(options, key=lambda o: float((o - ref[i]).abs().max()))
+        ours = create_cam(name, model, layer=layers)(x)  # EigenCAM: the reference's SVD sign too
         assert torch.allclose(ours, ref, atol=1e-4), (layers, float((ours - ref).abs().max()))
+
+
+class _Net3D(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
+                                      nn.Conv3d(6, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize(("name", "cls"), [("gradcam", "GradCAM"), ("hirescam", "HiResCAM"), ("eigencam", "EigenCAM")])
+def test_3d_maps_match_pytorch_grad_cam(pgc, name, cls):
+    """Volumes: the reference zooms 3D maps with SciPy's cubic spline; so does our pgc convention."""
+    torch.manual_seed(21)
+    model = _Net3D().eval()
+    x = torch.randn(2, 1, 6, 10, 12)  # (N, C, D, H, W): anisotropic, so an axis mix-up shows
+    with getattr(pgc, cls)(model, target_layers=[model.features[4]]) as ref_cam:
+        ref = torch.from_numpy(ref_cam(x, targets=None))
+    ours = create_cam(name, model, layer="features.4")(x)
+    assert ours.shape == ref.shape == (2, 6, 10, 12)
+    assert torch.allclose(ours, ref, atol=1e-4), float((ours - ref).abs().max())
+    trilinear = _pgc_post_trilinear(create_cam(name, model, layer="features.4", normalize=False).explain(x))
+    assert not torch.allclose(trilinear, ref, atol=1e-3)  # the resize is what this test is about
+
+
+def _pgc_post_trilinear(result) -> torch.Tensor:
+    (layer_map,) = result.layer_maps.values()
+    c = layer_map.clamp_min(0)
+    flat = c.reshape(c.shape[0], -1)
+    c = ((flat - flat.amin(1, keepdim=True)) / (1e-7 + (flat - flat.amin(1, keepdim=True)).amax(1, keepdim=True)))
+    return F.interpolate(c.reshape(layer_map.shape)[:, None], size=(6, 10, 12), mode="trilinear")[:, 0]
+
+
+def test_eigencam_sign_follows_the_reference_or_is_reproducible(pgc):
+    """The SVD's sign is arbitrary; 'pgc' takes NumPy's (the reference's), 'auto' a data-defined one."""
+    torch.manual_seed(22)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with pgc.EigenCAM(model, target_layers=[model.layer3]) as ref_cam:
+        ref = torch.from_numpy(ref_cam(x, targets=None))
+    assert torch.allclose(EigenCAM(model, layer="layer3")(x), ref, atol=1e-4)
+    raw = EigenCAM(model, layer="layer3", sign="auto", normalize=False, relu=False).explain(x).layer_maps["layer3"]
+    with torch.no_grad():
+        a = model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))))
+    centred = (a - a.mean(dim=(2, 3), keepdim=True)).sum(1)  # the channel-summed centred activations
+    assert bool(((raw * centred).sum(dim=(1, 2)) > 0).all())
+    with pytest.raises(fm.errors.FeatureMapsError, match="sign='nope'"):
+        EigenCAM(model, layer="layer3", sign="nope")
+
+
+def test_densenet_gradcam_is_the_true_value_where_the_reference_is_changed_by_an_inplace_relu(pgc):
+    """DenseNet's forward applies ReLU in place to ``features.norm5``'s output. The reference keeps a
+    reference to that tensor, so it computes Grad-CAM with ReLU(A) instead of A; ours keeps A."""
+    torch.manual_seed(23)
+    model = torchvision.models.densenet121(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = model.features(x)  # norm5's output, nothing in place after it
+    a.requires_grad_(True)
+    logits = model.classifier(torch.flatten(F.adaptive_avg_pool2d(F.relu(a), 1), 1))
+    top = logits.argmax(1)
+    (g,) = torch.autograd.grad(logits[torch.arange(2), top].sum(), a)
+    w = g.mean((2, 3), keepdim=True)
+    true = _pgc_post([(w * a.detach()).sum(1)], (64, 64))
+    relu_a = _pgc_post([(w * F.relu(a.detach())).sum(1)], (64, 64))
+    assert not torch.allclose(true, relu_a, atol=1e-2)  # the two readings really differ here
+    ours = GradCAM(model, layer="features.norm5")(x)
+    assert torch.allclose(ours, true, atol=1e-4)
+    with pgc.GradCAM(model, target_layers=[model.features.norm5]) as ref_cam:
+        ref = torch.from_numpy(ref_cam(x, targets=None))
+    assert torch.allclose(ref, relu_a, atol=1e-4)  # the reference's documented error
 
 
 @pytest.mark.parametrize(("name", "cls"), [("scorecam", "ScoreCAM"), ("ablationcam", "AblationCAM")])

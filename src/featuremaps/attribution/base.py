@@ -23,7 +23,9 @@ Post-processing, ``convention="pgc"`` (pytorch-grad-cam's numbers):
 
 * per layer: ``ReLU`` -> per-image min-max at feature resolution,
   ``(c - min) / (1e-7 + max(c - min))`` -> resize to the input size
-  (bilinear, ``align_corners=False``; linear for 1D, trilinear for 3D);
+  (bilinear, ``align_corners=False``, as OpenCV's ``INTER_LINEAR``; linear
+  for 1D; for 3D the cubic B-spline zoom of ``scipy.ndimage.zoom``, which is
+  what pytorch-grad-cam calls for volumes: see :mod:`._zoom`);
 * across layers: ``ReLU`` -> mean (``fuse="max"``: element-wise maximum) ->
   per-image min-max again (also for a single layer, as pytorch-grad-cam does).
 
@@ -53,6 +55,7 @@ from ..layers import LayerSelector, resolve_layers
 from ..layout import to_canonical
 from ..maps import LayerMap
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
+from ._zoom import spline_zoom
 from .targets import OutputAdapter, Target, TargetLike, adapt_output, resolve_target
 
 __all__ = [
@@ -305,16 +308,24 @@ def minmax_per_image(cam: torch.Tensor, eps: float = PGC_EPS) -> torch.Tensor:
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def resize_maps(cams: torch.Tensor, size: Sequence[int] | None, *, align_corners: bool = False) -> torch.Tensor:
+def resize_maps(
+    cams: torch.Tensor, size: Sequence[int] | None, *, align_corners: bool = False, convention: str | None = None
+) -> torch.Tensor:
     """Resize ``(N, *spatial)`` maps to ``size`` (linear / bilinear / trilinear).
 
     ``align_corners=False`` matches OpenCV's ``INTER_LINEAR`` (what
-    pytorch-grad-cam uses for 2D maps).
+    pytorch-grad-cam uses for 2D maps). With ``convention="pgc"``, 3D maps
+    are zoomed with a cubic B-spline as pytorch-grad-cam's
+    ``scipy.ndimage.zoom`` does (it can overshoot [0, 1] near sharp edges,
+    as the reference's maps do).
 
     Example:
         >>> import torch
         >>> resize_maps(torch.zeros(2, 7, 7), (224, 224)).shape
         torch.Size([2, 224, 224])
+        >>> v = torch.zeros(1, 3, 3, 3); v[0, 1, 1, 1] = 1.0
+        >>> float(resize_maps(v, (5, 5, 5), convention="pgc")[0, 2, 2, 2])   # the spline passes through it
+        1.0
     """
     if size is None or tuple(cams.shape[1:]) == tuple(size):
         return cams
@@ -324,6 +335,8 @@ def resize_maps(cams: torch.Tensor, size: Sequence[int] | None, *, align_corners
             f"cannot resize maps of spatial shape {tuple(cams.shape[1:])} to {tuple(size)}; "
             "pass size= with as many dimensions as the maps"
         )
+    if convention == "pgc" and len(size) == 3:
+        return spline_zoom(cams, size)
     return F.interpolate(cams[:, None], size=tuple(int(s) for s in size), mode=mode, align_corners=align_corners)[:, 0]
 
 
@@ -334,6 +347,7 @@ def postprocess_cams(
     relu: bool = True,
     normalize: bool = True,
     fuse: str = "mean",
+    convention: str = "pgc",
 ) -> torch.Tensor:
     """The shared post-processing of per-layer maps (see the module docstring).
 
@@ -344,6 +358,7 @@ def postprocess_cams(
         relu: clamp negative values at 0 (before scaling and before fusing).
         normalize: per-image min-max per layer and after fusing.
         fuse: ``"mean"`` (pytorch-grad-cam) or ``"max"`` across layers.
+        convention: ``"pgc"`` (see the module docstring).
 
     Returns:
         ``(N, *size)`` maps.
@@ -364,7 +379,7 @@ def postprocess_cams(
             c = c.clamp_min(0)
         if normalize:
             c = minmax_per_image(c)
-        scaled.append(resize_maps(c, size))
+        scaled.append(resize_maps(c, size, convention=convention))
     shapes = {tuple(c.shape) for c in scaled}
     if len(shapes) != 1:
         raise AttributionError(
@@ -762,7 +777,8 @@ class BaseCAM:
             out_size = tuple(x.shape[2:])
         with torch.no_grad():
             heat = postprocess_cams(
-                list(layer_maps.values()), out_size, relu=self.relu, normalize=self.normalize, fuse=self.fuse
+                list(layer_maps.values()), out_size, relu=self.relu, normalize=self.normalize, fuse=self.fuse,
+                convention=self.convention,
             )
         return CAMResult(heat, layer_maps, tuple(layer_maps), self.name or type(self).__name__, tgt, scores, output)
 

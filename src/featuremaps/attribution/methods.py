@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -357,11 +358,18 @@ class EigenCAM(BaseCAM):
     on backbones without a classifier.
 
     Conventions (``"pgc"``): NaN activations count as 0; post-processing as in
-    :class:`GradCAM`. The sign of a singular vector is arbitrary (NumPy,
-    LAPACK and GPUs differ); with ``sign="auto"`` (default) it is chosen so
-    that the projection correlates positively with the channel-summed
-    centred activations, which makes results reproducible across devices;
-    ``sign="svd"`` keeps whatever the SVD returns, as pytorch-grad-cam does.
+    :class:`GradCAM`. The sign of a singular vector is arbitrary, and LAPACK
+    builds and GPUs return different ones, so a map can come out inverted.
+    ``sign`` decides:
+
+    * ``None`` (default): the convention's; for ``"pgc"`` that is ``"pgc"``;
+    * ``"pgc"``: the sign NumPy's ``linalg.svd`` gives, which is what
+      pytorch-grad-cam 1.5 shows (it costs one SVD per image in NumPy on the CPU);
+    * ``"auto"``: the projection correlates positively with the
+      channel-summed centred activations: reproducible on any device and
+      LAPACK, and rarely the inverted picture (our recommendation when you
+      need no agreement with the reference);
+    * ``"svd"``: whatever ``torch.linalg.svd`` returns on the maps' device.
 
     Example:
         >>> import torch
@@ -378,12 +386,14 @@ class EigenCAM(BaseCAM):
     uses_gradients = False
     needs_target = False
 
-    def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, sign: str = "auto",
+    def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, sign: str | None = None,
                  **options: Any) -> None:
         super().__init__(model, layer, **options)
-        if sign not in ("auto", "svd"):
-            raise AttributionError(f"sign={sign!r}; choose 'auto' (reproducible) or 'svd' (as returned)")
-        self.sign = sign
+        if sign not in (None, "pgc", "auto", "svd"):
+            raise AttributionError(
+                f"sign={sign!r}; choose 'pgc' (pytorch-grad-cam's), 'auto' (reproducible) or 'svd' (as returned)"
+            )
+        self.sign = sign if sign is not None else self.convention
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
         """Projection on the first principal direction of each image's activations."""
@@ -395,6 +405,10 @@ class EigenCAM(BaseCAM):
         if self.sign == "auto":
             flip = (proj * m.sum(dim=2)).sum(dim=1) < 0
             proj = torch.where(flip[:, None], -proj, proj)
+        elif self.sign == "pgc":  # the reference's decomposition, for its sign only
+            ref = [np.linalg.svd(mi, full_matrices=True)[2][0] for mi in m.detach().float().cpu().numpy()]
+            agree = (torch.from_numpy(np.stack(ref)).to(vh) * vh[:, 0]).sum(dim=1)
+            proj = torch.where(agree[:, None] < 0, -proj, proj)
         return proj.reshape(n, *activations.shape[2:])
 
 
