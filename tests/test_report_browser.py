@@ -20,6 +20,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(os.environ.get("FEATUREMAPS_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
+AXE = Path(os.environ.get("FEATUREMAPS_AXE", Path(__file__).resolve().parent.parent / ".ci/node/node_modules/axe-core/axe.min.js"))
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists() and os.environ.get("FEATUREMAPS_REQUIRE_BROWSER"):
     raise RuntimeError(f"{CHROMIUM} is missing but FEATUREMAPS_REQUIRE_BROWSER is set (apt-get install chromium)")
@@ -40,6 +42,22 @@ def wait_until(page, expression: str, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {expression}")
         time.sleep(0.05)
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core's accessibility violations on the loaded page, as 'rule (impact): n elements'.
+
+    axe-core comes from npm (`.ci/run` installs it under .ci/node); it is injected through the
+    DevTools protocol, which the pages' Content-Security-Policy does not govern.
+    """
+    if not AXE.is_file():
+        if os.environ.get("FEATUREMAPS_REQUIRE_BROWSER"):
+            raise RuntimeError(f"{AXE} is missing (npm install --prefix .ci/node axe-core)")
+        pytest.skip("axe-core not installed (.ci/run installs it with npm)")
+    page.evaluate(AXE.read_text(encoding="utf-8"))
+    return page.evaluate(
+        "axe.run(document).then(r => r.violations.map(v => `${v.id} (${v.impact}): ${v.nodes.length} elements`))"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +121,7 @@ def test_click_channel_opens_overlay_and_opacity_changes_it(default_page):
     page.click("#grid", position={"x": 40, "y": 40})
     page.wait_for_selector("#detail:not([hidden])")
     wait_until(page, "document.getElementById('detail-overlay').width > 0")
-    assert page.locator("#detail-title").inner_text().startswith(page.locator("#layer-name").inner_text())
+    assert page.locator("#detail-title").inner_text().endswith(" of " + page.locator("#layer-name").inner_text())
     before = default_page.canvas_url("#detail-overlay")
     page.eval_on_selector("#opacity", "s => { s.value = '0.1'; s.dispatchEvent(new Event('input')); }")
     wait_until(page, "document.getElementById('detail-overlay').dataset.opacity === '0.1'")
@@ -113,6 +131,87 @@ def test_click_channel_opens_overlay_and_opacity_changes_it(default_page):
     page.screenshot(path=str(ARTIFACTS / "report-channel.png"))
     page.keyboard.press("Escape")
     page.wait_for_selector("#detail", state="hidden")
+
+
+def test_channel_view_sits_beside_the_grid_and_covers_nothing(default_page):
+    """The channel view must not hide what it explains: nothing under it, one colour scale, a legend."""
+    page = default_page.page
+    page.click("#grid", position={"x": 40, "y": 40})
+    page.wait_for_selector("#detail:not([hidden])")
+    wait_until(page, "document.getElementById('detail-overlay').dataset.cmap !== undefined")
+    covered = page.evaluate("""() => [...document.querySelectorAll('.pred .prob, .pred .cls, #grid, #layer-meta')]
+        .filter(e => { const r = e.getBoundingClientRect(); if (r.width === 0) return false;
+                       const x = Math.min(r.right - 2, window.innerWidth - 2), y = r.top + r.height / 2;
+                       if (y < 0 || y > window.innerHeight) return false;
+                       const hit = document.elementFromPoint(x, y); return !(hit === e || e.contains(hit)); })
+        .map(e => e.id || e.className)""")
+    assert covered == []
+    box = page.locator("#detail").bounding_box()
+    grid = page.locator(".grid-wrap").bounding_box()
+    assert box["x"] >= grid["x"] + grid["width"]  # beside the grid, not over it
+    cmaps = {page.get_attribute(sel, "data-cmap") for sel in ("#grid", "#detail-map", "#detail-overlay")}
+    assert len(cmaps) == 1 and None not in cmaps
+    assert page.locator("#detail-legend canvas").count() == 1
+    page.select_option("#norm", "channel")  # a per-channel scale: the legend gives this channel's values
+    wait_until(page, "document.getElementById('detail-map').dataset.cmap === 'viridis'")
+    assert "this channel's own range" in page.locator("#detail-legend").inner_text()
+    page.select_option("#norm", "layer")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+
+
+def test_layer_filter_hides_what_does_not_match(default_page):
+    """What a user sees: the visible entries after typing, not only attributes."""
+    page = default_page.page
+    layers = payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))["layers"]
+    total = page.locator(".layer-btn:visible").count()
+    assert total == len(layers)
+    page.fill("#filter", "act_head")
+    expected = [L["name"] for L in layers if "act_head" in (L["name"] + " " + L["type"]).lower()]
+    wait_until(page, f"document.querySelectorAll('.layer-btn').length && "
+                     f"[...document.querySelectorAll('.layer-btn')].filter(b => b.offsetParent).length === {len(expected)}")
+    assert page.locator(".layer-btn:visible").all_inner_texts()[0].startswith(expected[0])
+    assert page.locator(".stage:visible").count() == 1  # stages with no match are hidden too
+    assert page.locator("#filter-count").inner_text() == f"{len(expected)} of {len(layers)} layers match"
+    page.fill("#filter", "no such layer")
+    wait_until(page, "![...document.querySelectorAll('.layer-btn')].some(b => b.offsetParent)")
+    assert page.locator("#filter-count").inner_text().startswith("No layer matches")
+    page.fill("#filter", "")
+    wait_until(page, f"[...document.querySelectorAll('.layer-btn')].filter(b => b.offsetParent).length === {total}")
+
+
+def test_depth_chart_labels_fit_and_read_on_a_phone(browser, default_page):
+    for width in (1400, 390):
+        p = Page(browser, Path(default_page.url[7:]), viewport=(width, 844))
+        try:
+            chart = p.page.evaluate("""() => { const s = document.querySelector('#depth-chart svg');
+                const box = document.getElementById('depth-chart').getBoundingClientRect();
+                const texts = [...s.querySelectorAll('text')].map(t => { const b = t.getBBox();
+                    return {x: b.x, right: b.x + b.width, text: t.textContent,
+                            px: parseFloat(getComputedStyle(t).fontSize) * s.getBoundingClientRect().width
+                                / s.viewBox.baseVal.width}; });
+                return {w: s.getBoundingClientRect().width, box: box.width, vb: s.viewBox.baseVal.width, texts}; }""")
+            assert abs(chart["w"] - chart["box"]) <= 1 and chart["vb"] == chart["w"]  # drawn at its own size
+            assert all(t["x"] >= 0 and t["right"] <= chart["vb"] for t in chart["texts"])  # nothing clipped
+            assert all(t["px"] >= 10.5 for t in chart["texts"])  # readable on a phone
+            lows = [t["text"] for t in chart["texts"] if t["text"].startswith("-")]
+            assert lows, "the mean panel of the default model has a negative lower tick"
+        finally:
+            p.page.close()
+
+
+def test_scores_are_formatted_for_people_and_identical_maps_are_explained(default_page):
+    import re
+
+    page = default_page.page
+    page.select_option("#cam-class", "0")
+    values = page.locator("#cam-grid .scores dd").all_inner_texts()
+    assert values and all(re.fullmatch(r"\d+\.\d\d|\d+\.\d%|n/a", v) for v in values), values
+    data = payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))["cams"]
+    same = {m: e["same"] for m, e in data["classes"][0]["maps"].items() if "same" in e}
+    assert same.get("cam") == "gradcam"  # a GAP + linear head: CAM's weights are Grad-CAM's times H*W
+    notes = page.locator("#cam-grid .same").all_inner_texts()
+    assert len(notes) == len(same) and "Identical maps" in page.locator("#cam-hint").inner_text()
 
 
 def test_keyboard_moves_between_layers_and_channels(default_page):
@@ -261,3 +360,28 @@ def test_atlas_pages_fit_and_stay_offline(browser, tmp_path):
         finally:
             page.close()
         assert problems == [], problems
+
+
+def test_every_page_we_write_has_no_accessibility_violations(browser, default_page, tmp_path):
+    """axe-core in Chromium on the report, an atlas (index and layer page) and a maps folder's index."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    model = xss_model()
+    fm.build_atlas(model, TensorDataset(torch.rand(4, 3, 32, 32)), layers="conv", k=2,
+                   progress=False).save(tmp_path / "atlas", patches=False)
+    net, preprocess = fm.load_model()
+    maps = fm.get_feature_maps(net, preprocess(fm.load_image(fm.sample_image("cat"))), layers="_blocks.1[45]._project_conv")
+    fm.visualize(maps).save(tmp_path / "maps")
+    pages = [Path(default_page.url[7:]), tmp_path / "atlas/index.html", tmp_path / "atlas/layers/000.html",
+             tmp_path / "maps/index.html"]
+    found = {}
+    for path in pages:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(path.resolve().as_uri())
+            page.wait_for_timeout(300)
+            found[path.name if path.parent.name != "layers" else "atlas layer page"] = axe_violations(page)
+        finally:
+            page.close()
+    assert found == {name: [] for name in found}

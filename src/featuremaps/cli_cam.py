@@ -90,7 +90,7 @@ def cam_cmd(
     from safetensors.torch import save_file
 
     from ._atomic import atomic_path
-    from .attribution import create_cam, faithfulness
+    from .attribution import create_cam, faithfulness, get_cam
     from .render import overlay, save_image
 
     chosen = list(dict.fromkeys(m.lower() for m in methods)) or ["gradcam"]
@@ -125,7 +125,7 @@ def cam_cmd(
     scores: dict[str, dict[str, float]] = {}
     layer_sel: Any = list(layers) if layers else "auto"
     for name in chosen:
-        options: dict[str, Any] = {"layer": layer_sel}
+        options: dict[str, Any] = {"layer": layer_sel, **get_cam(name).picture_options}
         if name in ("scorecam", "ablationcam"):
             options["batch_size"] = batch_size
         cam = create_cam(name, model, **options)

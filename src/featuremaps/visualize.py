@@ -220,24 +220,43 @@ def _b64(img: GridImage) -> str:
     return base64.b64encode(img.to_png(compress_level=6)).decode("ascii")
 
 
+_INDEX_STYLE = (
+    "body{font:15px/1.5 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em;color:#222}"
+    "nav ol{columns:16em;padding-left:1.4em;font-size:13px}a{color:#2456a4}"
+    "figure{margin:0 0 2em 0}figcaption{margin-bottom:.3em;overflow-wrap:anywhere}"
+    "figcaption span{color:#555;font-size:13px}"
+    "img{max-width:100%;height:auto;image-rendering:pixelated;border:1px solid #ddd}"
+    ".top{font-size:13px}"
+)
+
+
 def _index_html(rows: list[tuple[str, str, str]]) -> str:
+    """The folder's index page: a list of the layers, then each layer's picture (no script, hashed style)."""
+    import base64
+    import hashlib
+
+    def anchor(i: int) -> str:
+        return f"layer-{i}"
+
+    toc = "\n".join(f"<li><a href='#{anchor(i)}'>{html.escape(name)}</a></li>" for i, (name, _, _) in enumerate(rows))
     items = "\n".join(
-        f"<figure><figcaption><b>{html.escape(name)}</b> <span>{html.escape(note)}</span></figcaption>"
+        f"<figure id='{anchor(i)}'><figcaption><b>{html.escape(name)}</b> <span>{html.escape(note)}</span> "
+        f"<a class='top' href='#contents'>back to the list</a></figcaption>"
         f"<a href='{html.escape(rel)}'><img loading='lazy' alt='channels of {html.escape(name)}' "
         f"src='{html.escape(rel)}'></a></figure>"
-        for name, rel, note in rows
+        for i, (name, rel, note) in enumerate(rows)
     )
+    style_hash = base64.b64encode(hashlib.sha256(_INDEX_STYLE.encode("utf-8")).digest()).decode("ascii")
+    count = f"{len(rows)} layer" + ("" if len(rows) == 1 else "s")
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src 'self' data:; "
-        "style-src 'unsafe-inline'\">"
+        f"style-src 'sha256-{style_hash}'\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        "<title>featuremaps</title><style>"
-        "body{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
-        "figure{margin:0 0 2em 0}figcaption{margin-bottom:.3em}figcaption span{color:#666;font-size:13px}"
-        "img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}"
-        "</style></head><body>"
-        f"<h1>Feature maps</h1><p>{len(rows)} layers.</p>\n{items}\n</body></html>\n"
+        f"<title>featuremaps: feature maps</title><style>{_INDEX_STYLE}</style></head><body>"
+        f"<header><h1>Feature maps</h1><p>{count}; click a picture to open it at full size.</p></header>"
+        f"<nav id='contents' aria-label='Layers'><ol>{toc}</ol></nav>"
+        f"<main>\n{items}\n</main></body></html>\n"
     )
 
 

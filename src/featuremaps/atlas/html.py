@@ -58,7 +58,7 @@ h1.mono { font-size: 1.25rem; }
 .layers tbody tr:hover { background: #fbfbf9; }
 .layers .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .layers .name { overflow-wrap: break-word; }
-.layers .name a, .nav a, .ch h3 a { text-decoration: none; }
+.layers .name a, .nav a, .ch h2 a { text-decoration: none; }
 .layers .name a { font-weight: 600; }
 .layers .name a:hover, .layers .name a:focus { background: var(--accent-soft); }
 .preview { display: flex; flex-wrap: wrap; gap: 3px; }
@@ -67,9 +67,9 @@ h1.mono { font-size: 1.25rem; }
 .ch { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: .6rem .7rem .5rem;
   min-width: 0; scroll-margin-top: 1rem; }
 .ch:target { outline: 2px solid var(--accent); outline-offset: 1px; }
-.ch h3 { font-size: 13px; margin: 0 0 .4rem; font-weight: 600; }
-.ch h3 a { color: inherit; }
-.ch h3 a:hover { color: var(--accent); }
+.ch h2 { font-size: 13px; margin: 0 0 .4rem; font-weight: 600; }
+.ch h2 a { color: inherit; }
+.ch h2 a:hover { color: var(--accent); }
 .figs { display: flex; flex-wrap: wrap; gap: .5rem; align-items: flex-start; }
 .figs figure { margin: 0; min-width: 0; max-width: 100%; }
 .figs img { display: block; max-width: 100%; height: auto; border-radius: 4px; background: #fbfbf9; }
@@ -165,7 +165,7 @@ INDEX_TEMPLATE = _HEAD + """<body>
 """ + _FOOT
 """The index page: one row per layer, then the skipped images."""
 
-_NAV = """<nav class="nav" aria-label="Layers">{% if page.prev %}<a href="{{ page.prev }}" rel="prev">&larr; previous layer</a>{%
+_NAV = """<nav class="nav" aria-label="{{ nav_label }}">{% if page.prev %}<a href="{{ page.prev }}" rel="prev">&larr; previous layer</a>{%
   endif %}<a href="../index.html">all layers</a>{% if page.next %}<a href="{{ page.next }}" rel="next">next layer &rarr;</a>{%
   endif %}</nav>"""
 
@@ -179,13 +179,13 @@ LAYER_TEMPLATE = _HEAD + """<body>
     {{ page.score }}</p>
   <p class="hint">Per channel: its top patches, best first{% if page.synth_side %}, an image synthesized to excite
     it{% endif %}, and its statistics over all images (<i>active</i>: the share of positions above zero).</p>
-  """ + _NAV + """
+  {% set nav_label = "Layers" %}""" + _NAV + """
 </header>
 <main class="atlas-main" id="channels" tabindex="-1">
 <div class="ch-grid">
 {% for ch in page.channels %}
   <article class="ch" id="{{ ch.id }}" aria-labelledby="{{ ch.id }}-h">
-    <h3 id="{{ ch.id }}-h"><a href="#{{ ch.id }}">channel {{ ch.channel }}</a></h3>
+    <h2 id="{{ ch.id }}-h"><a href="#{{ ch.id }}">channel {{ ch.channel }}</a></h2>
     {% if ch.image or ch.synth %}<div class="figs">
       {% if ch.image %}<figure><img src="{{ ch.image }}" width="{{ ch.width }}" height="{{ ch.height }}" loading="lazy"
         {% if ch.image.endswith(".png") %}class="px" {% endif %}alt="Top {{ ch.examples | length }} patches of channel {{ ch.channel }}">
@@ -204,7 +204,7 @@ LAYER_TEMPLATE = _HEAD + """<body>
 {% endfor %}
 </div>
 </main>
-<div class="nav-bottom">""" + _NAV + """</div>
+<div class="nav-bottom">{% set nav_label = "Layers, at the end of the page" %}""" + _NAV + """</div>
 """ + _FOOT
 """A layer page: a grid of channels, each with its top patches, synthesized image and statistics."""
 

@@ -623,6 +623,9 @@ class BaseCAM:
     uses_gradients: ClassVar[bool] = True
     #: whether the map depends on the target (class-agnostic methods run without one)
     needs_target: ClassVar[bool] = True
+    #: options for pictures shown to people (the report, the ``cam`` command) where the
+    #: reference's convention is arbitrary, e.g. Eigen-CAM's SVD sign
+    picture_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,

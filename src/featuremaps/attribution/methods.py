@@ -360,7 +360,8 @@ class EigenCAM(BaseCAM):
     Conventions (``"pgc"``): NaN activations count as 0; post-processing as in
     :class:`GradCAM`. The sign of a singular vector is arbitrary, and LAPACK
     builds and GPUs return different ones, so a map can come out inverted.
-    ``sign`` decides:
+    ``sign`` decides (the report and the ``cam`` command use ``"auto"``, see
+    :attr:`~featuremaps.attribution.BaseCAM.picture_options`):
 
     * ``None`` (default): the convention's; for ``"pgc"`` that is ``"pgc"``;
     * ``"pgc"``: the sign NumPy's ``linalg.svd`` gives, which is what
@@ -385,6 +386,7 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
     needs_target = False
+    picture_options = {"sign": "auto"}  # the report and the CLI never show an arbitrarily inverted map
 
     def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, sign: str | None = None,
                  **options: Any) -> None:

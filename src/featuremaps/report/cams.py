@@ -73,7 +73,7 @@ def cam_section(
     total = len(methods) + (1 if metrics else 0)
     skipped: list[str] = []
     for i, method in enumerate(methods):
-        cam = create_cam(method, model, layer=layer)
+        cam = create_cam(method, model, layer=layer, **get_cam(method).picture_options)
         try:
             result = cam.explain(xb, target=classes)
         except AttributionError as exc:
@@ -105,12 +105,17 @@ def cam_section(
         if progress is not None:
             progress("CAM methods", total, total)
     out_classes = []
+    coincide: set[tuple[str, str]] = set()
     for k, p in enumerate(predictions):
         maps = {}
         for method in methods:
             h = heat[method][k].numpy()
             png = png_data_uri((np.clip(np.nan_to_num(h), 0.0, 1.0) * 255).round().astype(np.uint8))
             entry: dict[str, Any] = {"png": png}
+            same = _same_as(heat, methods, method, k)
+            if same is not None:
+                entry["same"] = same
+                coincide.add((same, method))
             if k == 0 and method in scores:
                 entry["scores"] = scores[method]
             maps[method] = entry
@@ -122,13 +127,31 @@ def cam_section(
         "average drop is the confidence lost when only the heatmap's pixels are kept."
         if scores else "Faithfulness scores were not computed (metrics=False)."
     )
+    if coincide:
+        pairs = ", ".join(f"{b} = {a}" for a, b in sorted(coincide))
+        hint += (
+            f" Identical maps ({pairs}) are expected, not a fault: on a layer followed by global average pooling "
+            "and a linear classifier, Grad-CAM's, XGrad-CAM's and CAM's channel weights are all proportional to "
+            "the classifier's weights for the class, and each map is min-max scaled."
+        )
     if skipped:
         hint += " Not applicable to this model: " + "; ".join(skipped) + "."
     return {
         "layer": where,
         "methods": list(methods),
         "classes": out_classes,
-        "note": f"Target layer {where}; maps are min-max scaled per image (pytorch-grad-cam conventions).",
+        "note": f"Target layer {where}; maps are min-max scaled per image (pytorch-grad-cam conventions)"
+        + ("; Eigen-CAM's sign follows the activations (the reference's is arbitrary)." if "eigencam" in heat else "."),
         "hint": hint,
         "skipped": skipped,
     }
+
+
+def _same_as(heat: dict[str, torch.Tensor], methods: Sequence[str], method: str, k: int) -> str | None:
+    """The first earlier method whose map of class ``k`` equals this one's (to 1e-4), if any."""
+    for other in methods:
+        if other == method:
+            return None
+        if torch.allclose(heat[other][k], heat[method][k], atol=1e-4, rtol=0):
+            return other
+    return None

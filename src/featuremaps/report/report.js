@@ -30,6 +30,13 @@
     });
     return node;
   }
+  // "112x112 map, averaged to 32x32 here" or "7x7 map".
+  function resolution(L) {
+    var full = L.shape.slice(2), tile = L.kind === "strip" ? [L.tile[1]] : L.tile, same = full.length === tile.length;
+    for (var k = 0; same && k < full.length; k++) { same = full[k] === tile[k]; }
+    var txt = full.join("\u00d7") + (full.length === 3 ? " volume (its maximum over depth)" : full.length === 1 ? " positions" : " map");
+    return same ? txt : txt + ", averaged to " + tile.join("\u00d7") + " here";
+  }
   function pct(v) { return (v === null || v === undefined) ? "n/a" : (100 * v).toFixed(0) + "%"; }
 
   // ---------------------------------------------------------------- colormaps
@@ -165,13 +172,14 @@
           ctx.strokeRect(cc * g.cellW + 0.5, rr * g.cellH + 0.5, g.cellW, g.cellH);
         }
       }
-      drawLegend(sc);
+      drawLegend(sc, $("legend"), null);
       grid.setAttribute("data-layer", L.name);
+      grid.setAttribute("data-cmap", sc.cmap);
     });
   }
 
-  function drawLegend(sc) {
-    var box = $("legend");
+  // The colour bar of a scale, with its values; ``range`` gives them for a per-channel scale.
+  function drawLegend(sc, box, range) {
     box.textContent = "";
     var c = el("canvas");
     c.width = 256; c.height = 1;
@@ -181,10 +189,14 @@
       img.data[4 * k + 2] = sc.lut[3 * k + 2]; img.data[4 * k + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
-    if (sc.lo === null) {
+    if (sc.lo === null && range) {
+      box.appendChild(el("span", null, fmt(range.lo)));
+      box.appendChild(c);
+      box.appendChild(el("span", null, fmt(range.hi) + " (" + sc.cmap + ", this channel's own range)"));
+    } else if (sc.lo === null) {
       box.appendChild(el("span", null, "channel min"));
       box.appendChild(c);
-      box.appendChild(el("span", null, "channel max (" + sc.cmap + ")"));
+      box.appendChild(el("span", null, "channel max (" + sc.cmap + ", each channel its own range)"));
     } else {
       box.appendChild(el("span", null, fmt(sc.lo)));
       box.appendChild(c);
@@ -200,7 +212,7 @@
   });
 
   // ---------------------------------------------------------------- outline
-  var buttons = [];
+  var buttons = [], stages = [];
   function sparkline(L) {
     var w = 64, h = 18, vals = L.mean.map(function (v) { return v === null ? 0 : v; });
     var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals), span = hi > lo ? hi - lo : 1;
@@ -220,13 +232,13 @@
         var det = el("details", "stage");
         det.open = true;
         det.appendChild(el("summary", null, stage));
-        group = el("div");
+        group = el("ul", "layer-group");
         det.appendChild(group);
         list.appendChild(det);
+        stages.push({ node: det, items: [] });
       }
-      var b = el("button", "layer-btn");
+      var b = el("button", "layer-btn"), item = el("li");
       b.type = "button";
-      b.setAttribute("role", "listitem");
       b.setAttribute("data-i", String(i));
       b.setAttribute("data-name", L.name);
       b.appendChild(breakable(el("span", "lname"), L.name));
@@ -234,16 +246,28 @@
       b.appendChild(el("span", "lmeta", L.type + " " + L.shape.join("\u00d7") + " \u00b7 zeros " + pct(L.stats.zeros) + " \u00b7 dead " + L.stats.dead));
       b.title = "mean activation per channel";
       b.addEventListener("click", function () { selectLayer(i); });
-      group.appendChild(b);
+      item.appendChild(b);
+      group.appendChild(item);
       buttons.push(b);
+      stages[stages.length - 1].items.push(item);
     });
-    $("filter").addEventListener("input", function () {
-      var q = this.value.toLowerCase();
-      buttons.forEach(function (b, i) {
-        var L = layers[i];
-        b.hidden = q !== "" && (L.name + " " + L.type).toLowerCase().indexOf(q) < 0;
+    $("filter").addEventListener("input", function () { filterLayers(this.value); });
+  }
+
+  // Hide the layers whose name and type do not contain the query; a stage with none left hides too.
+  function filterLayers(query) {
+    var q = String(query).trim().toLowerCase(), shown = 0, k = 0;
+    stages.forEach(function (st) {
+      var any = false;
+      st.items.forEach(function (item) {
+        var L = layers[k++], hit = q === "" || (L.name + " " + L.type).toLowerCase().indexOf(q) >= 0;
+        item.hidden = !hit;
+        if (hit) { shown++; any = true; }
       });
+      st.node.hidden = !any;
     });
+    $("filter-count").textContent = q === "" ? "" :
+      (shown ? shown + " of " + layers.length + " layers match" : "No layer matches \u201c" + query + "\u201d");
   }
 
   function selectLayer(i, keepSlot) {
@@ -286,11 +310,11 @@
     var L = layers[state.layer], s = state.slot;
     if (s === null) { return Promise.resolve(); }
     return Promise.all([decode(state.layer), photoReady]).then(function (res) {
-      var sp = res[0], c = $("detail-overlay"), ctx = c.getContext("2d");
+      var sp = res[0], c = $("detail-overlay"), ctx = c.getContext("2d"), sc = scaler(L, state.norm);
       c.width = photo.naturalWidth; c.height = photo.naturalHeight;
       ctx.globalAlpha = 1;
       ctx.drawImage(photo, 0, 0);
-      var heat = tileCanvas(sp, L, s, luts.inferno, function (slot, v) { return v; });
+      var heat = tileCanvas(sp, L, s, sc.lut, sc.map);
       ctx.imageSmoothingEnabled = true;
       ctx.globalAlpha = state.opacity;
       if (L.kind === "strip") {
@@ -300,6 +324,7 @@
       }
       ctx.globalAlpha = 1;
       c.setAttribute("data-opacity", String(state.opacity));
+      c.setAttribute("data-cmap", sc.cmap);
     });
   }
 
@@ -326,10 +351,10 @@
     state.slot = s;
     var panel = $("detail");
     panel.hidden = false;
-    $("detail-title").textContent = L.name + " \u00b7 channel " + L.shown[s];
-    $("detail-meta").textContent = "values [" + fmt(L.lo[s]) + ", " + fmt(L.hi[s]) + "] in this thumbnail \u00b7 max " +
-      fmt(L.max[s]) + " \u00b7 mean " + fmt(L.mean[s]) + " \u00b7 variance " + fmt(L.var[s]) +
-      " (full resolution) \u00b7 " + L.tile[1] + "\u00d7" + L.tile[0] + " px";
+    $("layer-body").classList.add("open");
+    $("detail-title").textContent = "Channel " + L.shown[s] + " of " + L.name;
+    $("detail-meta").textContent = "max " + fmt(L.max[s]) + " \u00b7 mean " + fmt(L.mean[s]) + " \u00b7 variance " +
+      fmt(L.var[s]) + " \u00b7 " + resolution(L);
     panel.setAttribute("data-channel", String(L.shown[s]));
     var atlasP = $("detail-atlas-p");
     if (L.atlas) {
@@ -348,10 +373,14 @@
     }
     return decode(state.layer).then(function (sp) {
       var big = $("detail-map"), th = L.tile[0], tw = L.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
+      var sc = scaler(L, state.norm);
       big.width = tw * z; big.height = (L.kind === "strip" ? Math.max(16, th) : th) * z;
       var ctx = big.getContext("2d");
       ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(tileCanvas(sp, L, s, luts.viridis, function (slot, v) { return v; }), 0, 0, big.width, big.height);
+      ctx.drawImage(tileCanvas(sp, L, s, sc.lut, sc.map), 0, 0, big.width, big.height);
+      big.setAttribute("data-cmap", sc.cmap);
+      $("detail-map-cap").textContent = "Channel, enlarged (" + L.tile[1] + "\u00d7" + L.tile[0] + " values)";
+      drawLegend(sc, $("detail-legend"), sc.lo === null ? { lo: L.lo[s], hi: L.hi[s] } : null);
       drawHistogram(sp, L, s);
       return Promise.all([drawOverlay(), drawGrid()]);
     });
@@ -359,6 +388,7 @@
 
   function closeChannel() {
     $("detail").hidden = true;
+    $("layer-body").classList.remove("open");
     state.slot = null;
     drawGrid();
     grid.focus();
@@ -367,7 +397,10 @@
   $("detail-close").addEventListener("click", closeChannel);
   $("opacity").addEventListener("input", function () { state.opacity = Number(this.value); drawOverlay(); });
   $("sort").addEventListener("change", function () { state.sort = this.value; state.order = sortOrder(layers[state.layer], state.sort); drawGrid(); });
-  $("norm").addEventListener("change", function () { state.norm = this.value; drawGrid(); });
+  $("norm").addEventListener("change", function () {
+    state.norm = this.value;
+    if (state.slot !== null && !$("detail").hidden) { openChannel(state.slot); } else { drawGrid(); }
+  });
   $("zoom").addEventListener("input", function () { state.zoom = Number(this.value); drawGrid(); });
 
   function stepChannel(d) {
@@ -387,11 +420,22 @@
   });
 
   // ---------------------------------------------------------------- depth chart
+  // Drawn at the box's own width (text stays 11 px on a phone), with room for the widest tick label.
   function depthChart() {
     var box = $("depth-chart"), n = layers.length;
+    box.textContent = "";
     if (!n) { box.textContent = "No layers."; return; }
-    var W = 900, P = 40, panelH = 70, gap = 22, H = 3 * panelH + 2 * gap + 30, step = (W - P - 10) / Math.max(1, n);
-    var s = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "Statistics of every layer in forward order" });
+    var mean = layers.map(function (L) { return L.stats.mean; });
+    var band = layers.map(function (L) { var m = L.stats.mean || 0, d = L.stats.std || 0; return [m - d, m + d]; });
+    var lo = Math.min.apply(null, band.map(function (b) { return b[0]; }));
+    var hi = Math.max.apply(null, band.map(function (b) { return b[1]; }));
+    var dead = layers.map(function (L) { return L.stats.dead; });
+    var deadMax = Math.max(1, Math.max.apply(null, dead));
+    var ticks = [fmt(lo), fmt(hi), "0", "1", String(deadMax)];
+    var widest = Math.max.apply(null, ticks.map(function (t) { return t.length; }));
+    var W = Math.max(300, Math.round(box.clientWidth || 900)), P = Math.ceil(10 + 6.8 * widest);
+    var panelH = 70, gap = 22, H = 3 * panelH + 2 * gap + 30, step = (W - P - 10) / Math.max(1, n);
+    var s = svg("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "Statistics of every layer in forward order" });
     function xOf(i) { return P + (i + 0.5) * step; }
     function panel(k, title, values, kind, color, lo, hi) {
       var top = k * (panelH + gap) + 14;
@@ -417,14 +461,9 @@
         s.appendChild(svg("polyline", { points: pts.join(" "), fill: "none", stroke: color, "stroke-width": "1.5" }));
       }
     }
-    var mean = layers.map(function (L) { return L.stats.mean; });
-    var band = layers.map(function (L) { var m = L.stats.mean || 0, d = L.stats.std || 0; return [m - d, m + d]; });
-    var lo = Math.min.apply(null, band.map(function (b) { return b[0]; }));
-    var hi = Math.max.apply(null, band.map(function (b) { return b[1]; }));
     panel(0, "mean \u00b1 std", mean, { band: band }, "#2456a4", lo, hi);
     panel(1, "fraction of zeros", layers.map(function (L) { return L.stats.zeros; }), "bar", "#4f8a3f", 0, 1);
-    var dead = layers.map(function (L) { return L.stats.dead; });
-    panel(2, "dead channels", dead, "bar", "#a8452c", 0, Math.max(1, Math.max.apply(null, dead)));
+    panel(2, "dead channels", dead, "bar", "#a8452c", 0, deadMax);
     layers.forEach(function (L, i) {
       var r = svg("rect", { x: (xOf(i) - step / 2).toFixed(1), y: 0, width: step.toFixed(1), height: H, "class": "hit" });
       var tt = svg("title"); tt.textContent = L.name + ": mean " + fmt(L.stats.mean) + ", zeros " + pct(L.stats.zeros) + ", dead " + L.stats.dead;
@@ -478,11 +517,12 @@
         c.setAttribute("aria-label", m + " heatmap for " + cls.name + " over the input image");
         fig.appendChild(c);
         fig.appendChild(el("h3", null, m));
+        if (entry.same) { fig.appendChild(el("p", "same", "the same map as " + entry.same)); }
         if (entry.scores) {
           var dl = el("dl", "scores");
           Object.keys(entry.scores).forEach(function (k) {
             dl.appendChild(el("dt", null, k));
-            dl.appendChild(el("dd", null, fmt(entry.scores[k])));
+            dl.appendChild(el("dd", null, score(k, entry.scores[k])));
           });
           fig.appendChild(dl);
         }
@@ -498,6 +538,11 @@
         });
       });
     }
+    // People read "0.33" and "12.5%", not "0.3279" or "avg drop % 0.0000".
+    function score(label, v) {
+      if (v === null || v === undefined || !isFinite(v)) { return "n/a"; }
+      return label.indexOf("%") >= 0 ? v.toFixed(1) + "%" : v.toFixed(2);
+    }
     select.addEventListener("change", render);
     opacity.addEventListener("input", render);
     render();
@@ -505,6 +550,13 @@
 
   buildOutline();
   depthChart();
+  var resizeTimer = null, lastWidth = $("depth-chart").clientWidth;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () {
+      if ($("depth-chart").clientWidth !== lastWidth) { lastWidth = $("depth-chart").clientWidth; depthChart(); }
+    }, 150);
+  });
   camSection();
   if (layers.length) { selectLayer(0); } else { $("layer-name").textContent = "No layers with channels were captured."; }
   document.documentElement.setAttribute("data-ready", "true");
