@@ -73,7 +73,9 @@ def cam_section(
     total = len(methods) + (1 if metrics else 0)
     skipped: list[str] = []
     for i, method in enumerate(methods):
-        cam = create_cam(method, model, layer=layer, **get_cam(method).picture_options)
+        # "auto" is resolved by the first method that runs; the others reuse its layers (no second probe)
+        chosen = layer_names if layer_names and isinstance(layer, str) and layer == "auto" else layer
+        cam = create_cam(method, model, layer=chosen, **get_cam(method).picture_options)
         try:
             result = cam.explain(xb, target=classes)
         except AttributionError as exc:
@@ -90,15 +92,21 @@ def cam_section(
         return None
     scores: dict[str, dict[str, float]] = {}
     if metrics and heat:
-        stack = torch.stack([heat[m][0] for m in methods])  # (M, H, W): each method's top-class map
-        xm = x.expand(len(methods), *x.shape[1:])
-        tm = [classes[0]] * len(methods)
+        # identical maps (e.g. Grad-CAM and CAM on a GAP + linear head) are scored once
+        unique = [m for m in methods if _same_as(heat, methods, m, 0) is None]
+        stack = torch.stack([heat[m][0] for m in unique])  # (M, H, W): each distinct top-class map
+        xm = x.expand(len(unique), *x.shape[1:])
+        tm = [classes[0]] * len(unique)
         values = {
             "deletion_auc": deletion_auc(model, xm, stack, tm, steps=metric_steps),
             "insertion_auc": insertion_auc(model, xm, stack, tm, steps=metric_steps),
             "average_drop": average_drop(model, xm, stack, tm, reduction="none"),
         }
-        for j, method in enumerate(methods):
+        for method in methods:
+            root = method
+            while root not in unique:  # follow "same as" back to a scored map
+                root = _same_as(heat, methods, root, 0) or root
+            j = unique.index(root)
             scores[method] = {
                 label: float(values[key][j]) for key, label in SCORE_LABELS.items() if key in values
             }
