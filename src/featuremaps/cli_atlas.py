@@ -65,7 +65,14 @@ def _init_distributed(device: str | None, timeout: float = 600.0) -> tuple[bool,
         torch.cuda.set_device(torch.device(device or "cuda"))
     from datetime import timedelta
 
-    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    except (RuntimeError, TimeoutError) as exc:  # the store's DistStoreError when a rank does not join in time
+        first = str(exc).strip().splitlines()
+        raise click.ClickException(
+            f"could not join the torchrun process group within {timeout:g} s ({first[0] if first else exc!r}); "
+            "check that every process started, or raise --timeout"
+        ) from None
     return True, device
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from datetime import timedelta
+import time
 from typing import Any
 
 import torch
@@ -78,11 +78,14 @@ def check_in(what: str, timeout: float) -> None:
     n = next(_rounds)
     keys = [f"featuremaps/check-in/{n}/{r}" for r in range(world)]
     store.set(keys[rank], "1")
-    try:
-        store.wait(keys, timedelta(seconds=timeout))
-        return
-    except Exception:  # noqa: BLE001 - the store raises DistStoreError (a RuntimeError) on a timeout
-        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+    # poll (store.check does not block) rather than store.wait, whose timeout logs socket errors
+    deadline, pause = time.monotonic() + timeout, 0.01
+    while not store.check(keys):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(2 * pause, 0.5)
+    missing = [r for r, key in enumerate(keys) if not store.check([key])]
     if not missing:
         return
     names = ", ".join(str(r) for r in missing)
