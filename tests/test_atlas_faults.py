@@ -141,6 +141,17 @@ def test_a_damaged_checkpoint_is_named_set_aside_and_rebuilt(tmp_path, reference
     assert not ckpt.exists()
 
 
+def test_a_checkpoint_of_another_version_is_set_aside_and_not_called_damaged(tmp_path, reference):
+    out = tmp_path / "atlas"
+    ckpt = interrupted(out, 9)
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    safetensors.torch.save_file(tensors, str(ckpt), metadata={**meta, "format": "featuremaps-atlas-checkpoint/1"})
+    with pytest.warns(UserWarning, match=r"unusable checkpoint .*another version of featuremaps.*set aside"):
+        build_atlas(model(), Interrupting(), out=out, **OPTS)
+    assert files(out) == reference and ckpt.with_name(ckpt.name + ".damaged").is_file()
+
+
 def test_a_sound_checkpoint_passes_the_checks(tmp_path, reference):
     out = tmp_path / "atlas"
     interrupted(out, 9)
@@ -180,6 +191,19 @@ def test_the_cli_names_a_damaged_checkpoint_in_one_clean_line(tmp_path, monkeypa
     assert "UserWarning" not in result.output and "warnings.warn" not in result.output
     assert files(tmp_path / "out") == files(tmp_path / "full")
     assert (tmp_path / ".out.partial" / "rank0-of-1.safetensors.damaged").is_file()
+
+
+def test_no_resume_deletes_only_a_checkpoint_of_ours(tmp_path, reference):
+    out = tmp_path / "atlas"
+    ckpt = interrupted(out, 9)
+    again = Interrupting()
+    build_atlas(model(), again, out=out, resume=False, **OPTS)
+    assert again.reads[:13] == list(range(13)) and files(out) == reference
+    assert not ckpt.parent.exists()  # our checkpoint (and its folder) removed
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"a file of the user's that happens to have this name")
+    build_atlas(model(), Interrupting(), out=tmp_path / "other", checkpoint_dir=ckpt.parent, resume=False, **OPTS)
+    assert ckpt.with_name(ckpt.name + ".damaged").read_bytes() == b"a file of the user's that happens to have this name"
 
 
 # --------------------------------------------------------------------------- interrupt anywhere

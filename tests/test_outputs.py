@@ -106,8 +106,10 @@ def test_atlas_save_replaces_only_its_own_files(tmp_path):
         atlas.save(mine)
     assert snapshot(mine) == before
 
+    (tmp_path / "atlas").mkdir()  # an empty folder is fine
     out = atlas.save(tmp_path / "atlas")
     assert foreign_entries(out) == []  # everything it wrote is recorded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atlas", "mine"]  # nothing left beside it
     (out / "report.html").write_text("another command's page")  # written by featuremaps (recorded below)
     record(out, ["report.html"])
     (out / "patches" / "000" / "stale.png").write_bytes(b"an old patch")

@@ -184,8 +184,8 @@ def _remove_recorded(folder: Path) -> bool:
                 path.rmdir()  # only when empty
     if [p for p in folder.iterdir() if p.name != MARKER]:
         return False
+    (folder / MARKER).unlink(missing_ok=True)
     with suppress(OSError):
-        (folder / MARKER).unlink()
         folder.rmdir()
     return not folder.exists()
 

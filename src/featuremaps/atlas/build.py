@@ -913,9 +913,6 @@ def build_atlas(
     if world > 1:
         check_in("the end of the pass", timeout)
         state = _merge_ranks(state, world)
-        if ckpt_file is not None and rank != 0:
-            ckpt_file.unlink(missing_ok=True)  # this rank's share is in the merged state now
-        check_in("the merge", timeout)  # (rank 0 then removes the checkpoint folder, emptied)
 
     atlas = _to_atlas(state, model, src, k, score, preprocess, receptive)
     if synthesize:
@@ -929,6 +926,10 @@ def build_atlas(
                 f"{('(N, ' + ', '.join(str(v) for v in shape) + ')') if shape else 'other inputs'}: "
                 "no images synthesized", UserWarning, stacklevel=2,
             )
+    if world > 1:
+        if ckpt_file is not None and rank != 0:
+            ckpt_file.unlink(missing_ok=True)  # this rank's share is in the merged state now
+        check_in("the end of the atlas", timeout)  # (then rank 0 removes the checkpoint folder, emptied)
     if rank == 0:
         # the other ranks do not wait for this save (however long it takes); their checkpoints are
         # gone, so a save that fails costs them their share of a rerun, never a wrong atlas

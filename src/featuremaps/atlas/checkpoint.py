@@ -37,6 +37,10 @@ class DamagedCheckpoint(Exception):
     """A checkpoint failed its checksum or its checks (the message says which)."""
 
 
+class OtherVersion(DamagedCheckpoint):
+    """A checkpoint of another featuremaps version (set aside too, but not called damaged)."""
+
+
 def _checksum(tensors: Mapping[str, torch.Tensor], fingerprint: str, state: str) -> str:
     h = hashlib.sha256()
     for part in (CHECKPOINT_FORMAT, fingerprint, state):
@@ -82,8 +86,11 @@ def _read(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[s
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise DamagedCheckpoint(f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise DamagedCheckpoint(f"format {meta.get('format')!r}, not {CHECKPOINT_FORMAT!r}")
+    found = str(meta.get("format"))
+    if found != CHECKPOINT_FORMAT:
+        if found.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
+            raise OtherVersion(f"it was made by another version of featuremaps ({found})")
+        raise DamagedCheckpoint(f"its format is {found!r}, not {CHECKPOINT_FORMAT!r}")
     text = meta.get("state", "")
     if meta.get("sha256") != _checksum(tensors, meta.get("fingerprint", ""), text):
         raise DamagedCheckpoint("its checksum does not match its data")
@@ -124,8 +131,9 @@ def load_checkpoint(
         return state
     except DamagedCheckpoint as exc:
         aside = _set_aside(path)
+        kind = "unusable" if isinstance(exc, OtherVersion) else "damaged"
         warnings.warn(
-            f"damaged checkpoint {str(path)!r} ({exc}): set aside as {aside.name!r}; starting over",
+            f"{kind} checkpoint {str(path)!r} ({exc}): set aside as {aside.name!r}; starting over",
             UserWarning, stacklevel=3,
         )
         return None
