@@ -65,6 +65,8 @@ def test_only_the_manifest_makes_a_folder_ours(tmp_path):
     (out / "a.txt").write_text("a")
     (out / "sub" / "b.txt").write_text("b")
     assert foreign_entries(out) == ["a.txt", "sub", "sub/b.txt"]
+    with pytest.raises(OutputFolderError, match=r"holds other files \(a.txt, sub/\)"):  # folders shown once
+        check_output_folder(out)
     record(out)  # as a command does for what it wrote
     assert foreign_entries(out) == []
     (out / "a.txt").write_text("changed by the user")  # a recorded name with other bytes is the user's now

@@ -138,7 +138,8 @@ def check_output_folder(folder: str | os.PathLike[str]) -> Path:
         raise OutputFolderError(f"{path} is a file; pass a folder")
     others = foreign_entries(path)
     if others:
-        top = list(dict.fromkeys(rel.split("/", 1)[0] + ("/" if "/" in rel else "") for rel in others))
+        names = dict.fromkeys(rel.split("/", 1)[0] for rel in others)
+        top = [n + "/" if (path / n).is_dir() and not (path / n).is_symlink() else n for n in names]
         shown = ", ".join(top[:3]) + (", ..." if len(top) > 3 else "")
         raise OutputFolderError(f"{path} holds other files ({shown}); pass a new or empty folder")
     return path
