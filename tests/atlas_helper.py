@@ -81,6 +81,48 @@ def tiny_net() -> nn.Module:
     return model
 
 
+BUILT: list[str] = []  # names of the models made by the factories below, in this process
+
+
+class _Counting(nn.Module):
+    """Counts its forwards in ``calls`` (so a test can check that a command refused before running it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_net()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def counting_net() -> nn.Module:
+    """tiny_net behind a forward counter; records its construction in ``BUILT``."""
+    BUILT.append("counting_net")
+    return _Counting()
+
+
+class _StuckOnRank1(nn.Module):
+    """tiny_net, except that under torchrun rank 1 never returns from its first forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if os.environ.get("RANK") == "1":
+            import time
+
+            time.sleep(3600)
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def stuck_net() -> nn.Module:
+    """A model whose rank 1 hangs (for the distributed timeout test)."""
+    return _StuckOnRank1()
+
+
 def make_folder(root: Path, good: int = 8, size: int = 24) -> list[str]:
     """Write ``good`` deterministic PNGs (in two sub-folders) and one unreadable file; return the bad name."""
     from PIL import Image

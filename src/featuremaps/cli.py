@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 
 import click
 
+from ._outdir import MARKER
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_OUT = "featuremaps-out"
@@ -110,50 +112,59 @@ def _image(image: str | None) -> Any:
     return load_image(image if image is not None else sample_image("cat"))
 
 
-OUTPUT_MARKER = ".featuremaps"  # in every folder the CLI writes: a later run may write there again
+OUTPUT_MARKER = MARKER  # the manifest in every folder featuremaps writes (see featuremaps._outdir)
 
 
 def _output_folder(out_dir: str, create: bool = True) -> Path:
-    """Check ``-o``: a new or empty folder, or one featuremaps wrote; then (``create``) make it and mark it ours.
+    """Check ``-o``: a new or empty folder, or one holding only what featuremaps wrote; then (``create``) make it.
 
     The commands that write several files with names of their own never put
-    them among a user's files: a folder holding anything else is refused.
-    They check before any work and create the folder when they write.
+    them among a user's files: a folder holding anything featuremaps did not
+    write (by its manifest, ``.featuremaps``) is refused. They check before
+    any work; with ``create`` the folder is made and, when the command ends,
+    what it holds is recorded in the manifest as ours.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{out_dir} is a file; pass a folder", param_hint="'-o'")
-    if out.is_dir() and not (out / OUTPUT_MARKER).is_file():
-        others = sorted(p.name for p in out.iterdir())
-        if others:
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise click.BadParameter(
-                f"{out_dir} holds other files ({shown}); pass a new or empty folder", param_hint="'-o'"
-            )
+    from ._outdir import OutputFolderError, check_output_folder
+
+    try:
+        out = check_output_folder(out_dir)
+    except OutputFolderError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-o'") from None
     if not create:
         return out
     out.mkdir(parents=True, exist_ok=True)
     _mark(out)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        # everything in the folder was checked to be ours; what the command adds is ours too
+        ctx.call_on_close(lambda: _mark(out) if out.is_dir() else None)
     return out
 
 
-def _mark(folder: Path) -> None:
-    """Mark ``folder`` as written by featuremaps (later runs may write there again)."""
-    (folder / OUTPUT_MARKER).write_text("written by featuremaps; it may write here again\n", encoding="utf-8")
+def _mark(folder: Path, entries: list[str] | None = None) -> None:
+    """Record ``entries`` of ``folder`` (default: all) as written by featuremaps: later runs may replace them."""
+    from ._outdir import record
+
+    record(folder, entries)
 
 
 def _mark_new_folder(out_file: str) -> Callable[[], None]:
-    """For commands writing one file: if its folder does not exist yet, mark it ours once written.
+    """For commands writing one file: once written, record it in its folder's manifest where that is ours.
 
-    Returns the function to call after writing. (The default folder,
+    Returns the function to call after writing. A folder the write creates
+    becomes ours; a folder featuremaps wrote before records the new file; a
+    folder of the user's is left unmarked. (The default folder,
     featuremaps-out, then takes every command's output in turn.)
     """
+    from ._outdir import foreign_entries
+
     folder = Path(out_file).parent
     new = not folder.exists()
+    ours = new or ((folder / OUTPUT_MARKER).is_file() and not foreign_entries(folder))
 
     def mark() -> None:
-        if new and folder.is_dir():
-            _mark(folder)
+        if ours and folder.is_dir() and Path(out_file).is_file():
+            _mark(folder, [Path(out_file).name])
 
     return mark
 

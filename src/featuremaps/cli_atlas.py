@@ -12,18 +12,37 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
-from .cli import _load, _parse_layers, model_options
+from .cli import _load, _output_folder, _parse_layers, model_options
 
 __all__ = ["atlas_cmd"]
 
 
-def _init_distributed(device: str | None) -> tuple[bool, str | None]:
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print each warning as one clean ``Warning: ...`` line on stderr (not Python's two-line format)."""
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = str(message).strip().splitlines()
+        click.echo(f"Warning: {text[0] if text else category.__name__}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _init_distributed(device: str | None, timeout: float = 600.0) -> tuple[bool, str | None]:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    Returns whether this call created the group, and the device for this rank.
+    Its collectives (and joining itself) wait at most ``timeout`` seconds for
+    a rank. Returns whether this call created the group, and the device for
+    this rank.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False, device
@@ -44,7 +63,16 @@ def _init_distributed(device: str | None) -> tuple[bool, str | None]:
         device = f"cuda:{local_rank}"
     if cuda:
         torch.cuda.set_device(torch.device(device or "cuda"))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    from datetime import timedelta
+
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    except (RuntimeError, TimeoutError) as exc:  # the store's DistStoreError when a rank does not join in time
+        first = str(exc).strip().splitlines()
+        raise click.ClickException(
+            f"could not join the torchrun process group within {timeout:g} s ({first[0] if first else exc!r}); "
+            "check that every process started, or raise --timeout"
+        ) from None
     return True, device
 
 
@@ -59,7 +87,8 @@ def _init_distributed(device: str | None) -> tuple[bool, str | None]:
 @click.option("--score", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Rank images by the channel's spatial maximum or mean.")
 @click.option("-o", "--out", "out_dir", default="atlas", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder (written atomically; a previous atlas there is replaced).")
+              help="Output folder: new, empty, or one featuremaps wrote (checked before any work; written atomically, "
+              "a previous atlas's files there are replaced).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="DataLoader worker processes for reading images.")
@@ -77,12 +106,14 @@ def _init_distributed(device: str | None) -> tuple[bool, str | None]:
               help="Optimization steps per synthesized image.")
 @click.option("--synth-size", default=96, show_default=True, type=click.IntRange(min=8),
               help="Synthesized image size in pixels.")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Under torchrun: seconds a process waits for the others before it fails naming the missing rank.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def atlas_cmd(
     image_dir: str, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
     layer_patterns: tuple[str, ...], k: int, score: str, out_dir: str, batch_size: int, workers: int,
     checkpoint_every: int, no_resume: bool, patch_size: int, receptive: str, synthesize: bool, synth_steps: int,
-    synth_size: int, quiet: bool,
+    synth_size: int, timeout: float, quiet: bool,
 ) -> None:
     """Find the K images (and patches) of IMAGE_DIR that activate each channel most.
 
@@ -106,38 +137,40 @@ def atlas_cmd(
     """
     from .atlas import build_atlas
 
-    created, device = _init_distributed(device)
-    try:
-        import torch.distributed as dist
-
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        model, preprocess = _load(model_spec, weights, device, trust_pickle)
-        t0 = time.perf_counter()
-        atlas = build_atlas(
-            model, image_dir, preprocess=preprocess, layers=_parse_layers(layer_patterns), k=k, score=score,
-            batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
-            resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
-            synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size,
-        )
-        seconds = time.perf_counter() - t0
-        if rank == 0:
-            channels = sum(atlas.layer(name).channels for name in atlas.layers())
-            rate = atlas.num_images / seconds if seconds > 0 else 0.0
-            click.echo(
-                f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
-                f"{channels} channels, top {k} by {score}"
-                + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
-            )
-            if atlas.skipped:
-                n = len(atlas.skipped)
-                click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
-                for name, reason in atlas.skipped[:20]:
-                    click.echo(f"  {name}: {reason}", err=True)
-                if len(atlas.skipped) > 20:
-                    click.echo(f"  ... and {len(atlas.skipped) - 20} more (listed in atlas.json)", err=True)
-            click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
-    finally:
-        if created:
+    _output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
+    with _warnings_as_lines():
+        created, device = _init_distributed(device, timeout)
+        try:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            model, preprocess = _load(model_spec, weights, device, trust_pickle)
+            t0 = time.perf_counter()
+            atlas = build_atlas(
+                model, image_dir, preprocess=preprocess, layers=_parse_layers(layer_patterns), k=k, score=score,
+                batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
+                resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
+                synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,
+            )
+            seconds = time.perf_counter() - t0
+            if rank == 0:
+                channels = sum(atlas.layer(name).channels for name in atlas.layers())
+                rate = atlas.num_images / seconds if seconds > 0 else 0.0
+                click.echo(
+                    f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
+                    f"{channels} channels, top {k} by {score}"
+                    + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
+                )
+                if atlas.skipped:
+                    n = len(atlas.skipped)
+                    click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
+                    for name, reason in atlas.skipped[:20]:
+                        click.echo(f"  {name}: {reason}", err=True)
+                    if len(atlas.skipped) > 20:
+                        click.echo(f"  ... and {len(atlas.skipped) - 20} more (listed in atlas.json)", err=True)
+                click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
+        finally:
+            if created:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()

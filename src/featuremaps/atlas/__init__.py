@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from ._distributed import DEFAULT_TIMEOUT, DistributedTimeoutError
 from .atlas import Atlas, AtlasLayer, load_atlas
 from .build import IMAGE_SUFFIXES, build_atlas, image_files
 from .receptive import ReceptiveField, receptive_field, receptive_field_chain, receptive_fields
@@ -38,4 +39,6 @@ __all__ = [
     "ExactSum",
     "image_files",
     "IMAGE_SUFFIXES",
+    "DistributedTimeoutError",
+    "DEFAULT_TIMEOUT",
 ]

@@ -17,6 +17,9 @@ An atlas folder holds:
   records the steps and size under ``synthesis``);
 * ``index.html`` and ``layers/NNN.html`` - the pages (see :mod:`.html`).
 
+* ``.featuremaps`` - the manifest: every file written, with its SHA-256
+  (see :mod:`featuremaps._outdir`: only such a folder is ever replaced).
+
 The folder is written into a temporary sibling and renamed into place, so it
 is complete or absent, never half-written. Everything is deterministic: the
 same atlas always gives the same bytes.
@@ -48,6 +51,8 @@ from .topk import TopExample
 __all__ = ["Atlas", "AtlasLayer", "load_atlas", "FORMAT"]
 
 FORMAT = "featuremaps-atlas/1"
+OWNED = ("atlas.json", "atlas.safetensors", "index.html", "layers", "patches", "synth")
+"""The entries of an atlas folder that :meth:`Atlas.save` writes (and replaces)."""
 _GRAY = (128, 128, 128)
 
 ImageViewer = Callable[[int], Any]
@@ -322,6 +327,7 @@ class Atlas:
         size: int = 96,
         preprocess: Any = None,
         progress: bool = False,
+        timeout: float | None = None,
     ) -> None:
         """Synthesize, for every channel of the atlas layers, an image that excites it.
 
@@ -343,10 +349,13 @@ class Atlas:
             preprocess: the model's preprocessing (its mean and std
                 normalize the images; default: the ImageNet ones).
             progress: show a progress bar.
+            timeout: under ``torch.distributed``, the seconds a rank waits
+                for the others to finish their share (default: 10 minutes).
 
         Raises:
             FeatureMapsError: bad ``steps`` or ``size``; an atlas whose model
-                does not take images.
+                does not take images; a rank that does not finish its share
+                within ``timeout`` (a ``DistributedTimeoutError`` naming it).
 
         Example:
             >>> import torch
@@ -361,11 +370,12 @@ class Atlas:
         from ..models import LoadedModel
         from ..synthesis import Channel, SynthesisError
         from ..synthesis import synthesize as synth
-        from .build import _dist
+        from ._distributed import DEFAULT_TIMEOUT, _dist, check_in, check_timeout
 
         if isinstance(model, LoadedModel):
             model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
         steps, size = check_synthesis(steps, size)
+        wait = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
         if self.input_size is None:
             raise FeatureMapsError(
                 "this atlas was not built from images (N, C, H, W), so its channels cannot be synthesized; "
@@ -395,6 +405,7 @@ class Atlas:
                 raise
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if world > 1:
+            check_in("the end of the synthesis", wait)
             images, failed, error = _gather_synthesized(images, failed, error, world)
             if error is not None:
                 raise FeatureMapsError(f"synthesizing the atlas channels failed on a rank: {error}")
@@ -428,8 +439,12 @@ class Atlas:
         """Write the data, patch thumbnails and HTML pages into ``directory``, atomically.
 
         Everything is written into a temporary sibling folder which then
-        replaces ``directory``; an existing ``directory`` must be empty or a
-        previous atlas.
+        replaces ``directory`` in one rename. An existing ``directory`` must
+        be empty or hold only files featuremaps wrote (by its manifest,
+        ``.featuremaps``; anything else is refused before writing). Of the
+        previous folder only the atlas's own entries (:data:`OWNED`) are
+        replaced, and a file is deleted only if the manifest lists it with
+        the bytes it has; other featuremaps output there is kept.
 
         Args:
             directory: the atlas folder.
@@ -443,29 +458,32 @@ class Atlas:
             >>> import tempfile, pathlib
             >>> out = _tiny_atlas().save(pathlib.Path(tempfile.mkdtemp()) / "atlas")
             >>> sorted(p.name for p in out.iterdir())
-            ['atlas.json', 'atlas.safetensors', 'index.html', 'layers', 'patches']
+            ['.featuremaps', 'atlas.json', 'atlas.safetensors', 'index.html', 'layers', 'patches']
 
         With synthesized images (:meth:`synthesize`) there is also ``synth/``.
         """
+        from .._outdir import check_output_folder, record, replace_folder
+
         target = Path(directory)
         if patch_size < 4:
             raise FeatureMapsError(f"patch_size={patch_size} is too small; use at least 4 pixels")
-        _check_target(target)
+        check_output_folder(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
             self._write(tmp, patch_size, patches)
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            record(tmp)
+            kept = replace_folder(tmp, target, OWNED)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # our own staging folder, never the user's
             raise
+        if kept:
+            warnings.warn(
+                f"files that appeared in {str(target)!r} while it was written were kept in "
+                f"{str(Path(kept[0]).parent)!r}: {', '.join(Path(k).name for k in kept[:3])}", UserWarning,
+                stacklevel=2,
+            )
         return target
 
     def _write(self, folder: Path, patch_size: int, patches: bool) -> None:
@@ -680,7 +698,7 @@ def _gather_synthesized(
     """Every rank's synthesized images, failed layers and error, on every rank."""
     import torch
 
-    from .build import _comm_device, _gather_json
+    from ._distributed import _comm_device, _gather_json
 
     device = _comm_device(torch.device("cpu"))
     parts = _gather_json(
@@ -759,17 +777,6 @@ def _crop(img: Any, box: tuple[int, int, int, int] | None, size: int | None) -> 
         else:
             out = out.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return out
-
-
-def _check_target(target: Path) -> None:
-    if target.exists():
-        if not target.is_dir():
-            raise FeatureMapsError(f"cannot write the atlas to {str(target)!r}: it is a file; pass a folder path")
-        entries = [p.name for p in target.iterdir()]
-        if entries and "atlas.json" not in entries:
-            raise FeatureMapsError(
-                f"cannot write the atlas to {str(target)!r}: the folder holds other files; pass a new or empty folder"
-            )
 
 
 def load_atlas(directory: str | os.PathLike[str]) -> Atlas:

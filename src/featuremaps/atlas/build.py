@@ -21,9 +21,13 @@ in. That holds for many CPU kernels but is not guaranteed (oneDNN convolutions
 may round differently for a batch of one; GPU libraries pick algorithms by
 shape): then the atlases agree up to the model's own rounding noise.
 
-Checkpoints (safetensors + JSON, no pickle) are written every
-``checkpoint_every`` images and when the pass is interrupted; re-running with
-the same arguments continues from there.
+Checkpoints (safetensors + JSON, no pickle, with a SHA-256 of their data;
+see :mod:`.checkpoint`) are written every ``checkpoint_every`` images and
+when the pass is interrupted; re-running with the same arguments continues
+from there, after the checkpoint is verified (a damaged one is set aside and
+the pass starts over). The output folder is checked before any work (see
+:mod:`featuremaps._outdir`). Where ranks meet, each waits at most
+``timeout`` seconds for the others (:mod:`._distributed`).
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector, resolve_layers
 from ..maps import LayerInfo
-from .atlas import Atlas, AtlasLayer, _LayerData, check_synthesis
-from .receptive import receptive_fields
+from .._outdir import check_output_folder
 from ._device import asynchronous
+from ._distributed import (
+    DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout,
+)
+from .atlas import Atlas, AtlasLayer, _LayerData, check_synthesis
+from .checkpoint import discard_checkpoint, load_checkpoint, save_checkpoint
+from .receptive import receptive_fields
 from .stats import RunningStats, per_image_moments
 from .topk import EMPTY_INDEX, TopK, update_all
 
@@ -56,8 +65,6 @@ __all__ = ["build_atlas", "image_files", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 """File suffixes (case-insensitive) read from image folders."""
-
-_CHECKPOINT_FORMAT = "featuremaps-atlas-checkpoint/1"
 
 
 # --------------------------------------------------------------------------- sources
@@ -614,76 +621,11 @@ def _new_state(reducer: _AtlasReducer, selector: LayerSelector) -> _State:
     return _State(layers, tops, RunningStats(sum(la.channels for la in layers), reducer.device))
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- checkpoints and ranks
 
 
 def _save_checkpoint(path: Path, state: _State, fingerprint: str) -> None:
-    from safetensors.torch import save_file
-
-    from .._atomic import atomic_path
-
-    meta = {"format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": json.dumps(state.meta())}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.tensors().items()}, str(tmp), metadata=meta)
-
-
-def _load_checkpoint(path: Path, fingerprint: str, device: torch.device) -> _State | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != _CHECKPOINT_FORMAT or meta.get("fingerprint") != fingerprint:
-                warnings.warn(
-                    f"ignoring checkpoint {str(path)!r}: it was made with other arguments, data or weights; "
-                    "starting over", stacklevel=3,
-                )
-                return None
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return _State.restore(tensors, json.loads(meta["state"]), device)
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs a restart
-        warnings.warn(f"ignoring damaged checkpoint {str(path)!r} ({exc}); starting over", stacklevel=3)
-        return None
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _comm_device(state_device: torch.device) -> torch.device:
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        return state_device if state_device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_gather(t: torch.Tensor, device: torch.device, world: int) -> list[torch.Tensor]:
-    import torch.distributed as dist
-
-    src = t.to(device).contiguous()
-    out = [torch.empty_like(src) for _ in range(world)]
-    dist.all_gather(out, src)
-    return out
-
-
-def _gather_json(obj: Any, device: torch.device, world: int) -> list[Any]:
-    data = torch.tensor(list(json.dumps(obj, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
-    sizes = _all_gather(torch.tensor([data.numel()], dtype=torch.int64), device, world)
-    longest = max(int(s.item()) for s in sizes)
-    padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[: data.numel()] = data
-    chunks = _all_gather(padded, device, world)
-    return [json.loads(c[: int(s.item())].cpu().numpy().tobytes().decode("utf-8")) for c, s in zip(chunks, sizes)]
+    save_checkpoint(path, state.tensors(), state.meta(), fingerprint)
 
 
 def _merge_ranks(state: _State, world: int) -> _State:
@@ -774,6 +716,7 @@ def build_atlas(
     synthesize: bool = False,
     synth_steps: int = 128,
     synth_size: int = 96,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Atlas:
     """Find, for every channel of ``layers``, the ``k`` dataset examples that activate it most.
 
@@ -821,13 +764,19 @@ def build_atlas(
             ``torch.distributed`` the ranks share the channels.
         synth_steps: optimization steps per synthesized image.
         synth_size: synthesized image size in pixels.
+        timeout: under ``torch.distributed``, the seconds a rank waits for
+            the others where they meet (the end of the pass, the end of the
+            synthesis); a rank that does not come in time is named in a
+            :class:`~featuremaps.atlas.DistributedTimeoutError`.
 
     Returns:
         The :class:`~featuremaps.atlas.Atlas` (on every rank).
 
     Raises:
-        FeatureMapsError: bad arguments, an empty folder, layers that differ
-            between ranks.
+        FeatureMapsError: bad arguments, an empty folder, an ``out`` folder
+            holding files featuremaps did not write (checked before any
+            work), layers that differ between ranks, a rank that does not
+            answer within ``timeout``.
 
     Example:
         >>> import torch
@@ -865,10 +814,13 @@ def build_atlas(
         raise FeatureMapsError(f"synthesize={synthesize!r} must be True or False")
     if synthesize:
         check_synthesis(synth_steps, synth_size)
+    timeout = check_timeout(timeout)
+    rank, world = _dist()
+    if out is not None and rank == 0:
+        check_output_folder(out)  # before any work: never a pass whose result cannot be written
 
     src = _make_source(data, preprocess, batch_size, num_workers)
     n_items = len(src.dataset)
-    rank, world = _dist()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     ckpt: Path | None = None
@@ -889,9 +841,10 @@ def build_atlas(
     state: _State | None = None
     if ckpt_file is not None:
         if resume:
-            state = _load_checkpoint(ckpt_file, fingerprint, device)
-        elif ckpt_file.exists():
-            ckpt_file.unlink()
+            state = load_checkpoint(ckpt_file, fingerprint, lambda t, m: _State.restore(t, m, device), k=k,
+                                    n_items=n_items, rank=rank, world=world)
+        else:
+            discard_checkpoint(ckpt_file)
     start = state.position if state is not None else 0
 
     loader = DataLoader(
@@ -958,6 +911,7 @@ def build_atlas(
     elif synthesize and ckpt_file is not None and position > last_saved:
         _save_checkpoint(ckpt_file, state, fingerprint)  # an interrupted synthesis does not cost the pass
     if world > 1:
+        check_in("the end of the pass", timeout)
         state = _merge_ranks(state, world)
 
     atlas = _to_atlas(state, model, src, k, score, preprocess, receptive)
@@ -965,22 +919,24 @@ def build_atlas(
         shape = state.input_shape
         if shape is not None and len(shape) == 3 and shape[0] == 3:
             atlas.synthesize(model, steps=synth_steps, size=synth_size, preprocess=preprocess,
-                             progress=progress)
+                             progress=progress, timeout=timeout)
         else:
             warnings.warn(
                 f"synthesize=True needs a model that takes RGB images (N, 3, H, W); this one takes "
                 f"{('(N, ' + ', '.join(str(v) for v in shape) + ')') if shape else 'other inputs'}: "
                 "no images synthesized", UserWarning, stacklevel=2,
             )
-    if out is not None and rank == 0:
-        atlas.save(out, patch_size=patch_size)
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    if ckpt_file is not None:
-        ckpt_file.unlink(missing_ok=True)
-        if rank == 0:
+        if ckpt_file is not None and rank != 0:
+            ckpt_file.unlink(missing_ok=True)  # this rank's share is in the merged state now
+        check_in("the end of the atlas", timeout)  # (then rank 0 removes the checkpoint folder, emptied)
+    if rank == 0:
+        # the other ranks do not wait for this save (however long it takes); their checkpoints are
+        # gone, so a save that fails costs them their share of a rerun, never a wrong atlas
+        if out is not None:
+            atlas.save(out, patch_size=patch_size)
+        if ckpt_file is not None:
+            ckpt_file.unlink(missing_ok=True)
             _remove_empty(ckpt)
     return atlas
 
