@@ -133,3 +133,21 @@ def test_cli_bad_colormap_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["maps", "--cmap", "not-a-cmap", "-o", str(tmp_path)])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "not-a-cmap" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_overlay_takes_a_path_and_refuses_a_photo_the_heatmap_cannot_fit():
+    """fm.overlay(path, heat) like the rest of the API; a crop the model saw is never stretched silently."""
+    import numpy as np
+
+    from featuremaps.render import overlay as draw
+
+    model, preprocess = fm.load_model()
+    heat = torch.rand(224, 224, generator=torch.Generator().manual_seed(0))
+    coffee = fm.sample_image("coffee")  # 600x400: the model sees a centre crop
+    ours = fm.overlay(coffee, heat, preprocess=preprocess, alpha=0.4)
+    assert np.array_equal(np.asarray(ours), np.asarray(draw(preprocess.view(fm.load_image(coffee)), heat, alpha=0.4)))
+    with pytest.raises(fm.errors.FeatureMapsError, match="pass preprocess="):
+        fm.overlay(coffee, heat)
+    square = fm.sample_image("astronaut")  # 512x512: any square map fits it
+    assert np.array_equal(np.asarray(fm.overlay(square, heat[:7, :7])),
+                          np.asarray(draw(fm.load_image(square), heat[:7, :7])))

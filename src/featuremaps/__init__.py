@@ -67,11 +67,11 @@ from .layout import LayoutSpec, infer_layout, to_canonical, token_grid
 from .models import LoadedModel, ModelCard, Preprocess, available_models, imagenet_classes, load_model
 from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
 from .reducers import Max, Mean, Pool
-from .render import channel_grid, overlay
+from .render import channel_grid
 from .report import Report, render_report, report
 from .synthesis import SynthesisError, SynthesisResult, synthesize
 from .tensorboard import log_to_tensorboard
-from .visualize import Visualization, plot_histograms, plot_stats, render_map, visualize
+from .visualize import Visualization, overlay, plot_histograms, plot_stats, render_map, visualize
 
 __version__ = "0.1.0"
 

@@ -11,6 +11,7 @@ index page. It also draws the per-layer statistics view.
 from __future__ import annotations
 
 import html
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["visualize", "render_map", "Visualization", "plot_stats", "plot_histograms", "safe_filename"]
+__all__ = ["visualize", "render_map", "Visualization", "plot_stats", "plot_histograms", "safe_filename", "overlay"]
 
 KINDS = ("auto", "grid", "strips", "mip", "montage", "vector")
 
@@ -465,3 +466,47 @@ def histogram(t: torch.Tensor, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = lo - 0.5, hi + 0.5
     counts = torch.histc(x, bins=bins, min=lo, max=hi)
     return counts.numpy().astype(np.int64), np.linspace(lo, hi, bins + 1)
+
+
+def overlay(image: Any, heatmap: Any, *, preprocess: Any = None, **options: Any) -> Any:
+    """Draw a heatmap over an image, which may also be a path (the rest as :func:`featuremaps.render.overlay`).
+
+    A path is read with :func:`~featuremaps.io.load_image`. Heatmaps come in
+    the model input's size, which is usually a crop of the photo, so pass the
+    model's ``preprocess`` to draw over exactly what the model saw
+    (``preprocess.view``). A photo whose shape cannot be the heatmap's
+    (another aspect ratio: the crop is missing) is refused rather than
+    stretched into a misplaced picture.
+
+    Args:
+        image: a path, or anything :func:`featuremaps.render.overlay` takes.
+        heatmap: one ``(h, w)`` map.
+        preprocess: the model's preprocessing; its ``view(image)`` is drawn on.
+        **options: :func:`featuremaps.render.overlay`'s options (``alpha``, ``cmap``...).
+
+    Example:
+        >>> import torch, featuremaps as fm
+        >>> fm.overlay(fm.sample_image("astronaut"), torch.rand(7, 7)).size   # a square photo
+        (512, 512)
+        >>> model, preprocess = fm.load_model()
+        >>> fm.overlay(fm.sample_image("cat"), torch.rand(224, 224), preprocess=preprocess).size   # its crop
+        (224, 224)
+    """
+    from .io import load_image
+    from .layout import grid_stride
+    from .render import overlay as draw
+
+    loaded = isinstance(image, (str, os.PathLike))
+    if loaded:
+        image = load_image(image)
+    if preprocess is not None:
+        image = preprocess.view(image)
+    elif loaded and isinstance(heatmap, (torch.Tensor, np.ndarray)) and heatmap.ndim >= 2:
+        h, w = int(heatmap.shape[-2]), int(heatmap.shape[-1])
+        if grid_stride((h, w), (image.height, image.width)) is None and abs(h / w - image.height / image.width) > 0.02:
+            raise RenderError(
+                f"the heatmap is {h}x{w} but the photo is {image.height}x{image.width} (another aspect ratio: the "
+                "model saw a crop of it); pass preprocess= (fm.overlay(path, heat, preprocess=preprocess)) or "
+                "preprocess.view(image)"
+            )
+    return draw(image, heatmap, **options)
