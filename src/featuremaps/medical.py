@@ -253,9 +253,10 @@ def is_medical_source(source: object) -> bool:
         return _is_dicom_head(bytes(source[:132]))
     if hasattr(source, "read") and hasattr(source, "seek"):
         try:
-            start = source.tell()
-            head = source.read(132)
-            source.seek(start)
+            stream: Any = source
+            start = stream.tell()
+            head = stream.read(132)
+            stream.seek(start)
         except (OSError, ValueError, AttributeError):
             return False
         return isinstance(head, bytes) and _is_dicom_head(head)

@@ -222,6 +222,7 @@ def report(
         >>> fm.report(top_k=16).save("cat-report.html")   # doctest: +SKIP
     """
     from ..capture import get_feature_maps
+    from .._channels import check_channels
     from ..io import load_image, sample_image
 
     t0 = time.perf_counter()
@@ -230,6 +231,7 @@ def report(
     src = image if image is not None else sample_image("cat")
     img = load_image(src)
     x = prep(img)
+    check_channels(net, x, prep)  # a clear error for a 1-channel model given RGB (or the reverse)
     view = prep.view(img) if hasattr(prep, "view") else img
     maps = get_feature_maps(net, x, layers=layers, max_bytes=max_bytes)
     timings["capture"] = time.perf_counter() - t0
