@@ -185,3 +185,48 @@ def test_cli_input_options_fail_clearly(tmp_path, monkeypatch, args, code, expec
                                       "-o", "out"])
     assert result.exit_code == code, result.output
     assert expected in result.output and "Traceback" not in result.output
+
+
+def test_synthesis_refuses_a_grey_model_clearly() -> None:
+    with pytest.raises(fm.SynthesisError, match="3-channel models only"):
+        fm.synthesize(grey_net(1), "0:0", preprocess=fm.Preprocess(size=32, channels=1), steps=1)
+
+
+def test_report_shows_the_window_and_the_pixel_size() -> None:
+    from medical_files import CT_SMALL
+
+    img = fm.load_image(CT_SMALL, window="lung")  # 128 px of 0.661468 mm, shown at 224 px
+    rep = fm.report(grey_net(1), img, preprocess=fm.Preprocess(size=224, channels=1), cam_methods=())
+    scan = rep.data["meta"]["scan"]
+    assert "CT" in scan and "window lung -600/1500 HU" in scan and "pixel 0.6615 × 0.6615 mm" in scan
+    assert f"{0.661468 * 128 / 224:.4g} × " in scan  # mm per pixel of the model input
+    assert 'id="meta-scan"' in rep.html and "window lung" in rep.html
+    assert "meta-scan" not in fm.report(grey_net(1), fm.sample_image("camera"), cam_methods=()).html
+
+
+def test_a_model_whose_first_registered_conv_is_not_its_input_is_not_refused() -> None:
+    class Late(nn.Module):  # registers a 5-channel head before its 3-channel stem
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2d(5, 2, 1)
+            self.stem = nn.Conv2d(3, 5, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x)).mean((2, 3))
+
+    rep = fm.report(Late(), fm.sample_image("cat"), preprocess=fm.Preprocess(size=32), cam_methods=())
+    assert rep.data["meta"]["input"] == [3, 32, 32]  # it ran: no error from a wrong static guess
+
+
+def test_every_model_command_has_the_input_options_once() -> None:
+    import click
+
+    from featuremaps.cli import cli
+
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        opts = [o for p in command.params for o in getattr(p, "opts", [])]
+        assert len(opts) == len(set(opts)), name  # no option defined twice (synthesize's own --size)
+        if "--model" in opts:
+            assert {"--channels", "--mean", "--std", "--size", "--classes", "--window"} <= set(opts), name

@@ -217,3 +217,8 @@ def test_windows_on_arrays_by_hand() -> None:
         fm.load_image(floats)
     with pytest.raises(ImageLoadError, match="greyscale"):
         fm.load_image(np.zeros((4, 4, 3), np.uint8), window="lung")
+
+
+def test_meta_names_the_file() -> None:
+    assert fm.image_meta(fm.load_image(MR_SMALL)).source == str(MR_SMALL)
+    assert fm.image_meta(fm.load_image(np.zeros((2, 2), np.int16), window="full")).source == "array"

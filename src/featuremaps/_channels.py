@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,10 +80,37 @@ def check_channels(model: nn.Module, x: Any, preprocess: Any = None) -> None:
     have = int(x.shape[1])
     if wanted is None or wanted == have:
         return
+    raise _mismatch(wanted, have, preprocess)
+
+
+_TORCH_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+
+
+def channel_error(exc: BaseException, model: nn.Module, x: Any, preprocess: Any = None) -> ModelLoadError | None:
+    """The clear error for a forward that failed on a channel mismatch, or None if it failed otherwise.
+
+    PyTorch's own message (any exception in the ``__cause__`` chain) is read
+    first; else the first convolution is compared with ``x``.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        match = _TORCH_CHANNELS.search(str(seen))
+        if match:
+            wanted = int(match.group(1))
+            return _mismatch(wanted, int(match.group(2)), preprocess)
+        seen = seen.__cause__ or seen.__context__
+    try:
+        check_channels(model, x, preprocess)
+    except ModelLoadError as clear:
+        return clear
+    return None
+
+
+def _mismatch(wanted: int, have: int, preprocess: Any) -> ModelLoadError:
     card = getattr(preprocess, "card", None)
     made_by = f" (made by {preprocess!r})" if card is not None else ""
     plural = "s" if wanted != 1 else ""
-    raise ModelLoadError(
+    return ModelLoadError(
         f"the model takes {wanted} input channel{plural} but the input has {have}{made_by}; pass "
         f"preprocess=fm.Preprocess(channels={wanted}, size=..., mean=..., std=...) with the "
         f"normalization the model was trained with (CLI: --channels {wanted} --mean ... --std ...)"

@@ -131,12 +131,14 @@ def input_options(f: F) -> F:
     :func:`_load` (which builds the preprocessing from them) and :func:`_image`.
     """
     keep: dict[str, Any] = {"expose_value": False}
+    own = {opt for p in getattr(f, "__click_params__", []) for opt in getattr(p, "opts", [])}
     f = click.option("--window", callback=_window, metavar="C,W|PRESET", help=(
         "Window for DICOM and greyscale images: CENTER,WIDTH, a preset (lung, bone, soft_tissue, brain, "
         "mediastinum, ...), 'full' or 'file'. Default: the file's own window."), **keep)(f)
     f = click.option("--classes", "classes", callback=_keep_input_option, type=click.Path(dir_okay=False),
                      help="Text file with the model's class names, one per line.", **keep)(f)
-    f = click.option("--size", callback=_size, metavar="N|H,W", help="Model input size (centre crop).", **keep)(f)
+    if "--size" not in own:  # synthesize has its own --size (the image it draws)
+        f = click.option("--size", callback=_size, metavar="N|H,W", help="Model input size (centre crop).", **keep)(f)
     f = click.option("--std", callback=_floats, metavar="S[,S...]",
                      help="Normalization std per channel in the 0-1 scale (one value for all).", **keep)(f)
     f = click.option("--mean", callback=_floats, metavar="M[,M...]",

@@ -134,6 +134,35 @@ def image_meta(image: Image.Image) -> ImageMeta | None:
     return meta if isinstance(meta, ImageMeta) else None
 
 
+def describe(meta: ImageMeta, view_scale: float = 1.0) -> str:
+    """One line for a report: modality, window and pixel size (mm per pixel of the picture shown).
+
+    Args:
+        meta: the picture's metadata.
+        view_scale: original pixels per pixel of the picture shown (the
+            model's input after resizing); 1 for the original.
+
+    Example:
+        >>> meta = ImageMeta("a.dcm", "CT", (0.5, 0.5), (-600.0, 1500.0), "lung", "HU", 12, "MONOCHROME2",
+        ...                  (512, 512), 1)
+        >>> describe(meta, view_scale=512 / 224)
+        'CT · window lung -600/1500 HU · pixel 0.5 × 0.5 mm (1.143 × 1.143 mm in the model input)'
+    """
+    parts = [meta.modality] if meta.modality else []
+    if meta.window is not None:
+        units = f" {meta.units}" if meta.units else ""
+        parts.append(f"window {meta.window_name} {meta.window[0]:g}/{meta.window[1]:g}{units}")
+    elif meta.window_name == "voi_lut":
+        parts.append("window: the file's VOI LUT")
+    if meta.pixel_spacing is not None:
+        r, c = meta.pixel_spacing
+        text = f"pixel {r:.4g} × {c:.4g} mm"
+        if abs(view_scale - 1.0) > 1e-6:
+            text += f" ({r * view_scale:.4g} × {c * view_scale:.4g} mm in the model input)"
+        parts.append(text)
+    return " · ".join(parts)
+
+
 # --------------------------------------------------------------------------- windows
 
 
@@ -346,8 +375,13 @@ def _raw_values(im: Image.Image, label: str) -> np.ndarray:
 
 def _greyscale_picture(values: np.ndarray, label: str, window: Window) -> Image.Image:
     unit, name, pair = windowed(values, window, label)
-    meta = ImageMeta(label, None, None, pair, name, None, None, None, values.shape[:2], 1)
+    meta = ImageMeta(_plain(label), None, None, pair, name, None, None, None, values.shape[:2], 1)
     return _picture(to_8bit(unit), meta)
+
+
+def _plain(label: str) -> str:
+    """A file label without the quotes of error messages."""
+    return label[1:-1] if len(label) > 1 and label[0] == label[-1] == "'" else label
 
 
 def _picture(pixels: np.ndarray, meta: ImageMeta) -> Image.Image:
@@ -491,7 +525,7 @@ def _dicom_picture(ds: Any, label: str, window: Window, max_pixels: int | None) 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     bits = getattr(ds, "BitsStored", None)
     base = ImageMeta(
-        label, str(getattr(ds, "Modality", "") or "") or None, _spacing(ds), None, "none", None,
+        _plain(label), str(getattr(ds, "Modality", "") or "") or None, _spacing(ds), None, "none", None,
         int(bits) if bits is not None else None, photometric, (frame.shape[0], frame.shape[1]), stored.shape[0],
     )
     if frame.ndim == 3:  # colour: RGB (pydicom converts YBR) or a palette applied below
