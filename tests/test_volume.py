@@ -109,3 +109,40 @@ def test_2d_nifti_in_load_image_and_3d_points_to_load_volume(tmp_path: Path) -> 
     assert np.asarray(img)[..., 0].T.tolist() == np.rint(values[:, :, 0] / 11 * 255).astype(int).tolist()
     with pytest.raises(ImageLoadError, match="load_volume"):
         fm.load_image(nibabel_data() / "anatomical.nii")
+
+
+def test_gradcam_on_a_volume_by_hand() -> None:
+    """A 1x1x1 conv with weight 1 and a linear head of weight 1: Grad-CAM of that conv is the input itself."""
+    import torch
+    from torch import nn
+
+    vol = fm.load_volume(nibabel_data() / "anatomical.nii", window="full")  # values in [0, 1]
+    conv = nn.Conv3d(1, 1, 1)
+    head = nn.Linear(1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0), conv.bias.zero_(), head.weight.fill_(1.0), head.bias.zero_()
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head)
+    x = vol.data[None]
+    heat = fm.GradCAM(net, layer="0")(x, target=0)
+    assert heat.shape == (1, *vol.shape)
+    expected = (x[0] - x.min()) / (x.max() - x.min())
+    assert torch.allclose(heat, expected, atol=1e-5)
+    picture = fm.overlay(vol.slice(12), heat[0, 12])  # the axial slice and its heatmap line up
+    assert picture.size == (vol.shape[2], vol.shape[1])
+
+
+def test_a_monai_3d_network_explained_on_a_nifti_volume() -> None:
+    import torch
+    import torch.nn.functional as F
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(0)
+    net = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+                   block_config=(2, 2)).eval()
+    vol = fm.load_volume(nibabel_data() / "anatomical.nii", window="full")
+    x = F.interpolate(vol.data[None], size=(32, 48, 40), mode="trilinear")
+    assert fm.models.preprocess_for(net, guess=True).card.channels == 1  # read from its first Conv3d
+    cam = fm.GradCAM(net)
+    heat = cam(x, target=1)
+    assert heat.shape == (1, 32, 48, 40) and float(heat.max()) == pytest.approx(1.0)
+    assert cam.layer_names  # "auto" found a 3-D layer
