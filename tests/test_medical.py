@@ -222,3 +222,38 @@ def test_windows_on_arrays_by_hand() -> None:
 def test_meta_names_the_file() -> None:
     assert fm.image_meta(fm.load_image(MR_SMALL)).source == str(MR_SMALL)
     assert fm.image_meta(fm.load_image(np.zeros((2, 2), np.int16), window="full")).source == "array"
+
+
+def test_voi_lut_table_is_used_and_scaled_by_its_bits(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    cam = camera().astype(np.int64)
+    path = write_dicom(tmp_path / "lut.dcm", cam * 16, window=None)
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]  # 4096 entries from stored value 0, 12-bit output
+    item.add_new(0x00283006, "US", [4095 - v for v in range(4096)])  # LUTData: an inverting table
+    ds.VOILUTSequence = [item]
+    ds.save_as(path)
+    img = fm.load_image(path)  # out = (4095 - 16 c) / 4095 * 255: the photo's negative
+    assert np.abs(grey(img) - (255 - cam * 16 * 255 / 4095)).max() <= 0.5
+    assert fm.image_meta(img).window_name == "voi_lut"
+    assert fm.image_meta(fm.load_image(path, window="full")).window_name == "full"  # an explicit one wins
+
+
+def test_the_first_of_several_file_windows_is_used(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "two.dcm", camera().astype(np.int64) * 16, window=None)
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = [2048, 1000], [4096, 500]
+    ds.save_as(path)
+    assert fm.image_meta(fm.load_image(path)).window == (2048.0, 4096.0)
+
+
+def test_window_on_a_16bit_png_keeps_the_full_depth(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "x16.png"
+    Image.fromarray((camera().astype(np.uint16) * 16)).save(path)  # 12-bit values in a 16-bit PNG
+    img = fm.load_image(path, window=(2048, 4096))
+    assert np.abs(grey(img) - camera().astype(np.int64)).max() <= 1
+    assert fm.image_meta(img).window_name == "custom"

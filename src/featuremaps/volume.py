@@ -75,6 +75,13 @@ class Volume:
     window: tuple[float, float] | None = None
     file_window: tuple[float, float] | None = field(default=None)
 
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{v:.4g}" for v in self.spacing)
+        window = f", window={self.window}" if self.window is not None else ""
+        units = f", units={self.units!r}" if self.units else ""
+        return (f"Volume({self.source!r}, data={tuple(self.data.shape)}, spacing=({spacing}) mm, "
+                f"orientation={''.join(self.orientation)}{units}{window})")
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(D, H, W)``."""
