@@ -117,6 +117,9 @@ class ModelCard:
         channels: input channels of the model: 3 for RGB, 1 for a greyscale
             model (X-rays, CT slices), any other N for a grey picture
             repeated N times.
+        outputs: how class scores become probabilities: ``"softmax"``
+            (one class per image), ``"sigmoid"`` (multi-label logits) or
+            ``"probabilities"`` (already, e.g. torchxrayvision's calibrated scores).
 
     Example:
         >>> card = ModelCard("tiny", "tiny", (32, 32), 36, "bilinear",
@@ -135,6 +138,7 @@ class ModelCard:
     class_names: tuple[str, ...] | None = None
     num_classes: int | None = None
     channels: int = 3
+    outputs: str = "softmax"
 
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.input_size)
@@ -157,6 +161,11 @@ class ModelCard:
             raise ModelLoadError(
                 f"model card {self.name!r}: channels must be a positive int (1 for greyscale, 3 for RGB), "
                 f"got {channels!r}"
+            )
+        if self.outputs not in ("softmax", "sigmoid", "probabilities"):
+            raise ModelLoadError(
+                f"model card {self.name!r}: outputs must be 'softmax', 'sigmoid' or 'probabilities', "
+                f"got {self.outputs!r}"
             )
         mean, std = _per_channel(self.mean, channels), _per_channel(self.std, channels)
         if mean is None or std is None or min(std) <= 0:
@@ -510,7 +519,9 @@ def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[i
 
     ``output`` may be logits ``(N, classes)``, a tuple/list whose first item
     they are, or an object with ``.logits`` (Hugging Face); anything else
-    (not a classification) gives ``[]``.
+    (not a classification) gives ``[]``. Scores become probabilities as
+    ``card.outputs`` says: softmax (the default), sigmoid (multi-label), or
+    as they are.
 
     Example:
         >>> import torch
@@ -523,7 +534,9 @@ def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[i
         output = output.logits
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
         return []
-    probs = output[0].detach().float().softmax(-1)
+    scores = output[0].detach().float()
+    kind = card.outputs if card is not None else "softmax"
+    probs = scores.softmax(-1) if kind == "softmax" else scores.sigmoid() if kind == "sigmoid" else scores
     values, indices = probs.topk(min(k, probs.numel()))
     return [
         (int(i), card.class_name(int(i)) if card is not None else f"class {int(i)}", float(v))
@@ -542,6 +555,7 @@ def available_models() -> list[str]:
         DEFAULT_MODEL,
         "torchvision:NAME",
         "timm:NAME",
+        "xrv:NAME (torchxrayvision DenseNet, weights=PATH)",
         "package.module:factory",
         "PATH (TorchScript file)",
         "PATH (pickled full model, needs trust_pickle=True)",
@@ -655,6 +669,11 @@ def preprocess_for(model: nn.Module, *, guess: bool = False) -> Preprocess | Non
 
 def _guessed_card(model: nn.Module) -> ModelCard:
     name = type(model).__name__
+    from featuremaps._xrv import xrv_card
+
+    known = xrv_card(model, name, name)  # a torchxrayvision model: its own range, size and pathologies
+    if known is not None:
+        return known
     return fit_card(imagenet_card(name, name, _guess_num_classes(model)), model)
 
 
@@ -665,6 +684,10 @@ def _resolve_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickl
         return _load_torchvision(spec, weights, trust_pickle)
     if spec.startswith("timm:"):
         return _load_timm(spec, weights, trust_pickle)
+    if spec.startswith("xrv:"):
+        from featuremaps._xrv import load_xrv
+
+        return load_xrv(spec, weights, trust_pickle)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_model_file(path, spec, weights, trust_pickle)
