@@ -387,7 +387,7 @@ def test_array_dtypes_and_shapes() -> None:
         (np.zeros((8, 8, 2)), "HxWx4"),
         (np.zeros((1, 8, 8, 3)), "arr[0]"),
         (np.zeros((0, 8), np.uint8), "empty"),
-        (np.zeros((8, 8), np.int64), "astype(np.uint8)"),
+        (np.full((8, 8), 70000, np.int64), "window='full'"),
         (np.zeros((8, 8), np.complex64), "complex64"),
     ],
 )
@@ -432,7 +432,7 @@ def test_tensor_on_gpu() -> None:
         (torch.rand(5), "got shape (5,)"),
         (torch.full((3, 5, 5), -1.0), "x * std + mean"),
         (torch.full((3, 5, 5), float("nan")), "NaN"),
-        (torch.zeros(3, 5, 5, dtype=torch.int64), "astype(np.uint8)"),
+        (torch.full((3, 5, 5), 1 << 20, dtype=torch.int64), "exceed 16 bits"),
         (torch.zeros(3, 5, 5, dtype=torch.complex64), "complex"),
         (torch.zeros(3, 5, 5, device="meta"), "meta"),
     ],

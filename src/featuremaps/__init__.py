@@ -63,6 +63,8 @@ from .errors import (
 )
 from .io import image_to_array, load_image, sample_image, sample_images, save_image
 from .layers import list_layers, resolve_layers
+from .medical import WINDOW_PRESETS, ImageMeta, image_meta
+from .volume import Volume, load_volume
 from .layout import LayoutSpec, infer_layout, to_canonical, token_grid
 from .models import LoadedModel, ModelCard, Preprocess, available_models, imagenet_classes, load_model
 from .maps import FeatureMaps, LayerInfo, LayerMap, LayerStats, load_maps
@@ -164,6 +166,12 @@ __all__ = [
     "save_image",
     "sample_image",
     "sample_images",
+    # medical images
+    "image_meta",
+    "ImageMeta",
+    "WINDOW_PRESETS",
+    "load_volume",
+    "Volume",
     # errors
     "FeatureMapsError",
     "ImageLoadError",

@@ -81,8 +81,79 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+_INPUT_KEY = "featuremaps.input"  # where the input options wait in ctx.meta for _load and _image
+
+
+def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Store an input option (--channels, --mean, ...) for :func:`_load` and :func:`_image`."""
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_INPUT_KEY, {})[param.name] = value
+    return value
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        floats = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.5 or 0.485,0.456,0.406; got {value!r}")
+    return _keep_input_option(ctx, param, floats if len(floats) > 1 else floats[0])
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        parts = tuple(int(v) for v in value.lower().replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"expected a positive size, e.g. 224 or 256,320 (height,width); got {value!r}")
+    return _keep_input_option(ctx, param, parts[0] if len(parts) == 1 else parts)
+
+
+def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from .errors import ImageLoadError
+    from .medical import parse_window
+
+    try:
+        parse_window(value, "--window")
+    except ImageLoadError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return _keep_input_option(ctx, param, value)
+
+
+def input_options(f: F) -> F:
+    """How the image reaches the model: channels, size, normalization, classes, window.
+
+    The values wait in ``ctx.meta`` (not in the command's arguments) for
+    :func:`_load` (which builds the preprocessing from them) and :func:`_image`.
+    """
+    keep: dict[str, Any] = {"expose_value": False}
+    own = {opt for p in getattr(f, "__click_params__", []) for opt in getattr(p, "opts", [])}
+    f = click.option("--window", callback=_window, metavar="C,W|PRESET", help=(
+        "Window for DICOM and greyscale images: CENTER,WIDTH, a preset (lung, bone, soft_tissue, brain, "
+        "mediastinum, ...), 'full' or 'file'. Default: the file's own window."), **keep)(f)
+    f = click.option("--classes", "classes", callback=_keep_input_option, type=click.Path(dir_okay=False),
+                     help="Text file with the model's class names, one per line.", **keep)(f)
+    if "--size" not in own:  # synthesize has its own --size (the image it draws)
+        f = click.option("--size", callback=_size, metavar="N|H,W", help="Model input size (centre crop).", **keep)(f)
+    f = click.option("--std", callback=_floats, metavar="S[,S...]",
+                     help="Normalization std per channel in the 0-1 scale (one value for all).", **keep)(f)
+    f = click.option("--mean", callback=_floats, metavar="M[,M...]",
+                     help="Normalization mean per channel in the 0-1 scale (one value for all).", **keep)(f)
+    f = click.option("--channels", callback=_keep_input_option, type=click.IntRange(min=1),
+                     help="Input channels of the model (1 for greyscale; default: read from its first conv).",
+                     **keep)(f)
+    return f
+
+
 def model_options(f: F) -> F:
-    """The options every command uses to build a model from a spec."""
+    """The options every command uses to build a model from a spec (and feed it images)."""
+    f = input_options(f)
     f = click.option(
         "--trust-pickle", is_flag=True,
         help="Allow loading a pickled full model (runs code from the file: only for files you trust).",
@@ -100,16 +171,46 @@ def model_options(f: F) -> F:
     return f
 
 
-def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle: bool) -> Any:
-    from .models import load_model
+def _input_options() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_INPUT_KEY, {})) if ctx is not None else {}
 
-    return load_model(model_spec, weights=weights, device=device, trust_pickle=trust_pickle)
+
+def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle: bool) -> Any:
+    import os
+
+    from . import models
+    from ._channels import check_channels
+
+    if ":" in model_spec and not Path(model_spec).exists() and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # module:factory finds modules in the current folder (never shadowing)
+    opts = _input_options()
+    ctx = click.get_current_context(silent=True)
+    if "window" in opts and ctx is not None and ctx.info_name in ("atlas", "synthesize"):
+        raise click.UsageError(f"--window applies to an IMAGE argument, which '{ctx.info_name}' does not take")
+    loaded = models.load_model(model_spec, weights=weights, device=device, trust_pickle=trust_pickle)
+    keys = ("channels", "mean", "std", "size", "classes")
+    if any(k in opts for k in keys):
+        prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device,
+                                 **{k: opts[k] for k in keys if k in opts})
+        models._CARDS[loaded.model] = prep.card
+        loaded = models.LoadedModel(loaded.model, prep)
+    check_channels(loaded.model, _probe(loaded.preprocess.card.channels), loaded.preprocess)
+    return loaded
+
+
+def _probe(channels: int) -> Any:
+    """A tiny batch with ``channels`` channels, only to compare channel counts (never run)."""
+    import torch
+
+    return torch.zeros(1, channels, 1, 1)
 
 
 def _image(image: str | None) -> Any:
     from .io import load_image, sample_image
 
-    return load_image(image if image is not None else sample_image("cat"))
+    window = _input_options().get("window")
+    return load_image(image if image is not None else sample_image("cat"), window=window)
 
 
 OUTPUT_MARKER = MARKER  # the manifest in every folder featuremaps writes (see featuremaps._outdir)
@@ -316,7 +417,7 @@ def report_cmd(
 
     model, preprocess = _load(model_spec, weights, device, trust_pickle)
     img_path = image
-    src: Any = image if image is not None else None
+    src: Any = image if image is None or "window" not in _input_options() else _named(_image(image), image)
     with _progress_stages() as progress:
         rep = report(
             model, src, preprocess=preprocess, layers=_parse_layers(layer_patterns), top_k=top_k,
@@ -339,6 +440,12 @@ def report_cmd(
     click.echo(f"wrote {path.resolve()}")
     if serve:
         _serve(path, port)
+
+
+def _named(img: Any, path: str) -> Any:
+    """``img`` carrying the file name it came from (for titles), as PIL does for opened files."""
+    img.filename = path
+    return img
 
 
 def _relative_href(target: str, page: str) -> str:

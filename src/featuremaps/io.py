@@ -25,8 +25,16 @@ convert faithfully. The conversion rules are:
 * NumPy arrays and torch tensors are stricter, because a wrong range there
   is usually a bug upstream (a normalised tensor, a 0-255 float): floats must
   lie in [0, 1] (up to half an 8-bit step, which rounds away) and be finite.
-  ``uint8`` is used as is, ``uint16`` is scaled as above, ``bool`` maps to
-  0 / 255.
+  ``uint8`` is used as is and ``bool`` maps to 0 / 255. Other integers
+  (``uint16``, ``int16``, ...) are never wrapped: values in 0..65535 are
+  scaled by their bit depth, the smallest of 8, 10, 12, 14 or 16 bits that
+  holds the largest value (``round(v * 255 / (2**bits - 1))``: a 12-bit
+  X-ray, largest value 4095, fills the whole grey range); negative values
+  (CT in Hounsfield units) are stretched minimum -> 0, maximum -> 255.
+* ``window=`` (any greyscale input) and DICOM files follow
+  :mod:`featuremaps.medical`: ``(center, width)``, a preset such as
+  ``"lung"`` or ``"bone"``, or ``"full"`` (minimum to maximum, any range,
+  floats too).
 
 Multi-frame files (GIF, APNG, TIFF) give their first frame. Unreadable EXIF
 data is ignored: the pixels are kept as stored. Pillow warnings raised while
@@ -56,6 +64,8 @@ from .errors import FeatureMapsError, ImageLoadError
 
 if TYPE_CHECKING:
     import torch
+
+    from .medical import Window
 
     if sys.version_info >= (3, 11):
         from importlib.resources.abc import Traversable
@@ -283,15 +293,14 @@ def _array_to_image(arr: np.ndarray, label: str) -> Image.Image:
         out = arr
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * np.uint8(255)
-    elif arr.dtype == np.uint16:
-        out = _scale_uint16(arr)
+    elif np.issubdtype(arr.dtype, np.integer):
+        out = _scale_integers(arr, label)
     elif np.issubdtype(arr.dtype, np.floating):
         out = _scale_unit_float(arr, label)
     else:
         raise _fail(
             label,
-            f"dtype {arr.dtype} is not supported; expected uint8, uint16, bool "
-            "or float in [0, 1] (for 0-255 integers use arr.astype(np.uint8))",
+            f"dtype {arr.dtype} is not supported; expected integers, bool or float in [0, 1]",
         )
     out = np.ascontiguousarray(out)
     if out.shape[2] == 1:
@@ -303,6 +312,36 @@ def _scale_uint16(values: np.ndarray) -> np.ndarray:
     """Full 16-bit range to 8 bits with rounding: ``round(v * 255 / 65535)``."""
     wide = values.astype(np.uint32)
     return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def _scale_integers(values: np.ndarray, label: str) -> np.ndarray:
+    """Wide integers to 8 bits, never wrapped: by bit depth if 0..65535, else by range.
+
+    Values in 0..65535 are read as having the smallest of 8, 10, 12, 14 or
+    16 bits that holds the largest value: ``round(v * 255 / (2**bits - 1))``
+    (a 12-bit X-ray, largest value 4095, fills 0..255). Negative values (CT
+    in Hounsfield units) are stretched from the minimum to the maximum.
+    """
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high <= 65535:
+        bits = next(b for b in _BIT_DEPTHS if high < 1 << b)
+        wide = values.astype(np.uint64)
+        top = (1 << bits) - 1
+        return ((wide * 255 + top // 2) // top).astype(np.uint8)
+    if high > 65535 and low >= 0:
+        raise _fail(
+            label,
+            f"integer values up to {high} exceed 16 bits; pass window='full' to stretch them or "
+            "window=(center, width) to pick a range",
+        )
+    span = high - low
+    if span == 0:
+        return np.zeros(values.shape, np.uint8)
+    shifted = values.astype(np.float64) - low
+    return np.clip(np.rint(shifted * 255.0 / span), 0, 255).astype(np.uint8)
 
 
 def _scale_unit_float(values: np.ndarray, label: str) -> np.ndarray:
@@ -320,6 +359,7 @@ def _scale_unit_float(values: np.ndarray, label: str) -> np.ndarray:
             fix = "if it is normalized (x - mean) / std, undo that with x * std + mean"
         else:
             fix = "rescale it to [0, 1]"
+        fix += "; for scans in physical units pass window=(center, width), a preset or 'full'"
         raise _fail(
             label,
             f"float values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]; {fix}",
@@ -446,7 +486,9 @@ def _exif_upright(im: Image.Image) -> Image.Image:
 # public API
 
 
-def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, window: Window = None
+) -> Image.Image:
     """Load any image as a fully decoded 8-bit RGB PIL image.
 
     The conversion rules (EXIF orientation, transparency over white, 16-bit
@@ -457,8 +499,8 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     Args:
         source: a path (``str`` or ``os.PathLike``); encoded bytes; a binary
             file object; a ``PIL.Image.Image``; a NumPy array shaped HxW,
-            HxWx1, HxWx3 or HxWx4 (``uint8``, ``uint16``, ``bool`` or float in
-            [0, 1]); or a torch tensor shaped HxW, CxHxW, HxWxC or 1xCxHxW
+            HxWx1, HxWx3 or HxWx4 (``uint8``, ``bool``, float in [0, 1], or
+            wider integers scaled by bit depth or range); or a torch tensor shaped HxW, CxHxW, HxWxC or 1xCxHxW
             with C in {1, 3, 4} (``uint8`` or float in [0, 1], any device;
             gradients are detached).
         max_pixels: refuse encoded images (and PIL images) with more pixels
@@ -467,6 +509,11 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
             Pillow's global ``Image.MAX_IMAGE_PIXELS`` is swapped only while
             a file is opened and decoded, under a lock (so threads decode
             one file at a time), and always restored.
+        window: for DICOM files and greyscale inputs: ``(center, width)``,
+            a preset (``"lung"``, ``"bone"``, ``"soft_tissue"``, ``"brain"``...,
+            see :data:`featuremaps.medical.WINDOW_PRESETS`), ``"full"`` (minimum
+            to maximum) or ``"file"``. DICOM files use their own window by
+            default; see :mod:`featuremaps.medical` and :func:`featuremaps.image_meta`.
 
     Returns:
         A loaded ``PIL.Image.Image`` in mode ``"RGB"``.
@@ -486,6 +533,10 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
         (3, 2)
     """
     _check_limit(max_pixels)
+    from . import medical  # DICOM, NIfTI and windows (pydicom is imported only for DICOM)
+
+    if window is not None or medical.is_medical_source(source):
+        return medical.load_medical_image(source, window=window, max_pixels=max_pixels)
 
     if isinstance(source, Image.Image):
         label = "(PIL image)"

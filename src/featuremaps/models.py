@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from featuremaps._channels import fit_card
 from featuremaps.errors import ModelLoadError, UnsafeModelError
 
 __all__ = [
@@ -108,10 +109,17 @@ class ModelCard:
         resize: length the image's short side is resized to before the crop.
         interpolation: PIL resampling filter name, ``"bicubic"`` or ``"bilinear"``
             (also ``"nearest"``, ``"lanczos"``, ``"box"``, ``"hamming"``).
-        mean: per-channel mean subtracted from pixels in the 0-1 scale (RGB).
-        std: per-channel divisor in the 0-1 scale (RGB).
+        mean: per-channel mean subtracted from pixels in the 0-1 scale (one
+            value per input channel; a single value is used for every channel).
+        std: per-channel divisor in the 0-1 scale (same length as ``mean``).
         class_names: output class names by index, or ``None`` when unknown.
         num_classes: number of outputs of the classifier, or ``None`` when unknown.
+        channels: input channels of the model: 3 for RGB, 1 for a greyscale
+            model (X-rays, CT slices), any other N for a grey picture
+            repeated N times.
+        outputs: how class scores become probabilities: ``"softmax"``
+            (one class per image), ``"sigmoid"`` (multi-label logits) or
+            ``"probabilities"`` (already, e.g. torchxrayvision's calibrated scores).
 
     Example:
         >>> card = ModelCard("tiny", "tiny", (32, 32), 36, "bilinear",
@@ -125,10 +133,12 @@ class ModelCard:
     input_size: tuple[int, int]
     resize: int
     interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     class_names: tuple[str, ...] | None = None
     num_classes: int | None = None
+    channels: int = 3
+    outputs: str = "softmax"
 
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.input_size)
@@ -146,12 +156,22 @@ class ModelCard:
                 f"model card {self.name!r}: unknown interpolation {self.interpolation!r}; "
                 f"use one of {', '.join(sorted(_RESAMPLING))}"
             )
-        mean = tuple(float(v) for v in self.mean)
-        std = tuple(float(v) for v in self.std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        channels = self.channels
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ModelLoadError(
-                f"model card {self.name!r}: mean and std need 3 values (RGB) and std must be "
-                f"positive, got mean={self.mean!r} std={self.std!r}"
+                f"model card {self.name!r}: channels must be a positive int (1 for greyscale, 3 for RGB), "
+                f"got {channels!r}"
+            )
+        if self.outputs not in ("softmax", "sigmoid", "probabilities"):
+            raise ModelLoadError(
+                f"model card {self.name!r}: outputs must be 'softmax', 'sigmoid' or 'probabilities', "
+                f"got {self.outputs!r}"
+            )
+        mean, std = _per_channel(self.mean, channels), _per_channel(self.std, channels)
+        if mean is None or std is None or min(std) <= 0:
+            raise ModelLoadError(
+                f"model card {self.name!r}: mean and std need {channels} value(s) (one per input "
+                f"channel, or one for all) and std must be positive, got mean={self.mean!r} std={self.std!r}"
             )
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "resize", int(self.resize))
@@ -171,6 +191,17 @@ class ModelCard:
         if self.class_names is not None and 0 <= i < len(self.class_names):
             return self.class_names[i]
         return f"class {i}"
+
+
+def _per_channel(values: Any, channels: int) -> tuple[float, ...] | None:
+    """``values`` as one float per channel (a single number or 1-tuple is repeated); None if it does not fit."""
+    try:
+        floats = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    if len(floats) == 1:
+        floats = floats * channels
+    return floats if len(floats) == channels else None
 
 
 def imagenet_card(name: str, source: str, num_classes: int | None) -> ModelCard:
@@ -216,9 +247,30 @@ class Preprocess:
     larger than the resized image in one direction (non-square inputs), the
     image is scaled up just enough to cover it.
 
+    Channels: a 3-channel card gets RGB (a grey picture, an X-ray, is
+    replicated to R = G = B); a 1-channel card gets the picture's grey
+    level (``L = (299 R + 587 G + 114 B) / 1000``, exact for grey pictures);
+    any other N gets the grey level repeated N times.
+
+    Build one from a card, or from keywords for your own model (the rest
+    of the card defaults: ``resize`` = the longer side of ``size``, i.e. a
+    centre crop of the short side; bilinear; ImageNet mean/std for 3
+    channels, else mean 0 and std 1, i.e. pixels in [0, 1]). Wherever
+    featuremaps takes ``preprocess=``, a plain function ``image -> (1, C, H, W)
+    tensor`` works too (it gets a PIL RGB image; without ``.view`` the
+    photo shown is the image as loaded).
+
     Args:
-        card: the model card to follow.
+        card: the model card to follow; keywords given too replace its fields.
         device: where the returned tensors go (the model's device); CPU if ``None``.
+        size: model input ``(height, width)``, or one int for a square.
+        resize: length the short side is resized to before the centre crop.
+        mean: per-channel mean in the 0-1 scale (one number for all channels).
+        std: per-channel std in the 0-1 scale (one number for all channels).
+        channels: input channels of the model (1 for greyscale).
+        interpolation: ``"bilinear"``, ``"bicubic"``, ``"nearest"``, ...
+        classes: class names in output order, or a text file with one per line.
+        name: the model's name (shown in reports).
 
     Example:
         >>> import numpy as np
@@ -228,17 +280,39 @@ class Preprocess:
         (torch.Size([1, 3, 224, 224]), torch.float32)
         >>> preprocess.view(np.zeros((300, 400, 3), np.uint8)).size
         (224, 224)
+        >>> xray = Preprocess(size=224, channels=1, mean=0.5, std=0.25, classes=["normal", "pneumonia"])
+        >>> xray(np.zeros((300, 400), np.uint8)).shape, xray.card.class_name(1)
+        (torch.Size([1, 1, 224, 224]), 'pneumonia')
     """
 
-    def __init__(self, card: ModelCard, device: str | torch.device | None = None) -> None:
-        self.card = card
+    def __init__(
+        self,
+        card: ModelCard | None = None,
+        device: str | torch.device | None = None,
+        *,
+        size: int | tuple[int, int] | None = None,
+        resize: int | None = None,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        channels: int | None = None,
+        interpolation: str | None = None,
+        classes: Sequence[str] | str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if card is not None and not isinstance(card, ModelCard):
+            raise ModelLoadError(
+                f"Preprocess takes a ModelCard or keywords (size=, mean=, std=, channels=...), got "
+                f"{type(card).__name__}"
+            )
+        self.card = _card_from_keywords(card, size, resize, mean, std, channels, interpolation, classes, name)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
     def __repr__(self) -> str:
         c = self.card
+        extra = f", channels={c.channels}" if c.channels != 3 else ""
         return (
             f"Preprocess(resize={c.resize}, crop={c.input_size}, interpolation={c.interpolation!r}, "
-            f"mean={tuple(round(v, 4) for v in c.mean)}, std={tuple(round(v, 4) for v in c.std)})"
+            f"mean={tuple(round(v, 4) for v in c.mean)}, std={tuple(round(v, 4) for v in c.std)}{extra})"
         )
 
     def view(self, image: Any) -> Image.Image:
@@ -249,7 +323,8 @@ class Preprocess:
                 bytes, a PIL image, a numpy array or a torch tensor).
 
         Returns:
-            A PIL RGB image of ``card.input_size``, e.g. to draw overlays on.
+            A PIL RGB image of ``card.input_size``, e.g. to draw overlays on
+            (grey, R = G = B, for a model that does not take 3 channels).
 
         Example:
             >>> from PIL import Image
@@ -269,10 +344,11 @@ class Preprocess:
             img = img.resize((new_w, new_h), _RESAMPLING[self.card.interpolation])
         left = int(round((new_w - crop_w) / 2.0))
         top = int(round((new_h - crop_h) / 2.0))
-        return img.crop((left, top, left + crop_w, top + crop_h))
+        img = img.crop((left, top, left + crop_w, top + crop_h))
+        return img if self.card.channels == 3 else img.convert("L").convert("RGB")  # what a grey model sees
 
     def __call__(self, image: Any) -> torch.Tensor:
-        """Preprocess one image or a list of images into a float32 ``(N, 3, H, W)`` batch.
+        """Preprocess one image or a list of images into a float32 ``(N, C, H, W)`` batch.
 
         Args:
             image: one image in any form :func:`featuremaps.io.load_image`
@@ -294,17 +370,24 @@ class Preprocess:
         mean = np.asarray(self.card.mean, dtype=np.float32)
         std = np.asarray(self.card.std, dtype=np.float32)
         arrays = []
+        channels = self.card.channels
         for item in images:
-            pixels = np.asarray(self.view(item), dtype=np.float32) / np.float32(255.0)
+            view = self.view(item)
+            if channels == 3:
+                pixels = np.asarray(view, dtype=np.float32) / np.float32(255.0)
+            else:  # the grey level, repeated per channel
+                grey = np.asarray(view.convert("L"), dtype=np.float32) / np.float32(255.0)
+                pixels = np.repeat(grey[:, :, None], channels, axis=2)
             arrays.append(((pixels - mean) / std).transpose(2, 0, 1))
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
         return batch.to(self.device)
 
     def denormalize(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Undo the normalization: ``(N, 3, H, W)`` or ``(3, H, W)`` -> ``(N, H, W, 3)`` uint8.
+        """Undo the normalization: ``(N, C, H, W)`` or ``(C, H, W)`` -> ``(N, H, W, 3)`` uint8.
 
         Pixels are ``x * std + mean`` scaled to 0-255, rounded and clipped, so
-        ``denormalize(preprocess(img))[0]`` equals ``view(img)`` up to rounding.
+        ``denormalize(preprocess(img))[0]`` equals ``view(img)`` up to rounding
+        (other than 3 channels: the mean over channels, shown grey).
 
         Example:
             >>> from PIL import Image
@@ -319,16 +402,69 @@ class Preprocess:
             arr = np.asarray(x, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[None]
-        if arr.ndim != 4 or arr.shape[1] != 3:
+        c = self.card.channels
+        if arr.ndim != 4 or arr.shape[1] != c:
             raise ModelLoadError(
-                f"denormalize expects a (N, 3, H, W) or (3, H, W) batch, got shape "
+                f"denormalize expects a (N, {c}, H, W) or ({c}, H, W) batch, got shape "
                 f"{tuple(arr.shape)}; pass the output of preprocess(...)"
             )
-        mean = np.asarray(self.card.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(self.card.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        mean = np.asarray(self.card.mean, dtype=np.float32).reshape(1, c, 1, 1)
+        std = np.asarray(self.card.std, dtype=np.float32).reshape(1, c, 1, 1)
         pixels = (arr * std + mean) * np.float32(255.0)
+        if c != 3:
+            pixels = np.repeat(pixels.mean(axis=1, keepdims=True), 3, axis=1)
         out = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def _card_from_keywords(
+    card: ModelCard | None, size: int | tuple[int, int] | None, resize: int | None, mean: Any, std: Any,
+    channels: int | None, interpolation: str | None, classes: Any, name: str | None,
+) -> ModelCard:
+    """``card`` with the given fields replaced, or a new card from them (see :class:`Preprocess`)."""
+    from ._channels import read_classes
+
+    given = {
+        k: v for k, v in dict(size=size, resize=resize, mean=mean, std=std, channels=channels,
+                              interpolation=interpolation, classes=classes, name=name).items() if v is not None
+    }
+    if card is not None and not given:
+        return card
+    fields: dict[str, Any] = {}
+    if size is not None:
+        try:
+            hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"size must be an int or (height, width), got {size!r}") from None
+        fields["input_size"] = hw
+    if card is None:
+        hw = fields.setdefault("input_size", (224, 224))
+        n = 3 if channels is None else channels
+        fields.update(
+            name=name or "custom", source=name or "custom",
+            resize=resize if resize is not None else max(hw) if len(hw) == 2 else 224,
+            interpolation=interpolation or "bilinear",
+            mean=mean if mean is not None else (IMAGENET_MEAN if n == 3 else 0.0),
+            std=std if std is not None else (IMAGENET_STD if n == 3 else 1.0),
+            channels=n,
+        )
+        if classes is not None:
+            names = read_classes(classes)
+            fields.update(class_names=names, num_classes=len(names))
+        return ModelCard(**fields)
+    for key, value in (("resize", resize), ("mean", mean), ("std", std), ("channels", channels),
+                       ("interpolation", interpolation), ("name", name)):
+        if value is not None:
+            fields[key] = value
+    if channels is not None and channels != card.channels:  # statistics of the old channel count do not fit
+        fields.setdefault("mean", IMAGENET_MEAN if channels == 3 else 0.0)
+        fields.setdefault("std", IMAGENET_STD if channels == 3 else 1.0)
+    if size is not None and resize is None:
+        fields["resize"] = max(fields["input_size"]) if len(fields["input_size"]) == 2 else card.resize
+    if classes is not None:
+        names = read_classes(classes)
+        fields.update(class_names=names, num_classes=card.num_classes or len(names))
+    return dataclasses.replace(card, **fields)
 
 
 def _resized_size(width: int, height: int, resize: int, crop_h: int, crop_w: int) -> tuple[int, int]:
@@ -383,7 +519,9 @@ def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[i
 
     ``output`` may be logits ``(N, classes)``, a tuple/list whose first item
     they are, or an object with ``.logits`` (Hugging Face); anything else
-    (not a classification) gives ``[]``.
+    (not a classification) gives ``[]``. Scores become probabilities as
+    ``card.outputs`` says: softmax (the default), sigmoid (multi-label), or
+    as they are.
 
     Example:
         >>> import torch
@@ -396,7 +534,9 @@ def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[i
         output = output.logits
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
         return []
-    probs = output[0].detach().float().softmax(-1)
+    scores = output[0].detach().float()
+    kind = card.outputs if card is not None else "softmax"
+    probs = scores.softmax(-1) if kind == "softmax" else scores.sigmoid() if kind == "sigmoid" else scores
     values, indices = probs.topk(min(k, probs.numel()))
     return [
         (int(i), card.class_name(int(i)) if card is not None else f"class {int(i)}", float(v))
@@ -415,6 +555,7 @@ def available_models() -> list[str]:
         DEFAULT_MODEL,
         "torchvision:NAME",
         "timm:NAME",
+        "xrv:NAME (torchxrayvision DenseNet, weights=PATH)",
         "package.module:factory",
         "PATH (TorchScript file)",
         "PATH (pickled full model, needs trust_pickle=True)",
@@ -489,6 +630,7 @@ def load_model(
             "pick an available device, e.g. device='cpu'"
         ) from exc
     model.eval()
+    card = fit_card(card, model)  # a 1-channel (or N-channel) model gets matching preprocessing
     _CARDS[model] = card
     return LoadedModel(model, Preprocess(card, device=target))
 
@@ -505,8 +647,10 @@ def preprocess_for(model: nn.Module, *, guess: bool = False) -> Preprocess | Non
     Args:
         model: the model; nothing in it is changed (unlike ``load_model(model)``,
             which puts it in eval mode).
-        guess: for a model load_model did not make, the standard ImageNet
-            preprocessing (224 px, ImageNet mean and std) instead of None.
+        guess: for a model load_model did not make, a guess instead of None:
+            224 px and ImageNet mean and std, or, when the model's first
+            convolution does not take 3 channels, a grey picture with
+            ImageNet's statistics averaged over RGB (0.449, 0.226).
 
     Example:
         >>> import featuremaps as fm
@@ -525,7 +669,12 @@ def preprocess_for(model: nn.Module, *, guess: bool = False) -> Preprocess | Non
 
 def _guessed_card(model: nn.Module) -> ModelCard:
     name = type(model).__name__
-    return imagenet_card(name, name, _guess_num_classes(model))
+    from featuremaps._xrv import xrv_card
+
+    known = xrv_card(model, name, name)  # a torchxrayvision model: its own range, size and pathologies
+    if known is not None:
+        return known
+    return fit_card(imagenet_card(name, name, _guess_num_classes(model)), model)
 
 
 def _resolve_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, ModelCard]:
@@ -535,6 +684,10 @@ def _resolve_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickl
         return _load_torchvision(spec, weights, trust_pickle)
     if spec.startswith("timm:"):
         return _load_timm(spec, weights, trust_pickle)
+    if spec.startswith("xrv:"):
+        from featuremaps._xrv import load_xrv
+
+        return load_xrv(spec, weights, trust_pickle)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_model_file(path, spec, weights, trust_pickle)

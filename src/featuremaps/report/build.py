@@ -88,6 +88,22 @@ def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
     return model, preprocess, getattr(card, "name", None) or type(model).__name__
 
 
+def _scan_line(img: Any, prep: Any) -> str:
+    from ..medical import describe, image_meta
+
+    meta = image_meta(img)
+    if meta is None:
+        return ""
+    card = getattr(prep, "card", None)
+    scale = 1.0
+    if card is not None:
+        from ..models import _resized_size
+
+        new_w, _ = _resized_size(img.width, img.height, card.resize, *card.input_size)
+        scale = img.width / new_w
+    return describe(meta, scale)
+
+
 def _image_name(image: Any) -> str:
     if isinstance(image, (str, os.PathLike)):
         return Path(image).name
@@ -222,6 +238,7 @@ def report(
         >>> fm.report(top_k=16).save("cat-report.html")   # doctest: +SKIP
     """
     from ..capture import get_feature_maps
+    from .._channels import channel_error
     from ..io import load_image, sample_image
 
     t0 = time.perf_counter()
@@ -231,7 +248,13 @@ def report(
     img = load_image(src)
     x = prep(img)
     view = prep.view(img) if hasattr(prep, "view") else img
-    maps = get_feature_maps(net, x, layers=layers, max_bytes=max_bytes)
+    try:
+        maps = get_feature_maps(net, x, layers=layers, max_bytes=max_bytes)
+    except Exception as exc:  # a 1-channel model given RGB (or the reverse): say so, with the fix
+        clear = channel_error(exc, net, x, prep)
+        if clear is None:
+            raise
+        raise clear from exc
     timings["capture"] = time.perf_counter() - t0
     options = ReportOptions(max_tile=max_tile, top_k=top_k)
     total = len(maps)
@@ -270,6 +293,9 @@ def report(
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "version": _version(),
     }
+    scan = _scan_line(img, prep)
+    if scan:
+        meta["scan"] = scan  # a DICOM or windowed picture: modality, window, pixel size
     data = {
         "meta": meta,
         "photo": photo_data_uri(view, max_side=photo_size),

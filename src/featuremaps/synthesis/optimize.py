@@ -376,6 +376,11 @@ def _normalization(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...
             f"preprocess= got {type(preprocess).__name__}, which has no model card with mean/std; pass the "
             "preprocess returned by fm.load_model (or its .card)"
         )
+    if len(tuple(mean)) != 3:
+        raise SynthesisError(
+            f"synthesis draws RGB images, but the model card has {len(tuple(mean))} input channel(s); "
+            "synthesize works with 3-channel models only"
+        )
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
