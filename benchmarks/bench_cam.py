@@ -11,7 +11,9 @@ pretrained model (EfficientNet-Lite0, its last feature map), same batch:
                     restoration, weights, ReLU, min-max, resize to the input;
 * ``pgc``         - pytorch-grad-cam's ``GradCAM`` (a full ``loss.backward()``),
                     when installed;
-* ``torchcam``    - torchcam's ``GradCAM`` (maps at feature resolution), when installed.
+* ``torchcam``    - torchcam's ``GradCAM`` (maps at feature resolution), when installed;
+* ``channel relevance`` - ``fm.channel_relevance(model, x, layer=...)`` on the same
+                    layer (per-channel gradient x activation, kept per position).
 
 Score-CAM on the default model and the cat photo (1280 channels):
 
@@ -21,7 +23,7 @@ Score-CAM on the default model and the cat photo (1280 channels):
 * ``featuremaps``     - ``ScoreCAM(model)(x)`` (capture, masks, scores, map);
 * ``pgc``             - pytorch-grad-cam's ``ScoreCAM`` with the same batch size.
 
-Goals: Grad-CAM / floor <= 1.10; Grad-CAM at least 3x faster than pgc and
+Goals: Grad-CAM / floor <= 1.10; channel relevance / Grad-CAM <= 1.10; Grad-CAM at least 3x faster than pgc and
 no slower than torchcam; Score-CAM / masked forwards <= 1.05. The maximum
 difference between the maps is printed (pgc at the input size, torchcam at
 feature resolution).
@@ -81,6 +83,7 @@ def gradcam_section(title: str, model: nn.Module, layer_name: str, x: torch.Tens
     variants: dict[str, Callable[[], object]] = {
         "floor": lambda: floor(model, layer, x),
         "featuremaps": lambda: ours(x),
+        "channel relevance": lambda: fm.channel_relevance(model, x, layer=layer_name),
     }
     if pgc is not None:
         def run_pgc() -> Any:
@@ -105,6 +108,7 @@ def gradcam_section(title: str, model: nn.Module, layer_name: str, x: torch.Tens
         diff = float((minmax_per_image(tc) - ours_feat).abs().max())
         extra["torchcam"] = f"max |diff| {diff:.1e} (feature res.)   featuremaps {med['torchcam'] / med['featuremaps']:.2f}x faster"
     extra["featuremaps"] = "goal <= 1.10x floor"
+    extra["channel relevance"] = f"{med['channel relevance'] / med['featuremaps']:.2f}x Grad-CAM (goal <= 1.10x)"
     report(title, med, "floor", extra, width=18)
 
 

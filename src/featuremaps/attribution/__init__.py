@@ -43,6 +43,7 @@ from .metrics import (
     pointing_game,
     road,
 )
+from .relevance import ChannelRelevance, channel_relevance
 from .sanity import SanityResult, rank_correlation, sanity_check, ssim
 from .targets import (
     CallableTarget,
@@ -97,6 +98,9 @@ __all__ = [
     "ROADResult",
     "pointing_game",
     "faithfulness",
+    # which channels drove the decision
+    "channel_relevance",
+    "ChannelRelevance",
     # sanity checks
     "sanity_check",
     "SanityResult",
