@@ -956,3 +956,37 @@ def test_threads_needing_different_modes_at_once_are_refused():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert _hook_count(model) == 0
+
+
+class _ReluFirstPart(nn.Module):
+    """Runs ``_Structured`` after a conv, then ReLUs the first part of its output in place."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():  # the identity: the signs of x reach the ReLU
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+        self.m = _Structured(kind)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.m(self.conv(x))
+        first = out[0] if isinstance(out, tuple) else out["logits"] if isinstance(out, dict) else out.features
+        return first.relu_()
+
+
+@pytest.mark.parametrize(("kind", "key"), [("dict", "m[logits]"), ("namedtuple", "m[left]"), ("dataclass", "m[features]")])
+def test_graph_mode_structured_outputs_survive_a_later_inplace_op(kind, key):
+    """keep_graph handed the forward clones of tuple and list parts only: a later in-place op on a dict,
+    namedtuple or dataclass part rewrote the captured graph node (values and gradient)."""
+    torch.manual_seed(0)
+    model = _ReluFirstPart(kind)
+    x = torch.randn(1, 1, 4, 4)
+    with torch.no_grad():
+        expected = model.conv(x) * 2  # the part before the ReLU
+    assert (expected < 0).any() and (expected > 0).any()
+    with fm.FeatureExtractor(model, layers="m", keep_graph=True) as fx:
+        maps = fx(x)
+        (grad,) = torch.autograd.grad(fx.output.sum(), maps[key].raw)
+    assert torch.allclose(maps[key].raw.detach(), expected, atol=1e-6)
+    assert torch.equal(grad, (expected > 0).float())  # d sum(relu(a)) / da, by hand

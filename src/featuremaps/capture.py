@@ -4,17 +4,24 @@ Every part of featuremaps that looks inside a model goes through this module.
 It guarantees:
 
 * hooks exist only inside ``with`` (registered on enter, removed in
-  ``finally``), so errors and ``KeyboardInterrupt`` leave no hooks behind and
-  two extractors on one model do not interfere;
-* the model's state is restored on exit: every module's ``training`` flag,
-  every parameter's ``requires_grad`` and ``.grad``, and (when the model runs
-  in training mode) its buffers such as BatchNorm running statistics;
-* captured tensors are never corrupted by in-place ops that run later in the
-  forward (``ReLU(inplace=True)``, ``out += identity``): an in-place op on a
-  captured tensor is intercepted just before it runs and only that capture
-  is copied, so the common case costs no copy at all; a version-counter check
-  after the forward catches anything the interception could not see and
-  re-captures those layers with a copy;
+  ``finally``), so errors and ``KeyboardInterrupt`` leave no hooks behind;
+* the model's state is restored when the last extractor on it exits (in any
+  order): every module's ``training`` flag, every parameter's
+  ``requires_grad`` and ``.grad``, and (when the model runs in training mode)
+  its buffers such as BatchNorm running statistics, after every forward;
+* extractors do not interfere: each call's maps, byte count and call
+  counters are its own; hooks act only for the extractor whose forward is
+  running in their thread; each forward runs in its own extractor's mode;
+  threads whose forwards need different modes at once are refused
+  (:mod:`featuremaps._capture_state`);
+* captured tensors are never changed by in-place ops that run later in the
+  forward (``ReLU(inplace=True)``, ``out += identity``, in TorchScript too),
+  in every grad mode and with ``device=`` / ``reduce=``: a dispatch mode sees
+  every ATen operation and copies a kept tensor just before one writes to
+  its memory, so the common case costs no copy; maps that share memory with
+  the inputs, parameters or buffers are copies; a version-counter check
+  after the forward catches writes the guard could not see and re-captures
+  those layers with a copy;
 * each call of a module used several times is its own entry (``name``,
   ``name:1``, ...), and each tensor of a tuple / dict / dataclass output is
   its own entry (``name[0]``, ``name[logits]``);
@@ -224,6 +231,13 @@ class FeatureExtractor:
         prefix_tokens: the number of prefix tokens of token outputs (CLS,
             registers), if the automatic search should not decide.
         move_inputs: move floating inputs to the model's device and dtype.
+
+    Several extractors may be active on one model, nested or not: each call
+    captures only its own layers, in its own mode. One extractor (or one
+    model) may be used from several threads when their forwards run in the
+    same mode and do not update buffers; otherwise the call raises
+    :class:`~featuremaps.errors.CaptureError` (give each thread its own model
+    copy). ``fx.output`` is the output of this thread's last call.
 
     Example:
         >>> import torch, featuremaps as fm
@@ -505,10 +519,11 @@ def _replace_with_clones(output: Any, replaced: dict[str, torch.Tensor]) -> Any:
     if isinstance(output, tuple) and hasattr(output, "_fields"):
         return type(output)(*(swap(f"[{n}]", v) for n, v in zip(output._fields, output)))
     if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        changes = {f.name: swap(f"[{f.name}]", getattr(output, f.name)) for f in dataclasses.fields(output)}
+        changes = {f.name: swap(f"[{f.name}]", getattr(output, f.name)) for f in dataclasses.fields(output)
+                   if f"[{f.name}]" in replaced}
         try:
-            return dataclasses.replace(output, **{k: v for k, v in changes.items() if f"[{k}]" in replaced})
-        except (TypeError, ValueError):
+            return dataclasses.replace(output, **changes)
+        except (TypeError, ValueError):  # a field without init: leave it shared
             return None
     if isinstance(output, (list, tuple)):
         return type(output)(swap(f"[{i}]", v) for i, v in enumerate(output))
