@@ -45,10 +45,12 @@ def storage_key(t: torch.Tensor) -> int | None:
 class Run:
     """The state of one call of one extractor: what its forward kept, nothing shared."""
 
-    __slots__ = ("owner", "maps", "versions", "watched", "calls", "used", "in_spatial", "fixed", "graph_written")
+    __slots__ = ("owner", "maps", "versions", "watched", "calls", "used", "in_spatial", "fixed", "graph_written",
+                 "guarded")
 
-    def __init__(self, owner: Any, in_spatial: tuple[int, ...] | None, fixed: frozenset[int]) -> None:
+    def __init__(self, owner: Any, in_spatial: tuple[int, ...] | None, fixed: frozenset[int], guarded: bool) -> None:
         self.owner = owner
+        self.guarded = guarded  # whether an InplaceGuard watches this forward
         self.maps: dict[str, LayerMap] = {}
         self.versions: dict[str, int] = {}  # key -> version counter at capture (not for inference tensors)
         self.watched: dict[int, list[str]] = {}  # storage address -> keys of kept tensors living there
@@ -58,15 +60,22 @@ class Run:
         self.fixed = fixed  # storage of the inputs, parameters and buffers: kept maps there are copied
         self.graph_written: set[str] = set()
 
-    def keep(self, key: str, value: torch.Tensor, info: Any, graph: bool) -> None:
-        """Keep ``value`` under ``key``, copied or watched so that no later write can change it."""
+    def keep(self, key: str, value: torch.Tensor, info: Any, graph: bool, live: torch.Tensor) -> None:
+        """Keep ``value`` (taken from the module output ``live``) so that no later write can change it.
+
+        Memory that outlives the forward (inputs, parameters, buffers) or that
+        cannot be watched is copied. Otherwise, in a guarded forward, the
+        tensor is watched (and copied only if something writes to it); in an
+        unguarded one (a reducer, or a move to another device, which make
+        fresh tensors) a result that still shares the module output's memory
+        is copied.
+        """
         if value.device.type != "meta" and value.numel() > 0:
             skey = storage_key(value)
-            if skey is None or skey in self.fixed:
-                # memory the guard cannot watch, or that outlives the forward (inputs, weights): copy
-                if not graph:
+            if skey is None or skey in self.fixed or (not self.guarded and skey == storage_key(live)):
+                if not graph:  # a graph node cannot be copied; in graph mode the guard watches it
                     value = value.clone()
-            else:
+            elif self.guarded:
                 self.watched.setdefault(skey, []).append(key)
                 if not graph and not value.is_inference():  # inference tensors have no version counter
                     self.versions[key] = value._version
@@ -148,9 +157,20 @@ class ModelState:
 
     def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
         self.training = [(m, m.training) for m in modules]
-        self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = [
-            (p, p.requires_grad, p.grad) for p in model.parameters()
-        ]
+        self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = []
+        fixed: set[int] = set()
+        seen: set[int] = set()
+        for m in modules:  # the module list at hand: cheaper than model.parameters() and model.buffers()
+            for p in m._parameters.values():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    self.params.append((p, p.requires_grad, p.grad))
+                    fixed.add(storage_key(p) or 0)
+            for b in m._buffers.values():
+                if b is not None:
+                    fixed.add(storage_key(b) or 0)
+        fixed.discard(0)
+        self.fixed = frozenset(fixed)  # where the parameters and buffers live
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def save_buffers(self, model: nn.Module) -> None:

@@ -34,6 +34,7 @@ It guarantees:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -284,7 +285,6 @@ class FeatureExtractor:
         self._local = threading.local()  # the last output, per thread
         self._handles: list[Any] = []
         self._use: ModelUse | None = None
-        self._fixed: frozenset[int] = frozenset()  # storage of the parameters and buffers
         self._active = False
         self._always_copy: set[str] = set()
 
@@ -300,8 +300,6 @@ class FeatureExtractor:
         modules = list(self.model.modules())  # one walk of the module tree for the uses here
         self._use = ModelUse.enter(self, modules)
         try:
-            keys = (storage_key(t) for t in itertools.chain(self.model.parameters(), self.model.buffers()))
-            self._fixed = frozenset(k for k in keys if k)
             for name, module in self.selection.modules.items():
                 try:
                     handle = module.register_forward_hook(self._make_hook(name, module))
@@ -348,12 +346,13 @@ class FeatureExtractor:
         in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
         input_shape = tuple(first.shape) if first is not None else None
         inputs = (storage_key(t) for _, t in _iter_tensors((args, kwargs)))
-        fixed = self._fixed.union(k for k in inputs if k)
+        fixed = use.state.fixed.union(k for k in inputs if k)
+        guarded = self._needs_guard()
 
         buffers = use.begin_call(self)
         try:
             for attempt in range(2):
-                run = Run(self, in_spatial, fixed)
+                run = Run(self, in_spatial, fixed, guarded)
                 token = CURRENT.set(run)
                 try:
                     output = self._forward(run, args, kwargs)
@@ -381,11 +380,27 @@ class FeatureExtractor:
         self._local.output = output
         return maps
 
-    def _forward(self, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _needs_guard(self) -> bool:
+        """Whether kept tensors may share memory with the forward's (then an :class:`InplaceGuard` watches).
+
+        Reductions and moves to another device make fresh tensors: those
+        forwards run unguarded (a dispatch mode costs ~20 us per operation),
+        and a result that still shares memory is copied instead.
+        """
         if self.keep_graph:
-            with InplaceGuard(run):
+            return True
+        if self.reducer is not None:
+            return False
+        if self.device is not None:
+            return model_device_dtype(self.model)[0] in (None, self.device)
+        return True
+
+    def _forward(self, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        guard = InplaceGuard(run) if run.guarded else contextlib.nullcontext()
+        if self.keep_graph:
+            with guard:
                 return self.model(*args, **kwargs)
-        with torch.no_grad(), InplaceGuard(run):
+        with torch.no_grad(), guard:
             return self.model(*args, **kwargs)
 
     def _warn_unused(self, run: Run) -> None:
@@ -478,14 +493,14 @@ class FeatureExtractor:
             # Reduced maps are kept even once the budget is spent: they are what
             # over_budget asked for, and at most C x 8^d values each.
             run.used += 0 if reduced.device.type == "meta" else reduced.numel() * reduced.element_size()
-            run.keep(key, reduced, info, graph and reduced.requires_grad)
+            run.keep(key, reduced, info, graph and reduced.requires_grad, t)
             return True
         if self.device is not None and value.device != self.device:
             value = value.to(self.device)
         elif name in self._always_copy:
             value = value.clone()
         run.used += nbytes
-        run.keep(key, value, info, graph)
+        run.keep(key, value, info, graph, t)
         return True
 
     def _budget_error(self, run: Run, key: str, nbytes: int) -> None:
