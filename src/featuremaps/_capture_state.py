@@ -66,18 +66,23 @@ class Run:
         Memory that outlives the forward (inputs, parameters, buffers) or that
         cannot be watched is copied. Otherwise, in a guarded forward, the
         tensor is watched (and copied only if something writes to it); in an
-        unguarded one (a reducer, or a move to another device, which make
-        fresh tensors) a result that still shares the module output's memory
-        is copied.
+        unguarded one (a reducer, a move to another device, ``keep_graph``) a
+        result that still shares the module output's memory is copied. A
+        graph node is never copied: its version counter is checked after the
+        forward (which hands the rest of the model a clone of it).
         """
         if value.device.type != "meta" and value.numel() > 0:
             skey = storage_key(value)
-            if skey is None or skey in self.fixed or (not self.guarded and skey == storage_key(live)):
-                if not graph:  # a graph node cannot be copied; in graph mode the guard watches it
-                    value = value.clone()
+            if graph:  # a graph node cannot be copied: a write to it is detected, then refused
+                if self.guarded and skey is not None:
+                    self.watched.setdefault(skey, []).append(key)
+                if not value.is_inference():
+                    self.versions[key] = value._version
+            elif skey is None or skey in self.fixed or (not self.guarded and skey == storage_key(live)):
+                value = value.clone()
             elif self.guarded:
                 self.watched.setdefault(skey, []).append(key)
-                if not graph and not value.is_inference():  # inference tensors have no version counter
+                if not value.is_inference():  # inference tensors have no version counter
                     self.versions[key] = value._version
         self.maps[key] = LayerMap(value, info)
 

@@ -358,12 +358,13 @@ class FeatureExtractor:
                     output = self._forward(run, args, kwargs)
                 finally:
                     CURRENT.reset(token)
-                if run.graph_written:
+                corrupted = run.changed()
+                graph_written = run.graph_written | {k for k in corrupted if run.maps[k].raw.requires_grad}
+                if graph_written:
                     raise CaptureError(
-                        f"the outputs of {', '.join(sorted(run.graph_written))} were modified in place later in the "
+                        f"the outputs of {', '.join(sorted(graph_written))} were modified in place later in the "
                         "forward, which keep_graph=True cannot undo; capture the layer after the in-place op instead"
                     )
-                corrupted = run.changed()
                 if not corrupted:
                     break
                 if attempt == 1:
@@ -385,10 +386,12 @@ class FeatureExtractor:
 
         Reductions and moves to another device make fresh tensors: those
         forwards run unguarded (a dispatch mode costs ~20 us per operation),
-        and a result that still shares memory is copied instead.
+        and a result that still shares memory is copied instead. With
+        ``keep_graph`` the rest of the forward gets clones of the captured
+        graph nodes, whose version counters are checked afterwards.
         """
         if self.keep_graph:
-            return True
+            return False
         if self.reducer is not None:
             return False
         if self.device is not None:
