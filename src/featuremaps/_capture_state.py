@@ -9,6 +9,7 @@ The capture engine (:mod:`featuremaps.capture`) relies on three rules kept here:
 * :class:`InplaceGuard`, a dispatch mode, sees every ATen operation of the
   forward (Python, TorchScript, C++ operators alike, in every grad mode) and
   copies a kept tensor right before an operation writes to its memory;
+  :meth:`Run.keep` decides what is watched and what is copied at once;
 * :class:`ModelUse` counts the extractors active on one model across
   threads: the model's state is saved by the first and restored when the
   last exits, whatever the order; each forward runs in its own extractor's

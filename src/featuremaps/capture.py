@@ -16,12 +16,14 @@ It guarantees:
   (:mod:`featuremaps._capture_state`);
 * captured tensors are never changed by in-place ops that run later in the
   forward (``ReLU(inplace=True)``, ``out += identity``, in TorchScript too),
-  in every grad mode and with ``device=`` / ``reduce=``: a dispatch mode sees
-  every ATen operation and copies a kept tensor just before one writes to
-  its memory, so the common case costs no copy; maps that share memory with
-  the inputs, parameters or buffers are copies; a version-counter check
-  after the forward catches writes the guard could not see and re-captures
-  those layers with a copy;
+  in every grad mode and with ``device=`` / ``reduce=``: while kept tensors
+  share memory with the forward, a dispatch mode sees every ATen operation
+  and copies a kept tensor just before one writes to it, so the common case
+  costs no copy, and a version-counter check after the forward re-captures
+  with a copy what it could not see; reductions and device moves that still
+  share memory, and maps sharing memory with the inputs, parameters or
+  buffers, are copies; with ``keep_graph`` the rest of the forward runs on
+  clones of the captured graph nodes, and a write to one is an error;
 * each call of a module used several times is its own entry (``name``,
   ``name:1``, ...), and each tensor of a tuple / dict / dataclass output is
   its own entry (``name[0]``, ``name[logits]``);
