@@ -595,3 +595,398 @@ def test_inference_mode_keeps_captures_safe_from_inplace_ops():
         bn2 = block.bn2(block.conv2(torch.relu(bn1)))
     assert torch.allclose(maps["bn1"].tensor, bn1, atol=1e-6) and (bn1 < 0).any()
     assert torch.allclose(maps["bn2"].tensor, bn2, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- in-place safety in every mode
+
+_GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "enable_grad": torch.enable_grad}
+_OPTIONS = {
+    "default": {},
+    "device": {"device": "cpu"},  # a no-op move on a CPU model: the kept tensor is the live one
+    "reduce_view": {"reduce": lambda t, info: t[:, :2]},  # a reducer that returns a view of the live map
+}
+
+
+def _block_reference(block: BasicBlock, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Independent path: the block's intermediate values computed by hand, out of place."""
+    with torch.no_grad():
+        bn1 = block.bn1(block.conv1(x))
+        bn2 = block.bn2(block.conv2(torch.relu(bn1)))
+    return {"bn1": bn1, "bn2": bn2}
+
+
+@pytest.mark.parametrize("option", list(_OPTIONS))
+@pytest.mark.parametrize("grad_mode", list(_GRAD_MODES))
+def test_inplace_relu_and_add_never_corrupt_captures(grad_mode, option):
+    """Issue 13: inference_mode with device='cpu' (no guard, no version counter) lost the pre-ReLU values."""
+    block = _block()
+    x = torch.randn(2, 4, 6, 6)
+    expected = _block_reference(block, x)
+    assert (expected["bn1"] < 0).any() and (expected["bn2"] < 0).any()  # ReLU would change them
+    opts = _OPTIONS[option]
+    with _GRAD_MODES[grad_mode]():
+        maps = fm.get_feature_maps(block, x, layers=["bn1", "bn2"], **opts)
+    for name, want in expected.items():
+        if "reduce" in opts:
+            want = want[:, :2]
+        assert torch.allclose(maps[name].tensor, want, atol=1e-6), name
+
+
+def _scale_data_(t: torch.Tensor) -> torch.Tensor:
+    t.data.mul_(0.0)  # `.data` shares the memory but not the version counter
+    return t
+
+
+class _ScriptedDataWrite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        self.scale = torch.jit.script(_scale_data_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale(self.conv(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("model_type", [_ScriptedInplace, _ScriptedDataWrite])
+@pytest.mark.parametrize("option", ["default", "device"])
+@pytest.mark.parametrize("grad_mode", list(_GRAD_MODES))
+def test_inplace_ops_inside_torchscript_never_corrupt_captures(grad_mode, option, model_type):
+    """Issue 13: `t.add_()` in TorchScript under inference_mode, `t.data.mul_()` in TorchScript in every mode."""
+    torch.manual_seed(0)
+    model = model_type().eval()
+    x = torch.randn(1, 1, 4, 4)
+    with torch.no_grad():
+        expected = model.conv(x)
+    with _GRAD_MODES[grad_mode]():
+        maps = fm.get_feature_maps(model, x, layers="conv", **_OPTIONS[option])
+    assert torch.allclose(maps["conv"].tensor, expected)
+    assert _hook_count(model) == 0
+
+
+def test_graph_mode_capture_without_requires_grad_survives_inplace_relu():
+    """keep_graph on a frozen model: outputs need no graph, and were kept uncopied and unwatched."""
+    block = _block().requires_grad_(False)
+    x = torch.randn(1, 4, 6, 6)
+    with fm.FeatureExtractor(block, layers=["bn1", "bn2"], keep_graph=True) as fx:
+        maps = fx(x)
+    for name, want in _block_reference(block, x).items():
+        assert torch.allclose(maps[name].tensor, want, atol=1e-6), name
+
+
+class _AliasThenWrite(nn.Module):
+    """`z = identity(y)` is `y` itself; writing `y` afterwards writes the captured graph node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.id = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.id(y)
+        y.mul_(2.0)
+        return z + 1
+
+
+def test_graph_mode_capture_written_later_through_an_alias_is_an_error():
+    model = _AliasThenWrite()
+    with fm.FeatureExtractor(model, layers="id", keep_graph=True) as fx:
+        with pytest.raises(CaptureError, match="modified in place.*keep_graph"):
+            fx(torch.randn(1, 1, 3, 3))
+    assert _hook_count(model) == 0
+    # without keep_graph the capture is copied before the write instead
+    x = torch.randn(1, 1, 3, 3)
+    with torch.no_grad():
+        expected = model.conv(x)
+    assert torch.allclose(fm.get_feature_maps(model, x, layers="id")["id"].tensor, expected)
+
+
+class _ReturnsWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 2, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos
+
+
+@pytest.mark.parametrize("grad_mode", list(_GRAD_MODES))
+def test_maps_that_alias_inputs_or_weights_are_copies(grad_mode):
+    """Dropout in eval returns its input itself; a module may return its weight: later writes to them
+    (the next batch copied into the same input buffer, an optimizer step) must not reach the maps."""
+    model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(2, 2, 1))
+    x = torch.randn(1, 2, 3, 3)
+    before = x.clone()
+    with _GRAD_MODES[grad_mode]():
+        maps = fm.get_feature_maps(model, x, layers="0")
+    x.add_(1.0)
+    assert torch.equal(maps["0"].tensor, before)
+    pos = nn.Sequential(_ReturnsWeight())
+    weight = pos[0].pos.detach().clone()
+    with _GRAD_MODES[grad_mode]():
+        kept = fm.get_feature_maps(pos, x, layers="0")
+    with torch.no_grad():
+        pos[0].pos.mul_(-1.0)  # what an optimizer step does
+    assert torch.equal(kept["0"].tensor, weight)
+
+
+# ----------------------------------------------------------------------------- extractors do not interfere
+
+
+def test_outer_budget_never_fires_inside_an_inner_forward():
+    """Issue 13: the outer extractor's hooks ran (and counted bytes) during the inner's forward."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    x = torch.randn(1, 3, 9, 9)
+    one_map = 1 * 4 * 7 * 7 * 4  # bytes of layer 0's output
+    with fm.FeatureExtractor(model, layers="0", max_bytes=one_map + one_map // 2) as outer:
+        first = outer(x)
+        with fm.FeatureExtractor(model, layers="2") as inner:
+            for _ in range(3):
+                got = inner(x)
+                assert list(got) == ["2"]
+        again = outer(x)
+    assert list(first) == list(again) == ["0"]
+    assert torch.equal(first["0"].tensor, again["0"].tensor)
+    assert _hook_count(model) == 0
+
+
+def _bn_model() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+
+
+def test_out_of_order_exits_keep_each_forward_in_its_mode_and_restore_the_model():
+    """Issue 13: enter A, enter B, exit A left B's forward in training mode (statistics updated) and
+    the model in eval mode after B's exit."""
+    model = _bn_model()
+    model[2].eval()  # a mixed state must come back exactly
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        expected = reference[1](reference[0](x))
+    a = fm.FeatureExtractor(model, layers="1")
+    b = fm.FeatureExtractor(model, layers="1")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert not model.training  # B is still active: still in B's (eval) mode
+    maps = b(x)
+    b.__exit__(None, None, None)
+    assert torch.allclose(maps["1"].tensor, expected, atol=1e-6)
+    assert [m.training for m in model] == [True, True, False] and model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert _hook_count(model) == 0
+
+
+def test_each_forward_runs_in_its_own_extractors_mode():
+    """An eval extractor and a training-mode one (eval_mode=False) on one model, nested."""
+    model = _bn_model()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 6, 6)
+    ref_eval, ref_train = copy.deepcopy(model).eval(), copy.deepcopy(model).train()
+    with torch.no_grad():
+        want_eval, want_train = ref_eval[:2](x), ref_train[:2](x)  # running vs batch statistics
+    assert not torch.allclose(want_eval, want_train, atol=1e-3)
+    with fm.FeatureExtractor(model, layers="1") as evaluating:
+        with fm.FeatureExtractor(model, layers="1", eval_mode=False) as training:
+            assert model.training  # the mode of the extractor entered last
+            got_train = training(x)
+            got_eval = evaluating(x)
+            assert model.training
+        assert not model.training  # back to the outer's mode
+        got_eval2 = evaluating(x)
+    assert torch.allclose(got_train["1"].tensor, want_train, atol=1e-5)
+    assert torch.allclose(got_eval["1"].tensor, want_eval, atol=1e-5)
+    assert torch.allclose(got_eval2["1"].tensor, want_eval, atol=1e-5)
+    assert model.training and all(m.training for m in model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+class _Rendezvous(nn.Module):
+    """Holds each forward until ``parties`` forwards are inside it: forces two threads to overlap."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        import threading
+
+        self.barrier = threading.Barrier(parties, timeout=30)  # the timeout only guards against a hang
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.barrier.wait()
+        return x
+
+
+def _in_threads(*targets):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def wrap(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(t)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if errors:
+        raise errors[0]
+
+
+def test_two_threads_on_one_model_get_their_own_maps():
+    """Issue 13: each thread got the other thread's maps under its own keys (``2`` and ``2:1``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _Rendezvous(2), nn.Conv2d(4, 2, 3)).eval()
+    xs = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)]
+    with torch.no_grad():
+        expected = [model[2](model[0](x)) for x in xs]
+    got: dict[int, fm.FeatureMaps] = {}
+    shared = fm.FeatureExtractor(model, layers="0")
+    outputs: dict[int, torch.Tensor] = {}
+
+    def work(i):
+        def run():
+            got[i] = fm.get_feature_maps(model, xs[i], layers="2")
+
+        return run
+
+    _in_threads(work(0), work(1))
+    for i in (0, 1):
+        assert list(got[i]) == ["2"]
+        assert torch.allclose(got[i]["2"].tensor, expected[i], atol=1e-6)
+    # one extractor shared by two threads: each call, and each thread's fx.output, is its own
+    with shared:
+
+        def call(i):
+            def run():
+                maps = shared(xs[i])
+                got[i] = maps
+                outputs[i] = shared.output
+
+            return run
+
+        _in_threads(call(0), call(1))
+    for i in (0, 1):
+        with torch.no_grad():
+            assert torch.allclose(got[i]["0"].tensor, model[0](xs[i]), atol=1e-6)
+            assert torch.allclose(outputs[i], expected[i], atol=1e-6)
+    assert _hook_count(model) == 0
+
+
+def test_enter_and_exit_from_two_threads_restore_the_model():
+    """Thread A enters, B enters, A exits, B runs: B must still run in eval mode, the state comes back."""
+    import threading
+
+    model = _bn_model()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        expected = reference[:2](x)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    got = {}
+
+    def thread_a():
+        with fm.FeatureExtractor(model, layers="1"):
+            a_in.set()
+            assert b_in.wait(30)
+        a_out.set()
+
+    def thread_b():
+        assert a_in.wait(30)
+        with fm.FeatureExtractor(model, layers="1") as fx:
+            b_in.set()
+            assert a_out.wait(30)
+            got["maps"] = fx(x)
+
+    _in_threads(thread_a, thread_b)
+    assert torch.allclose(got["maps"]["1"].tensor, expected, atol=1e-6)
+    assert model.training and all(m.training for m in model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_threads_needing_different_modes_at_once_are_refused():
+    import threading
+
+    model = _bn_model()
+    before = copy.deepcopy(model.state_dict())
+    inside, done = threading.Event(), threading.Event()
+
+    class Pause(nn.Module):
+        def forward(self, x):
+            if threading.current_thread().name == "trainer":
+                inside.set()
+                assert done.wait(30)
+            return x
+
+    model.append(Pause())
+    errors = {}
+
+    def trainer():
+        with fm.FeatureExtractor(model, layers="1", eval_mode=False) as fx:
+            fx(torch.randn(2, 3, 6, 6))
+
+    def evaluator():
+        assert inside.wait(30)
+        try:
+            fm.get_feature_maps(model, torch.randn(2, 3, 6, 6), layers="1")
+        except CaptureError as exc:
+            errors["eval"] = exc
+        finally:
+            done.set()
+
+    t = threading.Thread(target=trainer, name="trainer")
+    t.start()
+    evaluator()
+    t.join(60)
+    assert "another thread is running the same model" in str(errors["eval"])
+    assert "copy.deepcopy(model)" in str(errors["eval"])
+    assert model.training and all(m.training for m in model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert _hook_count(model) == 0
+
+
+class _ReluFirstPart(nn.Module):
+    """Runs ``_Structured`` after a conv, then ReLUs the first part of its output in place."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():  # the identity: the signs of x reach the ReLU
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+        self.m = _Structured(kind)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.m(self.conv(x))
+        first = out[0] if isinstance(out, tuple) else out["logits"] if isinstance(out, dict) else out.features
+        return first.relu_()
+
+
+@pytest.mark.parametrize(("kind", "key"), [("dict", "m[logits]"), ("namedtuple", "m[left]"), ("dataclass", "m[features]")])
+def test_graph_mode_structured_outputs_survive_a_later_inplace_op(kind, key):
+    """keep_graph handed the forward clones of tuple and list parts only: a later in-place op on a dict,
+    namedtuple or dataclass part rewrote the captured graph node (values and gradient)."""
+    torch.manual_seed(0)
+    model = _ReluFirstPart(kind)
+    x = torch.randn(1, 1, 4, 4)
+    with torch.no_grad():
+        expected = model.conv(x) * 2  # the part before the ReLU
+    assert (expected < 0).any() and (expected > 0).any()
+    with fm.FeatureExtractor(model, layers="m", keep_graph=True) as fx:
+        maps = fx(x)
+        (grad,) = torch.autograd.grad(fx.output.sum(), maps[key].raw)
+    assert torch.allclose(maps[key].raw.detach(), expected, atol=1e-6)
+    assert torch.equal(grad, (expected > 0).float())  # d sum(relu(a)) / da, by hand

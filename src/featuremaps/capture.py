@@ -4,17 +4,26 @@ Every part of featuremaps that looks inside a model goes through this module.
 It guarantees:
 
 * hooks exist only inside ``with`` (registered on enter, removed in
-  ``finally``), so errors and ``KeyboardInterrupt`` leave no hooks behind and
-  two extractors on one model do not interfere;
-* the model's state is restored on exit: every module's ``training`` flag,
-  every parameter's ``requires_grad`` and ``.grad``, and (when the model runs
-  in training mode) its buffers such as BatchNorm running statistics;
-* captured tensors are never corrupted by in-place ops that run later in the
-  forward (``ReLU(inplace=True)``, ``out += identity``): an in-place op on a
-  captured tensor is intercepted just before it runs and only that capture
-  is copied, so the common case costs no copy at all; a version-counter check
-  after the forward catches anything the interception could not see and
-  re-captures those layers with a copy;
+  ``finally``), so errors and ``KeyboardInterrupt`` leave no hooks behind;
+* the model's state is restored when the last extractor on it exits (in any
+  order): every module's ``training`` flag, every parameter's
+  ``requires_grad`` and ``.grad``, and (when the model runs in training mode)
+  its buffers such as BatchNorm running statistics, after every forward;
+* extractors do not interfere: each call's maps, byte count and call
+  counters are its own; hooks act only for the extractor whose forward is
+  running in their thread; each forward runs in its own extractor's mode;
+  threads whose forwards need different modes at once are refused
+  (:mod:`featuremaps._capture_state`);
+* captured tensors are never changed by in-place ops that run later in the
+  forward (``ReLU(inplace=True)``, ``out += identity``, in TorchScript too),
+  in every grad mode and with ``device=`` / ``reduce=``: while kept tensors
+  share memory with the forward, a dispatch mode sees every ATen operation
+  and copies a kept tensor just before one writes to it, so the common case
+  costs no copy, and a version-counter check after the forward re-captures
+  with a copy what it could not see; reductions and device moves that still
+  share memory, and maps sharing memory with the inputs, parameters or
+  buffers, are copies; with ``keep_graph`` the rest of the forward runs on
+  clones of the captured graph nodes, and a write to one is an error;
 * each call of a module used several times is its own entry (``name``,
   ``name:1``, ...), and each tensor of a tuple / dict / dataclass output is
   its own entry (``name[0]``, ``name[logits]``);
@@ -26,22 +35,25 @@ It guarantees:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import fnmatch
 import functools
 import itertools
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from ._capture_state import CURRENT, InplaceGuard, ModelUse, Run, storage_key
 from .errors import CaptureError, MemoryBudgetError
 from .layers import LayerSelector, Selection, resolve_layers
 from .layout import LayoutSpec, canonical_shape, infer_layout, to_canonical
-from .maps import FeatureMaps, LayerInfo, LayerMap
+from .maps import FeatureMaps, LayerInfo
 from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
 
 __all__ = ["FeatureExtractor", "get_feature_maps", "parse_bytes"]
@@ -73,36 +85,6 @@ def _fmt_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
-
-
-# --------------------------------------------------------------------------- model state
-
-
-class _ModelState:
-    """Everything a capture may touch, saved on enter and restored on exit."""
-
-    def __init__(self, model: nn.Module, save_buffers: bool, modules: list[nn.Module] | None = None) -> None:
-        self.training = [(m, m.training) for m in (modules if modules is not None else model.modules())]
-        self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = [
-            (p, p.requires_grad, p.grad) for p in model.parameters()
-        ]
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if save_buffers:
-            self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
-
-    def restore(self) -> None:
-        for m, flag in self.training:
-            if m.training != flag:
-                m.training = flag
-        for p, requires_grad, grad in self.params:
-            if p.requires_grad != requires_grad:
-                p.requires_grad_(requires_grad)
-            if p.grad is not grad:
-                p.grad = grad
-        with torch.no_grad():
-            for b, saved in self.buffers:
-                if b.shape == saved.shape:
-                    b.copy_(saved)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -181,63 +163,6 @@ def _iter_tensors(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[st
             yield from _iter_tensors(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
 
 
-# --------------------------------------------------------------------------- in-place guard
-
-_INPLACE_DUNDERS = frozenset(
-    {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
-     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__", "__setitem__"}
-)
-_inplace_cache: dict[Any, bool] = {}
-
-
-def _is_inplace_name(func: Any) -> bool:
-    try:
-        return _inplace_cache[func]
-    except (KeyError, TypeError):
-        pass
-    name = getattr(func, "__name__", "") or ""
-    result = name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
-    try:
-        _inplace_cache[func] = result
-    except TypeError:
-        pass
-    return result
-
-
-def _storage_key(t: torch.Tensor) -> int | None:
-    try:
-        return int(t.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):
-        return None
-
-
-class _InplaceGuard(TorchFunctionMode):
-    """Copies a captured tensor right before an in-place op would overwrite it."""
-
-    def __init__(self, owner: FeatureExtractor) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        watched = self.owner._watched
-        if watched:
-            targets: list[Any] = []
-            if _is_inplace_name(func) and args:
-                targets.append(args[0])
-            elif kwargs.get("inplace") is True:
-                targets.append(args[0] if args else kwargs.get("input"))
-            out = kwargs.get("out")
-            if out is not None:
-                targets.extend(out if isinstance(out, (tuple, list)) else [out])
-            for t in targets:
-                if isinstance(t, torch.Tensor):
-                    key = _storage_key(t)
-                    if key is not None and key in watched:
-                        self.owner._protect(key)
-        return func(*args, **kwargs)
-
-
 # --------------------------------------------------------------------------- extractor
 
 
@@ -310,6 +235,13 @@ class FeatureExtractor:
             registers), if the automatic search should not decide.
         move_inputs: move floating inputs to the model's device and dtype.
 
+    Several extractors may be active on one model, nested or not: each call
+    captures only its own layers, in its own mode. One extractor (or one
+    model) may be used from several threads when their forwards run in the
+    same mode and do not update buffers; otherwise the call raises
+    :class:`~featuremaps.errors.CaptureError` (give each thread its own model
+    copy). ``fx.output`` is the output of this thread's last call.
+
     Example:
         >>> import torch, featuremaps as fm
         >>> from torch import nn
@@ -352,31 +284,24 @@ class FeatureExtractor:
         self.layouts = dict(layouts or {})
         self.prefix_tokens = prefix_tokens
         self.move_inputs = move_inputs
-        self.output: Any = None
+        self._local = threading.local()  # the last output, per thread
         self._handles: list[Any] = []
-        self._state: _ModelState | None = None
+        self._use: ModelUse | None = None
         self._active = False
-        # per-forward state
-        self._maps: dict[str, LayerMap] = {}
-        self._versions: dict[str, int] = {}
-        self._watched: dict[int, list[str]] = {}
-        self._calls: dict[str, int] = {}
-        self._used = 0
-        self._in_spatial: tuple[int, ...] | None = None
         self._always_copy: set[str] = set()
+
+    @property
+    def output(self) -> Any:
+        """The model's output of this thread's last call (``None`` before the first)."""
+        return getattr(self._local, "output", None)
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> FeatureExtractor:
         if self._active:
             raise CaptureError("this FeatureExtractor is already active; create one extractor per `with` block")
-        modules = list(self.model.modules())  # one walk of the module tree for the three uses here
-        training = any(m.training for m in modules)
-        self._state = _ModelState(self.model, save_buffers=training and not self.eval_mode, modules=modules)
+        modules = list(self.model.modules())  # one walk of the module tree for the uses here
+        self._use = ModelUse.enter(self, modules)
         try:
-            if self.eval_mode:
-                for m in modules:
-                    if m.training:  # (nn.Module.__setattr__ is slow: only the flags that change)
-                        m.training = False
             for name, module in self.selection.modules.items():
                 try:
                     handle = module.register_forward_hook(self._make_hook(name, module))
@@ -399,23 +324,16 @@ class FeatureExtractor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        if self._state is not None:
-            self._state.restore()
-            self._state = None
+        if self._use is not None:
+            self._use.leave(self)
+            self._use = None
         self._active = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._maps = {}
-        self._versions = {}
-        self._watched = {}
-        self._calls = {}
-        self._used = 0
 
     # -- the forward --------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> FeatureMaps:
         """Run one forward of the model on ``*args, **kwargs`` and return the maps."""
-        if not self._active:
+        use = self._use
+        if not self._active or use is None:
             raise CaptureError("FeatureExtractor must be used inside `with FeatureExtractor(...) as fx:`")
         if self.keep_graph and not torch.is_grad_enabled():
             raise CaptureError(
@@ -427,53 +345,71 @@ class FeatureExtractor:
             args = _move(args, device, dtype)
             kwargs = _move(kwargs, device, dtype)
         first = _first_tensor((args, kwargs))
-        self._in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
+        in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
         input_shape = tuple(first.shape) if first is not None else None
+        inputs = (storage_key(t) for _, t in _iter_tensors((args, kwargs)))
+        fixed = use.state.fixed.union(k for k in inputs if k)
+        guarded = self._needs_guard()
 
-        for attempt in range(2):
-            self._reset()
-            try:
-                output = self._forward(args, kwargs)
-                corrupted = self._check_versions()
-            except BaseException:
-                self._reset()
-                raise
-            if not corrupted:
-                break
-            if self.keep_graph or attempt == 1:
-                self._reset()
-                raise CaptureError(
-                    f"the outputs of {', '.join(sorted(corrupted))} were modified in place after capture in a way "
-                    "that could not be intercepted; capture the layer after the in-place op instead"
-                )
-            # An in-place op the guard could not see (e.g. inside C++ code): copy these layers.
-            self._always_copy |= {self._maps[k].info.module_name for k in corrupted}
-        maps = FeatureMaps(self._maps, output=output, input_shape=input_shape)
-        self._warn_unused()
-        self._maps = {}
-        self._watched = {}
-        self.output = output
+        buffers = use.begin_call(self)
+        try:
+            for attempt in range(2):
+                run = Run(self, in_spatial, fixed, guarded)
+                token = CURRENT.set(run)
+                try:
+                    output = self._forward(run, args, kwargs)
+                finally:
+                    CURRENT.reset(token)
+                corrupted = run.changed()
+                graph_written = run.graph_written | {k for k in corrupted if run.maps[k].raw.requires_grad}
+                if graph_written:
+                    raise CaptureError(
+                        f"the outputs of {', '.join(sorted(graph_written))} were modified in place later in the "
+                        "forward, which keep_graph=True cannot undo; capture the layer after the in-place op instead"
+                    )
+                if not corrupted:
+                    break
+                if attempt == 1:
+                    raise CaptureError(
+                        f"the outputs of {', '.join(sorted(corrupted))} were modified in place after capture in a "
+                        "way that could not be intercepted; capture the layer after the in-place op instead"
+                    )
+                # A write the guard could not see (another thread, memory written directly): copy these layers.
+                self._always_copy |= {run.maps[k].info.module_name for k in corrupted}
+        finally:
+            use.end_call(buffers)
+        maps = FeatureMaps(run.maps, output=output, input_shape=input_shape)
+        self._warn_unused(run)
+        self._local.output = output
         return maps
 
-    def _forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _needs_guard(self) -> bool:
+        """Whether kept tensors may share memory with the forward's (then an :class:`InplaceGuard` watches).
+
+        Reductions and moves to another device make fresh tensors: those
+        forwards run unguarded (a dispatch mode costs ~20 us per operation),
+        and a result that still shares memory is copied instead. With
+        ``keep_graph`` the rest of the forward gets clones of the captured
+        graph nodes, whose version counters are checked afterwards.
+        """
         if self.keep_graph:
-            return self.model(*args, **kwargs)
-        if self.reducer is not None or self.device is not None:
-            with torch.no_grad():  # nothing is kept by reference: no in-place guard needed
+            return False
+        if self.reducer is not None:
+            return False
+        if self.device is not None:
+            return model_device_dtype(self.model)[0] in (None, self.device)
+        return True
+
+    def _forward(self, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        guard = InplaceGuard(run) if run.guarded else contextlib.nullcontext()
+        if self.keep_graph:
+            with guard:
                 return self.model(*args, **kwargs)
-        with torch.no_grad(), _InplaceGuard(self):
+        with torch.no_grad(), guard:
             return self.model(*args, **kwargs)
 
-    def _check_versions(self) -> set[str]:
-        bad = set()
-        for key, version in self._versions.items():
-            lm = self._maps.get(key)
-            if lm is not None and lm.raw._version != version:
-                bad.add(key)
-        return bad
-
-    def _warn_unused(self) -> None:
-        ran = {n for n, c in self._calls.items() if c > 0}
+    def _warn_unused(self, run: Run) -> None:
+        ran = {n for n, c in run.calls.items() if c > 0}
         missing = sorted(self.selection.explicit - ran)
         if missing:
             import warnings
@@ -489,14 +425,17 @@ class FeatureExtractor:
         module_type = type(module).__name__
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> Any:
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
+            run = CURRENT.get()
+            if run is None or run.owner is not self:
+                return None  # another extractor's forward (or a plain forward): not ours to capture
+            call = run.calls.get(name, 0)
+            run.calls[name] = call + 1
             if calls_filter is not None and call not in calls_filter:
                 return None
             base = name if call == 0 else f"{name}:{call}"
             replaced: dict[str, torch.Tensor] = {}
             for path, t in _iter_tensors(output):
-                kept = self._capture(base + path, name, call, path, module_type, mod, t)
+                kept = self._capture(run, base + path, name, call, path, module_type, mod, t)
                 if kept and self.keep_graph and t.requires_grad:
                     replaced[path] = t
             if replaced:
@@ -505,7 +444,9 @@ class FeatureExtractor:
 
         return hook
 
-    def _layout_for(self, name: str, path: str, module: nn.Module, shape: tuple[int, ...]) -> _Layout:
+    def _layout_for(
+        self, name: str, path: str, module: nn.Module, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None
+    ) -> _Layout:
         declared = None
         if self.layouts:
             full = name + path
@@ -514,13 +455,14 @@ class FeatureExtractor:
                     declared = layout
                     break
         module_type: type = type(module)
-        return _layout_cached(module_type, shape, self._in_spatial, declared, self.prefix_tokens)
+        return _layout_cached(module_type, shape, in_spatial, declared, self.prefix_tokens)
 
     def _capture(
-        self, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module, t: torch.Tensor
+        self, run: Run, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module,
+        t: torch.Tensor,
     ) -> bool:
         shape = tuple(t.shape)
-        lay = self._layout_for(name, path, module, shape)
+        lay = self._layout_for(name, path, module, shape, run.in_spatial)
         spec = lay.spec
         if self.selection.spatial_only and not spec.is_spatial:
             return False
@@ -531,12 +473,13 @@ class FeatureExtractor:
             stride=stride, prefix_tokens=spec.prefix_tokens, grid=spec.grid,
             dtype=str(t.dtype), device=str(self.device or t.device), reduction=None,
         )
-        value = t if self.keep_graph else t.detach()
+        graph = self.keep_graph and t.requires_grad
+        value = t if graph else t.detach()
         reducer = self.reducer
         nbytes = t.numel() * t.element_size()
-        if reducer is None and self.max_bytes is not None and self._used + nbytes > self.max_bytes:
+        if reducer is None and self.max_bytes is not None and run.used + nbytes > self.max_bytes:
             if self._budget_reducer is None:
-                self._budget_error(key, nbytes)
+                self._budget_error(run, key, nbytes)
             reducer = self._budget_reducer
         if reducer is not None:
             reduced = reducer(to_canonical(value, spec), info)
@@ -544,7 +487,7 @@ class FeatureExtractor:
                 return False
             rshape = tuple(reduced.shape)
             rspatial = rshape[2:]
-            rstride = _stride(rspatial, self._in_spatial)
+            rstride = _stride(rspatial, run.in_spatial)
             layout = "NC" if len(rshape) == 2 else {3: "NCL", 4: "NCHW", 5: "NCDHW"}.get(len(rshape), "other")
             info = dataclasses.replace(
                 info, layout=layout, shape=rshape, spatial=tuple(rspatial), stride=rstride,
@@ -552,41 +495,25 @@ class FeatureExtractor:
             )
             if self.device is not None and reduced.device.type != "meta":
                 reduced = reduced.to(self.device)
-            kept = reduced
             # Reduced maps are kept even once the budget is spent: they are what
             # over_budget asked for, and at most C x 8^d values each.
-            self._used += 0 if kept.device.type == "meta" else kept.numel() * kept.element_size()
-            self._maps[key] = LayerMap(kept, info)
+            run.used += 0 if reduced.device.type == "meta" else reduced.numel() * reduced.element_size()
+            run.keep(key, reduced, info, graph and reduced.requires_grad, t)
             return True
         if self.device is not None and value.device != self.device:
             value = value.to(self.device)
         elif name in self._always_copy:
             value = value.clone()
-        elif not self.keep_graph:
-            skey = _storage_key(value)
-            if skey is not None:
-                self._watched.setdefault(skey, []).append(key)
-                if not value.is_inference():  # inference tensors have no version counter
-                    self._versions[key] = value._version
-        self._used += nbytes
-        self._maps[key] = LayerMap(value, info)
+        run.used += nbytes
+        run.keep(key, value, info, graph, t)
         return True
 
-    def _protect(self, storage_key: int) -> None:
-        """Copy the captures sharing ``storage_key`` before an in-place op overwrites them."""
-        for key in self._watched.pop(storage_key, []):
-            lm = self._maps.get(key)
-            if lm is not None:
-                lm.raw = lm.raw.clone()
-                self._versions.pop(key, None)
-
-    def _budget_error(self, key: str, nbytes: int) -> None:
-        kept = sorted(self._maps.values(), key=lambda m: m.nbytes, reverse=True)[:5]
+    def _budget_error(self, run: Run, key: str, nbytes: int) -> None:
+        kept = sorted(run.maps.values(), key=lambda m: m.nbytes, reverse=True)[:5]
         largest = ", ".join(f"{m.name} {_fmt_bytes(m.nbytes)}" for m in kept)
-        assert self.max_bytes is not None
         raise MemoryBudgetError(
-            f"capturing {key!r} ({_fmt_bytes(nbytes)}) would exceed max_bytes={_fmt_bytes(self.max_bytes)} "
-            f"(already kept {_fmt_bytes(self._used)} in {len(self._maps)} maps"
+            f"capturing {key!r} ({_fmt_bytes(nbytes)}) would exceed max_bytes={_fmt_bytes(self.max_bytes or 0)} "
+            f"(already kept {_fmt_bytes(run.used)} in {len(run.maps)} maps"
             + (f"; largest: {largest}" if largest else "")
             + "); raise max_bytes, select fewer layers, or pass over_budget='mean', 'max' or 'pool' "
             "to keep reduced maps"
@@ -598,17 +525,30 @@ def _replace_with_clones(output: Any, replaced: dict[str, torch.Tensor]) -> Any:
 
     The captured tensor stays the exact graph node the module produced, so an
     in-place op later in the forward cannot rebase it, and gradients w.r.t.
-    it are the gradients w.r.t. the module output.
+    it are the gradients w.r.t. the module output. Tensors, tuples, lists,
+    namedtuples, dicts and dataclasses (Hugging Face ``ModelOutput``) are
+    rebuilt; in other containers the tensor stays shared, and a later write
+    to it is an error (see :class:`~featuremaps._capture_state.InplaceGuard`).
     """
+
+    def swap(path: str, v: Any) -> Any:
+        return v.clone() if isinstance(v, torch.Tensor) and path in replaced else v
+
     if isinstance(output, torch.Tensor):
         return output.clone() if "" in replaced else None
     if isinstance(output, tuple) and hasattr(output, "_fields"):
-        return None  # namedtuples are left as they are
+        return type(output)(*(swap(f"[{n}]", v) for n, v in zip(output._fields, output)))
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        changes = {f.name: swap(f"[{f.name}]", getattr(output, f.name)) for f in dataclasses.fields(output)
+                   if f"[{f.name}]" in replaced}
+        try:
+            return dataclasses.replace(output, **changes)
+        except (TypeError, ValueError):  # a field without init: leave it shared
+            return None
     if isinstance(output, (list, tuple)):
-        items = [
-            v.clone() if isinstance(v, torch.Tensor) and f"[{i}]" in replaced else v for i, v in enumerate(output)
-        ]
-        return type(output)(items)
+        return type(output)(swap(f"[{i}]", v) for i, v in enumerate(output))
+    if type(output) in (dict, collections.OrderedDict):
+        return type(output)((k, swap(f"[{k}]", v)) for k, v in output.items())
     return None
 
 
