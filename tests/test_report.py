@@ -311,3 +311,25 @@ def test_report_leaves_a_training_model_as_it_was():
 
     assert tuple(_as_model(model, None)[1].card.mean) == tuple(IMAGENET_MEAN)
     assert [m.training for m in model.modules()] == flags
+
+
+def test_what_drove_the_prediction_matches_channel_relevance():
+    """The section's channels, relevances and shares are channel_relevance's on the CAM layer, per class."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).eval()
+    rep = fm.report(model, fm.sample_image("coffee"), cam_methods=["gradcam"], metrics=False, classes=3, drivers=4)
+    drv = rep.data["drivers"]
+    assert drv["layer"] == rep.data["cams"]["layer"] == "1"
+    preprocess = fm.models.preprocess_for(model, guess=True)
+    x = preprocess(fm.load_image(fm.sample_image("coffee")))
+    for entry in drv["classes"]:
+        rel = fm.channel_relevance(model, x, layer="1", target=entry["index"])
+        expected = rel.top(4)
+        assert [c["channel"] for c in entry["channels"]] == [c for c, _ in expected]
+        assert [c["relevance"] for c in entry["channels"]] == pytest.approx([r for _, r in expected], rel=1e-4, abs=1e-6)
+        total = float(rel.scores[0].abs().sum())
+        assert [c["share"] for c in entry["channels"]] == pytest.approx([r / total for _, r in expected], rel=1e-4)
+        layer = rep.data["layers"][drv["layer_index"]]
+        assert [layer["shown"][c["slot"]] for c in entry["channels"]] == [c for c, _ in expected]
+    assert fm.report(model, fm.sample_image("coffee"), cam_methods=None, drivers=0).data["drivers"] is None

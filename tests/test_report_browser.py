@@ -385,3 +385,20 @@ def test_every_page_we_write_has_no_accessibility_violations(browser, default_pa
         finally:
             page.close()
     assert found == {name: [] for name in found}
+
+
+def test_what_drove_the_prediction_opens_a_channel_in_the_layer_view(default_page):
+    page = default_page.page
+    data = payload(Path(default_page.url[7:]).read_text(encoding="utf-8"))["drivers"]
+    cards = page.locator("#drivers-grid .driver")
+    assert cards.count() == len(data["classes"][0]["channels"]) > 0
+    wait_until(page, "document.querySelector('#drivers-grid canvas').dataset.drawn === 'true'")
+    page.select_option("#drivers-class", "1")
+    first = page.locator("#drivers-grid .driver h3").first.inner_text()
+    assert first == f"channel {data['classes'][1]['channels'][0]['channel']}"
+    page.locator("#drivers-grid .open").first.click()
+    page.wait_for_selector("#detail:not([hidden])")
+    assert page.locator("#layer-name").inner_text() == data["layer"]
+    wait_until(page, f"document.getElementById('detail').dataset.channel === '{data['classes'][1]['channels'][0]['channel']}'")
+    page.keyboard.press("Escape")
+    page.select_option("#drivers-class", "0")

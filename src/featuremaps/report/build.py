@@ -165,7 +165,7 @@ def render_html(data: dict[str, Any]) -> str:
     )
     return template.render(
         meta=data["meta"], predictions=data["predictions"], photo=data["photo"], csp=csp,
-        has_cams=bool(data.get("cams")), style=_markup(style), script=_markup(script), payload=_markup(payload),
+        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), style=_markup(style), script=_markup(script), payload=_markup(payload),
     )
 
 
@@ -195,6 +195,7 @@ def report(
     atlas: str | os.PathLike[str] | None = None,
     atlas_href: str | None = None,
     photo_size: int = 448,
+    drivers: int = 8,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -228,6 +229,9 @@ def report(
         atlas_href: how the page should link to that folder (default: the
             ``atlas`` path as given; the CLI makes it relative to the page).
         photo_size: the embedded photo's longest side at most (pixels).
+        drivers: how many channels of the CAM layer to show per class in
+            "What drove this prediction" (:func:`~featuremaps.channel_relevance`;
+            0: no such section).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -283,6 +287,14 @@ def report(
         lenient = tuple(cam_methods) == DEFAULT_CAM_METHODS  # defaults a model cannot use are skipped
         cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient)
         timings["cams"] = time.perf_counter() - t1
+    driving = None
+    if drivers and predictions:
+        from .drivers import driver_section
+
+        t1 = time.perf_counter()
+        picked = cams["layer"].split(", ") if cams else []
+        driving = driver_section(net, x, predictions, picked[0] if len(picked) == 1 else cam_layer, encoded, drivers)
+        timings["drivers"] = time.perf_counter() - t1
     meta = {
         "title": title or f"featuremaps: {model_name} on {_image_name(src)}",
         "model": model_name,
@@ -302,6 +314,7 @@ def report(
         "predictions": predictions,
         "layers": encoded,
         "cams": cams,
+        "drivers": driving,
         "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
     }
     html = render_html(data)

@@ -548,8 +548,80 @@
     render();
   }
 
+  // ---------------------------------------------------------------- what drove the prediction
+  function driversSection() {
+    var drv = data.drivers;
+    if (!drv || !$("drivers")) { return; }
+    var select = $("drivers-class"), L = drv.layer_index === null ? null : layers[drv.layer_index];
+    $("drivers-meta").textContent = drv.note;
+    drv.classes.forEach(function (c, k) {
+      var o = el("option", null, c.name + " (" + (100 * c.p).toFixed(1) + "%)");
+      o.value = String(k);
+      select.appendChild(o);
+    });
+    var imgs = {};
+    function load(uri) {
+      if (!imgs[uri]) {
+        imgs[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
+      }
+      return imgs[uri];
+    }
+    function render() {
+      var cls = drv.classes[Number(select.value)], box = $("drivers-grid");
+      box.textContent = "";
+      cls.channels.forEach(function (ch) {
+        var fig = el("figure", "cam-card driver"), c = el("canvas");
+        c.setAttribute("role", "img");
+        c.setAttribute("aria-label", "Where channel " + ch.channel + " contributed to " + cls.name + ", over the input image");
+        fig.appendChild(c);
+        fig.appendChild(el("h3", null, "channel " + ch.channel));
+        fig.appendChild(el("p", "same", (100 * ch.share).toFixed(1) + "% of the contributions \u00b7 relevance " + fmt(ch.relevance)));
+        if (L && ch.slot !== null) {
+          var b = el("button", "open", "Open in the layer view");
+          b.type = "button";
+          b.setAttribute("data-channel", String(ch.channel));
+          b.addEventListener("click", function () {
+            selectLayer(drv.layer_index).then(function () { openChannel(ch.slot); });
+            $("layer-view").scrollIntoView({ behavior: "smooth" });
+          });
+          fig.appendChild(b);
+        }
+        if (L && L.atlas) {
+          var p = el("p", "same"), a = el("a", null, "its top dataset examples");
+          a.href = L.atlas + "#c" + ch.channel;
+          p.appendChild(a);
+          fig.appendChild(p);
+        }
+        box.appendChild(fig);
+        Promise.all([load(ch.png), photoReady]).then(function (res) {
+          var im = res[0], tmp = el("canvas");
+          tmp.width = im.naturalWidth; tmp.height = im.naturalHeight;
+          var tctx = tmp.getContext("2d");
+          tctx.drawImage(im, 0, 0);
+          var d = tctx.getImageData(0, 0, tmp.width, tmp.height), lut = luts.RdBu_r;
+          for (var k = 0; k < d.data.length; k += 4) {
+            var v = d.data[k] * 3;
+            d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
+          }
+          tctx.putImageData(d, 0, 0);
+          c.width = photo.naturalWidth; c.height = photo.naturalHeight;
+          var ctx = c.getContext("2d");
+          ctx.drawImage(photo, 0, 0);
+          ctx.globalAlpha = 0.6;
+          ctx.imageSmoothingEnabled = true;
+          ctx.drawImage(tmp, 0, 0, c.width, c.height);
+          ctx.globalAlpha = 1;
+          c.setAttribute("data-drawn", "true");
+        });
+      });
+    }
+    select.addEventListener("change", render);
+    render();
+  }
+
   buildOutline();
   depthChart();
+  driversSection();
   var resizeTimer = null, lastWidth = $("depth-chart").clientWidth;
   window.addEventListener("resize", function () {
     clearTimeout(resizeTimer);
