@@ -78,6 +78,16 @@ class ChannelRelevance:
         target: the resolved target.
         input_size: the input's spatial size (the heatmaps' default size).
         info: the captured layer's metadata (layout, shape, stride...).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> rel = channel_relevance(net, torch.rand(2, 3, 8, 8), layer="1", target=0)
+        >>> rel.contributions.shape, rel.heatmaps([0, 3]).shape
+        (torch.Size([2, 4, 6, 6]), torch.Size([2, 8, 8]))
+        >>> bool(torch.allclose(rel.delete([0, 1, 2, 3]), net[4].bias[0].expand(2)))   # no channel left: the bias
+        True
     """
 
     scores: torch.Tensor
