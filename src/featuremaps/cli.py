@@ -103,10 +103,11 @@ def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle
     return load_model(model_spec, weights=weights, device=device, trust_pickle=trust_pickle)
 
 
-def _image(image: str | None) -> Any:
-    from .io import load_image, sample_image
+def _image(image: str | None) -> str:
+    """IMAGE, or the shipped cat photo: a path, which the preprocessing loads (so its errors name the file)."""
+    from .io import sample_image
 
-    return load_image(image if image is not None else sample_image("cat"))
+    return image if image is not None else str(sample_image("cat"))
 
 
 OUTPUT_MARKER = ".featuremaps"  # in every folder the CLI writes: a later run may write there again
