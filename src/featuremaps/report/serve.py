@@ -107,10 +107,8 @@ def _atlas_files(folder: Path) -> list[Path]:
             parts = urlsplit(link)
             if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
                 continue  # data: URIs, other sites, fragments of the same page
-            rel = posixpath.relpath(
-                posixpath.normpath(posixpath.join(page.parent.relative_to(folder).as_posix(), unquote(parts.path))),
-            )
-            if rel.startswith("..") or posixpath.isabs(rel):
+            rel = posixpath.normpath(posixpath.join(page.parent.relative_to(folder).as_posix(), unquote(parts.path)))
+            if rel == ".." or rel.startswith("../") or posixpath.isabs(rel):
                 continue  # outside the atlas folder
             target = folder / rel
             if target in found or target.suffix.lower() not in CONTENT_TYPES or not _plain_file(target):
