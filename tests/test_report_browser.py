@@ -402,3 +402,47 @@ def test_what_drove_the_prediction_opens_a_channel_in_the_layer_view(default_pag
     wait_until(page, f"document.getElementById('detail').dataset.channel === '{data['classes'][1]['channels'][0]['channel']}'")
     page.keyboard.press("Escape")
     page.select_option("#drivers-class", "0")
+
+
+def test_served_page_loads_and_nothing_else_of_the_folder_is_shown(browser, tmp_path):
+    """`report --serve` in Chromium: the page and its atlas links work; any other address shows nothing."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from featuremaps.report.serve import serve_report
+
+    model = xss_model()
+    fm.build_atlas(model, TensorDataset(torch.rand(4, 3, 32, 32)), layers="conv", k=2,
+                   progress=False).save(tmp_path / "atlas")
+    page_path = fm.report(model, fm.sample_image("coffee"), cam_methods=None, atlas=tmp_path / "atlas",
+                          atlas_href="../atlas").save(tmp_path / "pages" / "report.html")
+    (tmp_path / "pages" / "secret.txt").write_text("SECRET-CONTENT")
+    (tmp_path / "pages" / "root").symlink_to("/")
+    with serve_report(page_path, atlas=tmp_path / "atlas").start() as server:
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            response = page.goto(server.url())
+            assert response is not None and response.status == 200
+            page.wait_for_selector("html[data-ready=true]")
+            assert problems == []
+            # the channel view's atlas link opens the served atlas page, pictures included
+            page.click(".layer-btn[data-name='conv']")
+            page.click("#grid", position={"x": 3, "y": 3})
+            page.wait_for_selector("#detail:not([hidden])")
+            page.click("#detail-atlas")
+            page.wait_for_load_state()
+            assert page.url.startswith(f"http://127.0.0.1:{server.port}/atlas/layers/000.html#c")
+            wait_until(page, "[...document.images].length > 0 && [...document.images].every(i => i.naturalWidth > 0)")
+            origin = f"http://127.0.0.1:{server.port}"
+            for path in ("/", "/pages/", "/pages", "/pages/secret.txt", "/pages/root/etc/passwd", "/atlas/",
+                         "/atlas/atlas.json", "/pages/../pages/secret.txt", "/%2e%2e/pages/secret.txt"):
+                response = page.goto(origin + path)
+                assert response is not None and response.status == 404, path
+                text = page.locator("body").inner_text()
+                assert "SECRET" not in text and "root:" not in text and "report.html" not in text, path
+                assert page.locator("a").count() == 0, path  # no listing, nothing to follow
+        finally:
+            page.close()

@@ -51,8 +51,7 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("Aborted.", err=True)
-            sys.exit(130)
+            _interrupted()
         except Exception as exc:  # noqa: BLE001 - the CLI's one catch-all
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -207,10 +206,13 @@ def _probe(channels: int) -> Any:
 
 
 def _image(image: str | None) -> Any:
+    """IMAGE, or the shipped cat photo, as a path the preprocessing loads (so its errors name the file);
+    with --window, the image read through that window."""
     from .io import load_image, sample_image
 
+    path = image if image is not None else str(sample_image("cat"))
     window = _input_options().get("window")
-    return load_image(image if image is not None else sample_image("cat"), window=window)
+    return path if window is None else load_image(path, window=window)
 
 
 OUTPUT_MARKER = MARKER  # the manifest in every folder featuremaps writes (see featuremaps._outdir)
@@ -439,7 +441,7 @@ def report_cmd(
     )
     click.echo(f"wrote {path.resolve()}")
     if serve:
-        _serve(path, port)
+        _serve(path, port, atlas_dir)
 
 
 def _named(img: Any, path: str) -> Any:
@@ -455,17 +457,17 @@ def _relative_href(target: str, page: str) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)).as_posix()
 
 
-def _serve(path: Path, port: int) -> None:
-    """Serve one file on 127.0.0.1 (never another interface) until Ctrl-C."""
-    import functools
-    import http.server
+def _serve(path: Path, port: int, atlas_dir: str | None = None) -> None:
+    """Serve the page (and the atlas pages it links) on 127.0.0.1 only, nothing else, until Ctrl-C."""
+    from .report.serve import serve_report
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent.resolve()))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
-        click.echo(f"serving {url} (Ctrl-C to stop)")
+    with serve_report(path, atlas=atlas_dir, port=port) as server:
+        others = len(server.files) - 1
+        what = "this page" + (f" and the {others} atlas files it links" if others else "")
+        click.echo(f"serving {server.url()} (Ctrl-C to stop)")
+        click.echo(f"on 127.0.0.1 only: {what}; nothing else of the folder, requests for other hosts refused")
         try:
-            httpd.serve_forever()
+            server.serve_forever()
         except KeyboardInterrupt:
             click.echo("stopped")
 
@@ -516,9 +518,42 @@ def _top_classes(output: Any, preprocess: Any, k: int = 5) -> list[tuple[int, st
     return top_classes(output, getattr(preprocess, "card", None), k)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line and exit status 130 (128 + SIGINT), as shells report it; a second Ctrl-C is ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Aborted.\n")  # the newline closes ^C
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``featuremaps`` console script."""
-    cli.main(args=argv, prog_name="featuremaps")
+    """Entry point of the ``featuremaps`` command line.
+
+    Ctrl-C anywhere (while parsing, loading, computing) ends it with one
+    ``Aborted.`` line and exit status 130; errors print one ``Error: ...``
+    line (exit 1, usage errors 2). The console script enters through
+    ``_featuremaps_cli.main``, which also covers the package's imports.
+    """
+    try:
+        code = cli.main(args=argv, prog_name="featuremaps", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted()
+        click.echo("Aborted!", err=True)  # end of input at a prompt
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _interrupted()
+    except BrokenPipeError:
+        sys.exit(1)  # stdout closed early (| head): nothing more to say
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

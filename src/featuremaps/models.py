@@ -45,7 +45,8 @@ from PIL import Image
 from torch import nn
 
 from featuremaps._channels import fit_card
-from featuremaps.errors import ModelLoadError, UnsafeModelError
+from featuremaps.errors import ImageLoadError, ModelLoadError, UnsafeModelError
+from featuremaps.io import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -260,6 +261,12 @@ class Preprocess:
     tensor`` works too (it gets a PIL RGB image; without ``.view`` the
     photo shown is the image as loaded).
 
+    Memory is bounded by ``max_pixels``: an image is refused (before it is
+    decoded) when it has more pixels, and (before anything is resized) when
+    resizing it would: a 60000x1 strip, resized to a short side of 256,
+    would be 256 x 15,360,000 pixels. Such extreme aspect ratios get an
+    :class:`~featuremaps.errors.ImageLoadError` naming the image and sizes.
+
     Args:
         card: the model card to follow; keywords given too replace its fields.
         device: where the returned tensors go (the model's device); CPU if ``None``.
@@ -271,6 +278,9 @@ class Preprocess:
         interpolation: ``"bilinear"``, ``"bicubic"``, ``"nearest"``, ...
         classes: class names in output order, or a text file with one per line.
         name: the model's name (shown in reports).
+        max_pixels: the largest image, loaded or resized, in pixels (default:
+            :data:`featuremaps.io.DEFAULT_MAX_PIXELS`, about 0.25 GiB of RGB);
+            ``None`` for no limit (only for images you trust).
 
     Example:
         >>> import numpy as np
@@ -298,14 +308,19 @@ class Preprocess:
         interpolation: str | None = None,
         classes: Sequence[str] | str | os.PathLike[str] | None = None,
         name: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if card is not None and not isinstance(card, ModelCard):
             raise ModelLoadError(
                 f"Preprocess takes a ModelCard or keywords (size=, mean=, std=, channels=...), got "
                 f"{type(card).__name__}"
             )
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or max_pixels <= 0):
+            raise ModelLoadError(f"max_pixels must be a positive int or None (no limit), got {max_pixels!r}")
         self.card = _card_from_keywords(card, size, resize, mean, std, channels, interpolation, classes, name)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.max_pixels = max_pixels
 
     def __repr__(self) -> str:
         c = self.card
@@ -334,18 +349,39 @@ class Preprocess:
         """
         from featuremaps.io import load_image
 
-        img = load_image(image)
+        img = load_image(image, max_pixels=self.max_pixels)
         if img.mode != "RGB":
             img = img.convert("RGB")
         width, height = img.size
         crop_h, crop_w = self.card.input_size
         new_w, new_h = _resized_size(width, height, self.card.resize, crop_h, crop_w)
+        self._check_budget(image, (width, height), (new_w, new_h))
         if (new_w, new_h) != (width, height):
             img = img.resize((new_w, new_h), _RESAMPLING[self.card.interpolation])
         left = int(round((new_w - crop_w) / 2.0))
         top = int(round((new_h - crop_h) / 2.0))
         img = img.crop((left, top, left + crop_w, top + crop_h))
         return img if self.card.channels == 3 else img.convert("L").convert("RGB")  # what a grey model sees
+
+    def _check_budget(self, image: Any, size: tuple[int, int], resized: tuple[int, int]) -> None:
+        """Refuse, before it is allocated, a resized image over ``max_pixels``."""
+        limit = self.max_pixels
+        (width, height), (new_w, new_h) = size, resized
+        if limit is None or new_w * new_h <= limit:
+            return
+        crop_h, crop_w = self.card.input_size
+        if crop_h * crop_w > limit:
+            raise ModelLoadError(
+                f"model card {self.card.name!r}: input_size {self.card.input_size} needs {crop_h * crop_w:,} "
+                f"pixels per image, over max_pixels={limit:,}; use a smaller input_size or a larger max_pixels"
+            )
+        ratio = max(1, limit // max(self.card.resize, crop_h, crop_w) ** 2)
+        raise ImageLoadError(
+            f"cannot preprocess image {_image_label(image)} of {width}x{height} pixels: resizing it for the model "
+            f"(short side {self.card.resize}) would make it {new_w}x{new_h} = {new_w * new_h:,} pixels, over "
+            f"max_pixels={limit:,}; crop it to a less extreme aspect ratio (about {ratio}:1 at most), or pass "
+            "max_pixels=None to Preprocess if you trust it"
+        )
 
     def __call__(self, image: Any) -> torch.Tensor:
         """Preprocess one image or a list of images into a float32 ``(N, C, H, W)`` batch.
@@ -465,6 +501,18 @@ def _card_from_keywords(
         names = read_classes(classes)
         fields.update(class_names=names, num_classes=card.num_classes or len(names))
     return dataclasses.replace(card, **fields)
+
+
+def _image_label(image: Any) -> str:
+    """How an error names an image: its path, a PIL image's file name, or its kind."""
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fsdecode(os.fspath(image)))
+    name = getattr(image, "filename", None)
+    if isinstance(name, str) and name:
+        return repr(name)
+    if isinstance(image, Image.Image):
+        return "(PIL image)"
+    return "(array)" if isinstance(image, np.ndarray) else f"({type(image).__name__})"
 
 
 def _resized_size(width: int, height: int, resize: int, crop_h: int, crop_w: int) -> tuple[int, int]:

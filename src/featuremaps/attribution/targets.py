@@ -34,7 +34,7 @@ from typing import Any, Callable, Union
 
 import torch
 
-from ._errors import TargetError
+from ._errors import AttributionError, TargetError
 
 __all__ = [
     "OutputAdapter",
@@ -156,6 +156,26 @@ def take_rows(output: Any, rows: torch.Tensor) -> Any:
     raise TargetError(f"cannot select samples from a model output of type {type(output).__name__}")
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _index_tensor(value: Any, what: str) -> torch.Tensor:
+    """``value`` (an int, a sequence of ints or a tensor) as a tensor, refusing ints past 64 bits by name."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
+            raise TargetError(
+                f"{what} {v} is out of range (larger than any model's number of classes); "
+                "pass an index 0..num_classes-1"
+            )
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise TargetError(
+            f"{what} {value!r} is not an integer index or a list of them ({exc}); pass ints 0..num_classes-1"
+        ) from exc
+
+
 def _batch_size(output: Any) -> int | None:
     if isinstance(output, torch.Tensor):
         return int(output.shape[0]) if output.ndim else None
@@ -234,7 +254,7 @@ class ClassTarget(Target):
     def __init__(self, classes: int | Sequence[int] | torch.Tensor, *, softmax: bool = False) -> None:
         if isinstance(classes, bool):
             raise TargetError(f"target={classes!r} is a bool; pass a class index (int)")
-        t = torch.as_tensor(classes)
+        t = _index_tensor(classes, "target class")
         if t.is_floating_point() or t.is_complex() or t.ndim > 1:
             raise TargetError(
                 f"class targets must be integer indices (one, or one per sample); got "
@@ -347,7 +367,7 @@ class SegmentationTarget(Target):
     """
 
     def __init__(self, category: int, mask: torch.Tensor | Any = None) -> None:
-        self.category = int(category)
+        self.category = int(_index_tensor(category, "SegmentationTarget category"))
         self.mask = None if mask is None else torch.as_tensor(mask)
 
     def resolve(self, output: Any, n: int) -> Target:
@@ -432,7 +452,7 @@ class DetectionTarget(Target):
         iou_threshold: float = 0.5,
     ) -> None:
         self.box = None if box is None else torch.as_tensor(box, dtype=torch.float32)
-        self.label = None if label is None else torch.as_tensor(label).long()
+        self.label = None if label is None else _index_tensor(label, "DetectionTarget label").long()
         self.iou_threshold = float(iou_threshold)
 
     def resolve(self, output: Any, n: int) -> Target:
@@ -609,6 +629,7 @@ def resolve_target(target: TargetLike, output: Any, n: int) -> Target:
     Raises:
         TargetError: a list or tensor whose length is not ``n``, or an
             unsupported kind of target.
+        AttributionError: an empty batch (``n == 0``).
 
     Example:
         >>> import torch
@@ -618,6 +639,11 @@ def resolve_target(target: TargetLike, output: Any, n: int) -> Target:
         >>> resolve_target(torch.tensor([0, 0]), out, 2)(out).tolist()
         [0.0, 5.0]
     """
+    if n == 0:
+        # Not a TargetError: class-agnostic methods fall back on a missing target, not on an empty batch.
+        raise AttributionError(
+            "the input batch is empty (0 samples); pass at least one input, e.g. x of shape (1, C, H, W)"
+        )
     if target is None:
         return TopKTarget(1).resolve(output, n)
     if isinstance(target, Target):

@@ -114,6 +114,9 @@ def resolve_index(i: int, n: int, *, what: str, name: str) -> int:
     """Return ``i`` as a non-negative index into ``n`` items (``-1`` is the last)."""
     if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
         raise RenderError(f"{name} must be an integer {what} index, got {i!r}")
+    if n == 0:
+        hint = "; pass at least one input (an empty batch gives empty maps)" if what == "sample" else ""
+        raise RenderError(f"there are no {what}s to draw ({name}={i} of 0){hint}")
     j = int(i) + n if i < 0 else int(i)
     if not 0 <= j < n:
         raise RenderError(f"{name}={i} is out of range for {n} {what}s; use 0..{n - 1} or -1 for the last")

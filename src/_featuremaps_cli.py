@@ -1,0 +1,45 @@
+"""The ``featuremaps`` console script's entry point.
+
+It lives outside the ``featuremaps`` package so that it runs before the
+package's imports (torch takes seconds): a Ctrl-C at any point from here on,
+imports included, ends the command with one ``Aborted.`` line and exit
+status 130 instead of a traceback. Everything else is
+:func:`featuremaps.cli.main`. (Only the interpreter's own start-up, the few
+milliseconds before this module runs, is out of its reach.)
+"""
+
+from __future__ import annotations
+
+import sys  # built in: importing nothing else here keeps the unprotected start short
+
+
+def _ignore_interrupts() -> None:
+    signal = sys.modules.get("signal")
+    if signal is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main() -> None:
+    """Run the command line; Ctrl-C during the imports exits 130 too."""
+    try:
+        import signal  # noqa: F401 - loaded inside the try: an interrupt here is handled too
+
+        from featuremaps.cli import main as cli_main
+
+        cli_main()
+    except KeyboardInterrupt:
+        _ignore_interrupts()
+        try:
+            sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Aborted.\n")  # the newline closes ^C
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        sys.exit(130)
+    finally:
+        # Past this point the command has finished or is exiting: a late
+        # Ctrl-C (during interpreter shutdown) must not print a traceback.
+        _ignore_interrupts()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
