@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import CaptureError, MemoryBudgetError
 from .layers import LayerSelector, Selection, resolve_layers
-from .layout import LayoutSpec, canonical_shape, infer_layout, to_canonical
+from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
 from .maps import FeatureMaps, LayerInfo, LayerMap
 from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
 
@@ -253,12 +253,13 @@ class _Layout:
 @functools.lru_cache(maxsize=4096)
 def _layout_cached(
     module_type: type, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None, declared: str | None,
-    prefix_tokens: int | None,
+    prefix_tokens: int | None, in_batch: int | None = None, context: int = 0,
 ) -> _Layout:
     if not shape:
         spec = LayoutSpec("other")
     else:
-        spec = infer_layout(shape, module_type, in_spatial, declared=declared, prefix_tokens=prefix_tokens)
+        spec = infer_layout(shape, module_type, in_spatial, declared=declared, prefix_tokens=prefix_tokens,
+                            in_batch=in_batch, context=context)
     cshape = canonical_shape(shape, spec) if shape else ()
     channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
     spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
@@ -363,6 +364,8 @@ class FeatureExtractor:
         self._calls: dict[str, int] = {}
         self._used = 0
         self._in_spatial: tuple[int, ...] | None = None
+        self._in_batch: int | None = None
+        self._contexts: dict[str, int] = {}  # module name -> layout.module_context(model, name)
         self._always_copy: set[str] = set()
 
     # -- context management -------------------------------------------------
@@ -427,7 +430,8 @@ class FeatureExtractor:
             args = _move(args, device, dtype)
             kwargs = _move(kwargs, device, dtype)
         first = _first_tensor((args, kwargs))
-        self._in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
+        lead = args[0] if args and isinstance(args[0], (list, tuple)) else first
+        self._in_batch, self._in_spatial = input_geometry(self.model, lead)
         input_shape = tuple(first.shape) if first is not None else None
 
         for attempt in range(2):
@@ -513,8 +517,13 @@ class FeatureExtractor:
                 if pattern == full or pattern == name or fnmatch.fnmatchcase(full, pattern):
                     declared = layout
                     break
+        context = self._contexts.get(name)
+        if context is None:
+            context = self._contexts[name] = module_context(self.model, name)
         module_type: type = type(module)
-        return _layout_cached(module_type, shape, self._in_spatial, declared, self.prefix_tokens)
+        return _layout_cached(
+            module_type, shape, self._in_spatial, declared, self.prefix_tokens, self._in_batch, context
+        )
 
     def _capture(
         self, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module, t: torch.Tensor
@@ -546,6 +555,8 @@ class FeatureExtractor:
             rspatial = rshape[2:]
             rstride = _stride(rspatial, self._in_spatial)
             layout = "NC" if len(rshape) == 2 else {3: "NCL", 4: "NCHW", 5: "NCDHW"}.get(len(rshape), "other")
+            if len(rshape) > 2 and not spec.is_spatial:
+                layout = "other"  # a reduction of a map that is not an image map is none either
             info = dataclasses.replace(
                 info, layout=layout, shape=rshape, spatial=tuple(rspatial), stride=rstride,
                 prefix_tokens=0, grid=None, reduction=reducer_name(reducer), dtype=str(reduced.dtype),
