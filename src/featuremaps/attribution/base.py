@@ -768,6 +768,15 @@ class BaseCAM:
             heat = postprocess_cams(
                 list(layer_maps.values()), out_size, relu=self.relu, normalize=self.normalize, fuse=self.fuse
             )
+        flat = heat.reshape(n, -1)
+        zero = [i for i in range(n) if bool(flat[i].eq(0).all())]
+        if zero:
+            warnings.warn(
+                f"{type(self).__name__}: the heatmap of sample(s) {zero[:8]} is zero everywhere at layer(s) "
+                f"{', '.join(layer_maps)} (no positive evidence for the target there, or a zero gradient); "
+                "relu=False shows the negative evidence, another layer= may show more",
+                stacklevel=3,
+            )
         return CAMResult(heat, layer_maps, tuple(layer_maps), self.name or type(self).__name__, tgt, scores, output)
 
     # -- internals -------------------------------------------------------------------
