@@ -813,15 +813,15 @@ class BaseCAM:
             for i, g in zip(wanted, got):
                 grads[i] = g
         for i, lm in enumerate(picked):
-            g = grads[i]
-            if g is None or not bool(g.detach().flatten(1).ne(0).any(dim=1).all()):
+            gi = grads[i]
+            if gi is None or not bool(gi.detach().flatten(1).ne(0).any(dim=1).all()):
                 warnings.warn(
                     f"the target does not depend on layer {lm.name!r} (its gradient is zero"
-                    + ("" if g is None else " for some samples") + "), so its gradient-based map is zero there; "
+                    + ("" if gi is None else " for some samples") + "), so its gradient-based map is zero there; "
                     "choose a layer the target depends on",
                     stacklevel=4,
                 )
-            if g is None:
+            if gi is None:
                 grads[i] = torch.zeros_like(lm.raw)
         return grads
 
