@@ -15,6 +15,7 @@ from torch import nn
 
 import featuremaps as fm
 from featuremaps.attribution import (
+    AttributionError,
     CAM,
     AblationCAM,
     CAMLayerError,
@@ -279,11 +280,29 @@ def test_every_method_agrees_with_a_straightforward_implementation(name):
     torch.manual_seed(1)
     model = Small().eval()
     x = torch.randn(3, 3, 20, 20)
-    layers = ["b1", "act"]
+    layers = ["act"] if name == "cam" else ["b1", "act"]  # CAM is defined only on the map the head pools
     ours = create_cam(name, model, layer=layers)(x)
     ref = _reference(name, model, x, layers)
     assert ours.shape == (3, 20, 20)
     assert torch.allclose(ours, ref, atol=2e-5), float((ours - ref).abs().max())
+
+
+def test_plain_cam_refuses_a_layer_the_head_does_not_pool():
+    """CAM on a layer whose channels merely match the classifier's in_features (issue 11: a HF ViT's
+    CLS classifier multiplied into ``value``) is an error naming the layer, not a picture."""
+    torch.manual_seed(1)
+    model = Small().eval()
+    x = torch.randn(2, 3, 20, 20)
+    with pytest.raises(AttributionError, match=r"not W @ mean\(A\) \+ b for layer 'b1'"):
+        CAM(model, layer="b1")(x)
+    # the same head on the map it pools is accepted and equals W[k] . A (checked above); a ViT's CLS head is not
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8, num_labels=3)
+    vit = ViTForImageClassification(cfg).eval()
+    with torch.no_grad(), pytest.raises(AttributionError, match="global-average-pool"):
+        CAM(vit, layer="vit.layers.0.attention.v_proj")(torch.rand(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"])
@@ -475,7 +494,8 @@ def test_token_and_nhwc_layers_give_maps_of_the_input_size(name):
     swin = torchvision.models.swin_transformer.SwinTransformer(
         patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
     ).eval()
-    out = create_cam(name, swin, layer="features.3")(torch.randn(2, 3, 32, 32))  # NHWC (2, 4, 4, 16)
+    # NHWC (2, 4, 4, 16); plain CAM only on the map the head pools (after the final norm)
+    out = create_cam(name, swin, layer="norm" if name == "cam" else "features.3")(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 32, 32) and torch.isfinite(out).all()
 
 

@@ -53,6 +53,9 @@ def test_ctrl_c_at_any_moment_prints_one_line_and_exits_130(tmp_path, command):
             [sys.executable, "-c", console_script(), command, "--model", "blocking_model:factory",
              "--weights", "random", "-o", str(tmp_path / "out" / "x")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            # as from a terminal: a shell's background job (e.g. this suite run with `&`) ignores SIGINT, and
+            # Python keeps an inherited SIG_IGN, so the child would never see the signal
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert proc.stdout is not None and proc.stdout.read(1) == b"R"
         time.sleep(delay)

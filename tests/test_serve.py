@@ -201,7 +201,8 @@ def test_serve_errors_are_ours(tmp_path):
 def _start_cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
     return subprocess.Popen([sys.executable, "-m", "featuremaps", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
 
 
 def test_cli_serve_says_what_it_serves_and_serves_nothing_else(tmp_path):

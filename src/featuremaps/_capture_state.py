@@ -46,10 +46,11 @@ def storage_key(t: torch.Tensor) -> int | None:
 class Run:
     """The state of one call of one extractor: what its forward kept, nothing shared."""
 
-    __slots__ = ("owner", "maps", "versions", "watched", "calls", "used", "in_spatial", "fixed", "graph_written",
-                 "guarded")
+    __slots__ = ("owner", "maps", "versions", "watched", "calls", "used", "in_spatial", "in_batch", "fixed",
+                 "graph_written", "guarded")
 
-    def __init__(self, owner: Any, in_spatial: tuple[int, ...] | None, fixed: frozenset[int], guarded: bool) -> None:
+    def __init__(self, owner: Any, in_spatial: tuple[int, ...] | None, fixed: frozenset[int], guarded: bool,
+                 in_batch: int | None = None) -> None:
         self.owner = owner
         self.guarded = guarded  # whether an InplaceGuard watches this forward
         self.maps: dict[str, LayerMap] = {}
@@ -57,7 +58,8 @@ class Run:
         self.watched: dict[int, list[str]] = {}  # storage address -> keys of kept tensors living there
         self.calls: dict[str, int] = {}
         self.used = 0
-        self.in_spatial = in_spatial
+        self.in_spatial = in_spatial  # the input's spatial size and batch: what maps must align with
+        self.in_batch = in_batch
         self.fixed = fixed  # storage of the inputs, parameters and buffers: kept maps there are copied
         self.graph_written: set[str] = set()
 
@@ -292,12 +294,22 @@ class ModelUse:
             return [(b, b.detach().clone()) for b in self.model.buffers()]
         return None
 
-    def end_call(self, buffers: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    def end_call(self, buffers: list[tuple[torch.Tensor, torch.Tensor]] | None, graph: bool = False) -> None:
+        """Put back the buffers a training-mode forward changed.
+
+        With a kept graph, the saved values are swapped in (``.data``) rather
+        than copied: a copy would bump the buffers' version counters, which the
+        graph recorded (BatchNorm saves its running statistics), and the
+        backward the caller is about to run would refuse.
+        """
         if buffers:
             with torch.no_grad():
                 for b, saved in buffers:
                     if b.shape == saved.shape:
-                        b.copy_(saved)
+                        if graph:
+                            b.data = saved
+                        else:
+                            b.copy_(saved)
         with _LOCK:
             me = threading.get_ident()
             mine = self.calls.get(me)

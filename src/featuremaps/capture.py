@@ -52,7 +52,7 @@ from torch import nn
 from ._capture_state import CURRENT, InplaceGuard, ModelUse, Run, storage_key
 from .errors import CaptureError, MemoryBudgetError
 from .layers import LayerSelector, Selection, resolve_layers
-from .layout import LayoutSpec, canonical_shape, infer_layout, to_canonical
+from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
 from .maps import FeatureMaps, LayerInfo
 from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
 
@@ -178,12 +178,13 @@ class _Layout:
 @functools.lru_cache(maxsize=4096)
 def _layout_cached(
     module_type: type, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None, declared: str | None,
-    prefix_tokens: int | None,
+    prefix_tokens: int | None, in_batch: int | None = None, context: int = 0,
 ) -> _Layout:
     if not shape:
         spec = LayoutSpec("other")
     else:
-        spec = infer_layout(shape, module_type, in_spatial, declared=declared, prefix_tokens=prefix_tokens)
+        spec = infer_layout(shape, module_type, in_spatial, declared=declared, prefix_tokens=prefix_tokens,
+                            in_batch=in_batch, context=context)
     cshape = canonical_shape(shape, spec) if shape else ()
     channels = cshape[1] if len(cshape) >= 2 and spec.layout != "other" else None
     spatial = tuple(cshape[2:]) if spec.layout != "other" else ()
@@ -288,6 +289,7 @@ class FeatureExtractor:
         self._handles: list[Any] = []
         self._use: ModelUse | None = None
         self._active = False
+        self._contexts: dict[str, int] = {}  # module name -> layout.module_context(model, name)
         self._always_copy: set[str] = set()
 
     @property
@@ -345,7 +347,8 @@ class FeatureExtractor:
             args = _move(args, device, dtype)
             kwargs = _move(kwargs, device, dtype)
         first = _first_tensor((args, kwargs))
-        in_spatial = tuple(first.shape[2:]) if first is not None and first.ndim >= 3 else None
+        lead = args[0] if args and isinstance(args[0], (list, tuple)) else first
+        in_batch, in_spatial = input_geometry(self.model, lead)
         input_shape = tuple(first.shape) if first is not None else None
         inputs = (storage_key(t) for _, t in _iter_tensors((args, kwargs)))
         fixed = use.state.fixed.union(k for k in inputs if k)
@@ -354,7 +357,7 @@ class FeatureExtractor:
         buffers = use.begin_call(self)
         try:
             for attempt in range(2):
-                run = Run(self, in_spatial, fixed, guarded)
+                run = Run(self, in_spatial, fixed, guarded, in_batch)
                 token = CURRENT.set(run)
                 try:
                     output = self._forward(run, args, kwargs)
@@ -377,7 +380,7 @@ class FeatureExtractor:
                 # A write the guard could not see (another thread, memory written directly): copy these layers.
                 self._always_copy |= {run.maps[k].info.module_name for k in corrupted}
         finally:
-            use.end_call(buffers)
+            use.end_call(buffers, graph=self.keep_graph and torch.is_grad_enabled())
         maps = FeatureMaps(run.maps, output=output, input_shape=input_shape)
         self._warn_unused(run)
         self._local.output = output
@@ -445,7 +448,8 @@ class FeatureExtractor:
         return hook
 
     def _layout_for(
-        self, name: str, path: str, module: nn.Module, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None
+        self, name: str, path: str, module: nn.Module, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None,
+        in_batch: int | None = None,
     ) -> _Layout:
         declared = None
         if self.layouts:
@@ -454,15 +458,18 @@ class FeatureExtractor:
                 if pattern == full or pattern == name or fnmatch.fnmatchcase(full, pattern):
                     declared = layout
                     break
+        context = self._contexts.get(name)
+        if context is None:
+            context = self._contexts[name] = module_context(self.model, name)
         module_type: type = type(module)
-        return _layout_cached(module_type, shape, in_spatial, declared, self.prefix_tokens)
+        return _layout_cached(module_type, shape, in_spatial, declared, self.prefix_tokens, in_batch, context)
 
     def _capture(
         self, run: Run, key: str, name: str, call: int, path: str, module_type: str, module: nn.Module,
         t: torch.Tensor,
     ) -> bool:
         shape = tuple(t.shape)
-        lay = self._layout_for(name, path, module, shape, run.in_spatial)
+        lay = self._layout_for(name, path, module, shape, run.in_spatial, run.in_batch)
         spec = lay.spec
         if self.selection.spatial_only and not spec.is_spatial:
             return False
@@ -489,6 +496,8 @@ class FeatureExtractor:
             rspatial = rshape[2:]
             rstride = _stride(rspatial, run.in_spatial)
             layout = "NC" if len(rshape) == 2 else {3: "NCL", 4: "NCHW", 5: "NCDHW"}.get(len(rshape), "other")
+            if len(rshape) > 2 and not spec.is_spatial:
+                layout = "other"  # a reduction of a map that is not an image map is none either
             info = dataclasses.replace(
                 info, layout=layout, shape=rshape, spatial=tuple(rspatial), stride=rstride,
                 prefix_tokens=0, grid=None, reduction=reducer_name(reducer), dtype=str(reduced.dtype),

@@ -234,8 +234,9 @@ def list_layers(
 
     Without an input only names, types and parameter counts are known; with
     ``x`` one forward pass (no maps kept, model state restored) adds each
-    call's output shape and layout. Modules that ran twice get one row per
-    call (``name``, ``name:1``, ...).
+    call's output shape and the layout capture gives it (``other``: not an
+    image map, see :mod:`featuremaps.layout`). Modules that ran twice get one
+    row per call (``name``, ``name:1``, ...).
 
     Args:
         model: the model.
@@ -268,12 +269,17 @@ def list_layers(
 
     import warnings
 
-    with FeatureExtractor(model, list(sel.modules), reduce="shape") as fx, warnings.catch_warnings():
+    seen: list[Any] = []
+
+    def record(canonical: Any, info: Any) -> None:  # the layout capture decides; nothing is kept
+        seen.append(info)
+
+    with FeatureExtractor(model, list(sel.modules), reduce=record) as fx, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # modules that did not run are rows below
-        maps = fx(x)
+        fx(x)
     by_module: dict[str, list[Any]] = {}
-    for name, lm in maps.items():
-        by_module.setdefault(lm.info.module_name, []).append(lm)
+    for info in seen:
+        by_module.setdefault(info.module_name, []).append(info)
     for mname, module in sel.modules.items():
         if leaves_only and not is_leaf(module):
             continue
@@ -282,7 +288,7 @@ def list_layers(
         if not captured:
             rows.append([mname, type(module).__name__, None, "not run", params])
             continue
-        for lm in captured:
-            rows.append([lm.name, lm.info.module_type, lm.info.raw_shape, lm.info.layout, params])
+        for info in captured:
+            rows.append([info.name, info.module_type, info.raw_shape, info.layout, params])
     return Table(["name", "type", "output shape", "layout", "params"], rows)
 

@@ -40,7 +40,7 @@ class LayerInfo:
         spatial: the canonical spatial size, ``()`` for vectors.
         stride: input size / map size per spatial dimension, when known.
         prefix_tokens: leading non-grid tokens of a token output.
-        grid: the (h, w) patch grid of a token output.
+        grid: the token grid of a token output: (h, w), (t, h, w) for video, (T,) over time.
         dtype: the kept tensor's dtype (``"torch.float32"``...).
         device: where the kept tensor lives.
         reduction: ``None`` for full maps, else the reducer's name
@@ -67,7 +67,7 @@ class LayerInfo:
     spatial: tuple[int, ...]
     stride: tuple[float, ...] | None
     prefix_tokens: int = 0
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
     dtype: str = "torch.float32"
     device: str = "cpu"
     reduction: str | None = None
@@ -259,8 +259,8 @@ class LayerMap:
 
     def _repr_png_(self) -> bytes | None:
         """A channel grid of this map, for Jupyter."""
-        if self.raw.device.type == "meta" or self.tensor.ndim < 2:
-            return None
+        if self.raw.device.type == "meta" or self.tensor.ndim < 2 or self.info.layout == "other":
+            return None  # no picture of what is no image map: the repr says what it is
         from .visualize import render_map
 
         return render_map(self)._repr_png_()

@@ -100,6 +100,14 @@ def render_map(
     if kind == "auto":
         kind = {2: "grid", 3: "grid", 4: "grid", 5: "mip"}.get(nd, "")
         if isinstance(x, LayerMap):
+            if x.layout == "other":
+                s = x.stats()
+                raise RenderError(
+                    f"layer {x.name!r} ({x.info.module_type}, shape {tuple(t.shape)}) is not an image map: its "
+                    "layout is 'other' (a per-head tensor, attention matrix, window partition, or a batch or size "
+                    f"that does not match the input); values range [{s.min:.3g}, {s.max:.3g}], mean {s.mean:.3g}. "
+                    "Declare layouts={name: 'NCHW'} when capturing if it is one, or pass kind='grid' to draw it anyway"
+                )
             kind = {2: "vector", 3: "strips", 4: "grid", 5: "mip"}.get(nd, "")
         if not kind:
             raise RenderError(f"cannot render a map of shape {tuple(t.shape)}; expected 2 to 5 dimensions")
@@ -300,7 +308,8 @@ def visualize(
     """Render feature maps: every captured layer, one layer, or a raw tensor.
 
     * ``FeatureMaps`` -> a :class:`Visualization` (one labelled picture per
-      layer; ``.save(dir)`` writes PNGs and an index page). ``norm="global"``
+      layer, except maps of layout ``other``, which are no images; ``.save(dir)``
+      writes PNGs and an index page). ``norm="global"``
       shares one colour scale across all the layers shown.
     * ``LayerMap`` / tensor / array -> a :class:`~featuremaps.render.GridImage`.
 
@@ -335,8 +344,8 @@ def visualize(
     notes: dict[str, str] = {}
     for n in names:
         lm = obj[n]
-        if lm.tensor.device.type == "meta" or lm.tensor.ndim < 2:
-            continue
+        if lm.tensor.device.type == "meta" or lm.tensor.ndim < 2 or lm.layout == "other":
+            continue  # not an image map (see featuremaps.layout): render_map(lm) says why
         img = render_map(lm, norm=norm, vmin=vmin, vmax=vmax, **options)
         images[n] = img
         notes[n] = _note(lm, img)

@@ -52,7 +52,7 @@ from torch import nn
 
 from ..capture import FeatureExtractor, _move, model_device_dtype
 from ..layers import LayerSelector, resolve_layers
-from ..layout import to_canonical
+from ..layout import INSIDE_ATTENTION, PARAMETRIZATION, module_context, to_canonical
 from ..maps import LayerMap
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
 from ._zoom import spline_zoom
@@ -80,6 +80,8 @@ CONVENTIONS = ("pgc",)
 FUSE_MODES = ("mean", "max")
 PGC_EPS = 1e-7
 AUTO_PROBE_LAYERS = 64
+# module names whose maps are the CAM targets of detectors and segmenters
+_BACKBONE_NAMES = frozenset({"backbone", "neck", "fpn"})
 
 C = TypeVar("C", bound="type[BaseCAM]")
 
@@ -741,7 +743,7 @@ class BaseCAM:
         x = prepare_input(x, self.model)
         fkw = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in (forward_kwargs or {}).items()}
         n = int(x.shape[0])
-        refs = self._resolve(x, fkw)
+        refs = self._resolve(x, fkw, target)
         grad_mode = self.uses_gradients
         x_in = x.detach().requires_grad_(True) if grad_mode and x.is_floating_point() else x
         with warnings.catch_warnings():
@@ -778,10 +780,21 @@ class BaseCAM:
         out_size: Sequence[int] | None = size
         if out_size is None and spatial_nd == {x.ndim - 2}:
             out_size = tuple(x.shape[2:])
+        elif out_size is None and x.ndim == 2 and spatial_nd == {1}:  # a channel-less signal (N, L)
+            out_size = (int(x.shape[1]),)
         with torch.no_grad():
             heat = postprocess_cams(
                 list(layer_maps.values()), out_size, relu=self.relu, normalize=self.normalize, fuse=self.fuse,
                 convention=self.convention,
+            )
+        flat = heat.reshape(n, -1)
+        zero = [i for i in range(n) if bool(flat[i].eq(0).all())]
+        if zero:
+            warnings.warn(
+                f"{type(self).__name__}: the heatmap of sample(s) {zero[:8]} is zero everywhere at layer(s) "
+                f"{', '.join(layer_maps)} (no positive evidence for the target there, or a zero gradient); "
+                "relu=False shows the negative evidence, another layer= may show more",
+                stacklevel=3,
             )
         return CAMResult(heat, layer_maps, tuple(layer_maps), self.name or type(self).__name__, tgt, scores, output)
 
@@ -819,63 +832,109 @@ class BaseCAM:
             for i, g in zip(wanted, got):
                 grads[i] = g
         for i, lm in enumerate(picked):
-            if grads[i] is None:
+            gi = grads[i]
+            if gi is None or not bool(gi.detach().flatten(1).ne(0).any(dim=1).all()):
                 warnings.warn(
-                    f"the target does not depend on layer {lm.name!r}: its gradient is zero, so its "
-                    "gradient-based map is zero; choose a layer the target depends on",
+                    f"the target does not depend on layer {lm.name!r} (its gradient is zero"
+                    + ("" if gi is None else " for some samples") + "), so its gradient-based map is zero there; "
+                    "choose a layer the target depends on",
                     stacklevel=4,
                 )
+            if gi is None:
                 grads[i] = torch.zeros_like(lm.raw)
         return grads
 
-    def _resolve(self, x: torch.Tensor, fkw: dict[str, Any]) -> list[_LayerRef]:
+    def _resolve(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike) -> list[_LayerRef]:
         if self._refs is not None:
             return self._refs
         key = tuple(int(s) for s in x.shape[1:])
         refs = self._auto_cache.get(key)
         if refs is None:
-            refs = [self._auto_layer(x, fkw)]
+            refs = [self._auto_layer(x, fkw, target)]
             self._auto_cache[key] = refs
             log.info("layer='auto' picked %s for inputs of shape %s", refs[0], key)
         return refs
 
-    def _auto_layer(self, x: torch.Tensor, fkw: dict[str, Any]) -> _LayerRef:
-        """The last layer with a spatial output whose gradient is not zero everywhere."""
+    def _auto_candidates(self, maps: Mapping[str, LayerMap]) -> list[LayerMap]:
+        """Maps that can be CAM targets: image maps with extent, outside attention internals.
+
+        On a model with a backbone (detectors, segmenters: a module path
+        containing ``backbone``, ``neck`` or ``fpn``) only the backbone's maps
+        qualify, never per-box or per-query heads.
+        """
+        cands = [
+            lm for lm in maps.values()
+            if _has_extent(lm) and module_context(self.model, lm.info.module_name) not in (INSIDE_ATTENTION, PARAMETRIZATION)
+        ]
+        backbone = [lm for lm in cands if _BACKBONE_NAMES & set(lm.info.module_name.split("."))]
+        return backbone or cands
+
+    def _auto_layer(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike) -> _LayerRef:
+        """The last input-aligned layer whose gradient for the target is not zero (see :class:`BaseCAM`).
+
+        The probe is one forward of the user's batch (the model in the mode
+        the method uses) and one gradient of the user's target.
+        """
         grad = torch.is_grad_enabled()
-        first = torch.zeros(1, dtype=torch.long, device=x.device)
-        x1 = x[:1].detach()
-        if grad and x1.is_floating_point():
-            x1 = x1.requires_grad_(True)
-        kw1 = index_kwargs(fkw, first, int(x.shape[0]))
+        xi = x.detach().requires_grad_(True) if grad and x.is_floating_point() else x
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             with FeatureExtractor(
                 self.model, lambda name, module: True, keep_graph=grad, eval_mode=self.eval_mode,
                 layouts=self.layouts, prefix_tokens=self.prefix_tokens, move_inputs=False,
             ) as fx:
-                maps = fx(x1, **kw1)
-                cands = [lm for lm in maps.values() if _has_extent(lm)]
+                maps = fx(xi, **fkw)
+                cands = self._auto_candidates(maps)
                 if not cands:
                     raise CAMLayerError(
-                        f"layer='auto' found no layer with a spatial output in {type(self.model).__name__} for an "
-                        f"input of shape {tuple(x.shape)}; pass layer= explicitly (see fm.list_layers(model, x))"
+                        f"layer='auto' found no layer of {type(self.model).__name__} whose output is an image map "
+                        f"aligned with the input of shape {tuple(x.shape)}; pass layer= explicitly "
+                        "(see fm.list_layers(model, x))"
                     )
-                chosen = cands[-1]
-                if grad:
-                    tail = [lm for lm in cands[-AUTO_PROBE_LAYERS:] if lm.raw.requires_grad]
-                    outs = [t for t in _output_tensors(fx.output) if t.is_floating_point() and t.requires_grad]
-                    if tail and outs:
-                        total = torch.stack([t.float().sum() for t in outs]).sum()
-                        got = torch.autograd.grad(total, [lm.raw for lm in tail], allow_unused=True)
-                        for lm, g in zip(reversed(tail), reversed(got)):
-                            if g is None:
-                                continue
-                            per_pos = to_canonical(g, lm.info.layout_spec).abs().sum(dim=1)
-                            if int((per_pos != 0).sum()) > 1:
-                                chosen = lm
-                                break
+                if not grad:
+                    chosen = cands[-1]
+                else:
+                    chosen = self._probe(fx.output, int(x.shape[0]), cands, target)
         info = chosen.info
         return _LayerRef(info.module_name, info.call_index, info.output_key or None)
+
+    def _probe(self, raw_output: Any, n: int, cands: list[LayerMap], target: TargetLike) -> LayerMap:
+        """The last candidate where the target's gradient is non-zero at two positions of every sample."""
+        tail = [lm for lm in cands[-AUTO_PROBE_LAYERS:] if lm.raw.requires_grad]
+        score: torch.Tensor | None = None
+        try:
+            output = adapt_output(raw_output, self.output)
+            tgt = self._target(target, output, n)
+            if not isinstance(tgt, _NoTarget):
+                score = self._scores(tgt, output, n).sum()
+        except TargetError:
+            if self.needs_target:
+                raise
+        if score is None:  # class-agnostic method without a class output: any output will do
+            outs = [t for t in _output_tensors(raw_output) if t.is_floating_point() and t.requires_grad]
+            score = torch.stack([t.float().sum() for t in outs]).sum() if outs else None
+        if not tail or score is None or not score.requires_grad:
+            return cands[-1]
+        got = torch.autograd.grad(score, [lm.raw for lm in tail], allow_unused=True)
+        for lm, g in zip(reversed(tail), reversed(got)):
+            if g is None:
+                continue
+            per_pos = to_canonical(g, lm.info.layout_spec).abs().sum(dim=1).reshape(g.shape[0], -1)
+            if bool(((per_pos != 0).sum(dim=1) > 1).all()):
+                return lm
+        names = ", ".join(lm.name for lm in tail[-3:])
+        if self.uses_gradients:
+            raise CAMLayerError(
+                f"layer='auto': the target's gradient is zero at every image layer of {type(self.model).__name__} "
+                f"that was probed (the last {len(tail)}, ending {names}), so every gradient map would be zero; "
+                "check target= and output= select a score that depends on the image, or pass layer="
+            )
+        warnings.warn(
+            f"layer='auto': the target does not depend on any probed image layer (ending {names}); "
+            f"using the last one, {cands[-1].name!r}",
+            stacklevel=5,
+        )
+        return cands[-1]
 
     def _pick(self, maps: Mapping[str, LayerMap], ref: _LayerRef) -> LayerMap:
         cands = [
@@ -904,6 +963,11 @@ class BaseCAM:
         hint = ""
         if info.layout == "NTD":
             hint = " (tokens that form no grid matching the input: pass prefix_tokens= or layouts=)"
+        elif info.layout == "other":
+            hint = (
+                " (not an image map aligned with the input: a per-head tensor, attention matrix, window "
+                "partition or per-box tensor, or a batch other than the input's; declare layouts= if it is one)"
+            )
         raise CAMLayerError(
             f"layer={str(ref)!r} ({mtype}) has no spatial output: it returned shape {info.raw_shape} "
             f"(layout {info.layout}){hint}; a CAM needs a map with positions, so choose a convolutional or token "

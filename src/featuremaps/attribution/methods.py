@@ -556,14 +556,20 @@ class CAM(BaseCAM):
     ``cam = ReLU(sum_c W[k, c] A_c)`` for class ``k``, with ``W`` the weights of
     the linear classifier (its bias is left out). No gradients needed.
 
+    CAM is only defined where the scores are ``W mean(A) + b``; each call
+    checks this on the captured activations (to 1e-3 relative), so a model
+    whose head is not global-average-pool + linear on that layer's channels
+    (a ViT's CLS token, an MLP head, a norm after the pooling) gets an
+    :class:`~featuremaps.attribution.AttributionError` instead of a picture.
+
     Conventions (``"pgc"``): post-processing as in :class:`GradCAM`.
 
     Args:
         model: the model.
         layer: the last feature map before the pooling (``"auto"`` finds it).
         fc: the classifier: an ``nn.Linear`` of the model, its name, or a
-            ``(classes, C)`` weight tensor. ``None``: the last ``nn.Linear``
-            whose ``in_features`` equals the layer's channel count.
+            ``(classes, C)`` weight tensor (taken on trust). ``None``: the
+            last ``nn.Linear`` on the layer's channels that the check confirms.
         **options: the other :class:`~featuremaps.attribution.base.BaseCAM` options.
 
     Example:
@@ -593,42 +599,87 @@ class CAM(BaseCAM):
             fc = name
         self.fc = fc
 
-    def _fc_weight(self, channels: int) -> torch.Tensor:
+    def _heads(self, channels: int) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """The classifier candidates ``(description, weight, bias)`` on ``channels`` pooled features."""
         fc = self.fc
         if isinstance(fc, torch.Tensor):
-            w = fc
-        elif isinstance(fc, str):
+            return [("fc (the given weights)", fc, None)]
+        if isinstance(fc, str):
             try:
-                w = self.model.get_submodule(fc).weight  # type: ignore[assignment]
+                module = self.model.get_submodule(fc)
             except AttributeError:
+                module = None
+            w = getattr(module, "weight", None)
+            if not isinstance(w, torch.Tensor):
                 raise AttributionError(
                     f"fc={fc!r} is not a module with a weight in {type(self.model).__name__}; pass the classifier's name"
-                ) from None
-        else:
-            found = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
-            if not found:
-                raise AttributionError(
-                    f"CAM needs a linear classifier on the pooled {channels}-channel features, but "
-                    f"{type(self.model).__name__} has no nn.Linear with in_features={channels}; pass fc= (the "
-                    "classifier module, its name or a (classes, C) weight tensor), or use GradCAM"
                 )
-            w = found[-1].weight
-        if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[1] != channels:
-            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            b = getattr(module, "bias", None)
+            return [(f"fc={fc!r}", w, b if isinstance(b, torch.Tensor) else None)]
+        found = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+        if not found:
             raise AttributionError(
-                f"CAM classifier weights have shape {shape} but the layer has {channels} channels; "
-                "pass fc= whose weight is (classes, channels)"
+                f"CAM needs a linear classifier on the pooled {channels}-channel features, but "
+                f"{type(self.model).__name__} has no nn.Linear with in_features={channels}; pass fc= (the "
+                "classifier module, its name or a (classes, C) weight tensor), or use GradCAM"
             )
-        return w.detach()
+        return [(f"classifier {n!r}", m.weight, m.bias) for n, m in reversed(found)]
+
+    def _verified(self, activations: torch.Tensor, ctx: LayerContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier weights ``W`` and the activations ``A`` with ``scores = W mean(A) + b``.
+
+        CAM is only defined for such a head, so the claim is checked on the
+        captured activations of this very input: the model's scores must
+        equal the linear layer applied to the global average of the layer's
+        channels (or of their ReLU, for heads that apply a functional ReLU
+        first, as torchvision's DenseNet does). Given weights (a tensor) are
+        taken on trust.
+        """
+        c = int(activations.shape[1])
+        heads = self._heads(c)
+        for _, w, _ in heads:
+            if w.ndim != 2 or w.shape[1] != c:
+                raise AttributionError(
+                    f"CAM classifier weights have shape {tuple(w.shape)} but the layer has {c} channels; "
+                    "pass fc= whose weight is (classes, channels)"
+                )
+        if isinstance(self.fc, torch.Tensor):
+            return self.fc.detach(), activations
+        out = ctx.output
+        name = ctx.layer.info.name
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != ctx.n:
+            raise AttributionError(
+                f"CAM explains (N, classes) scores but {type(self.model).__name__} gives "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}; use GradCAM"
+            )
+        scores = out.detach().double()
+        tol = 1e-3 * (1.0 + float(scores.abs().max()))
+        variants = (("A", activations), ("ReLU(A)", activations.clamp_min(0)))
+        for _, w, b in heads:
+            if w.shape[0] != scores.shape[1]:
+                continue
+            wd = w.detach().to(scores.device, torch.float64)
+            bias = b.detach().to(scores.device, torch.float64) if b is not None else 0.0
+            for _, a in variants:
+                pred = a.flatten(2).mean(2).double() @ wd.T + bias
+                if float((pred - scores).abs().max()) <= tol:
+                    return w.detach(), a
+        tried = ", ".join(d for d, _, _ in heads[:3])
+        raise AttributionError(
+            f"CAM is defined only for a global-average-pool + linear head on the layer's channels, but the scores "
+            f"of {type(self.model).__name__} are not W @ mean(A) + b for layer {name!r} ({c} channels) and "
+            f"{tried}; use GradCAM (which equals CAM on such heads), or pass layer= the map the head pools"
+        )
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
-        """``sum_c W[k, c] A_c`` for each sample's class ``k``."""
+        """``sum_c W[k, c] A_c`` for each sample's class ``k``, after checking the head is GAP + linear."""
         classes = ctx.target.classes
         if classes is None:
             raise TargetError(
                 "CAM explains class scores: pass target= as class indices (int, list, tensor) or a TopKTarget"
             )
-        n, c = int(activations.shape[0]), int(activations.shape[1])
-        w = self._fc_weight(c).to(activations.device, activations.dtype)
-        idx = classes.to(activations.device).expand(n) if classes.ndim == 0 else classes.to(activations.device)
-        return channel_sum(w[idx], activations)
+        n = int(activations.shape[0])
+        w, a = self._verified(activations, ctx)
+        w = w.to(a.device, a.dtype)
+        idx = classes.to(a.device).expand(n) if classes.ndim == 0 else classes.to(a.device)
+        return channel_sum(w[idx], a)

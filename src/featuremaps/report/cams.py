@@ -85,6 +85,8 @@ def cam_section(
             continue
         heat[method] = result.heatmap.detach().float().cpu()
         layer_names = list(result.layers)
+        if isinstance(layer, str) and layer == "auto":
+            layer = layer_names  # one probe: every method explains the same layer
         if progress is not None:
             progress("CAM methods", i + 1, total)
     methods = [m for m in methods if m in heat]
