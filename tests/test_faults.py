@@ -140,3 +140,10 @@ def test_preprocess_options_are_checked():
     with pytest.raises(fm.ModelLoadError, match=r"input_size must be \(height, width\) with positive values"):
         fm.ModelCard("m", "m", (0, 0), 256, "bilinear", (0.5,) * 3, (0.5,) * 3)
     assert fm.Preprocess(card)(np.zeros((8, 8, 3), np.uint8)).shape == (1, 3, 224, 224)
+
+
+def test_a_zero_output_size_is_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2)).eval()
+    with pytest.raises(AttributionError, match=r"size=\(0, 0\) must be positive"):
+        fm.GradCAM(model, layer="1").explain(torch.rand(1, 3, 8, 8), size=(0, 0))

@@ -331,6 +331,11 @@ def resize_maps(
     """
     if size is None or tuple(cams.shape[1:]) == tuple(size):
         return cams
+    if any(int(s) < 1 for s in size):
+        raise AttributionError(
+            f"size={tuple(size)} must be positive in every dimension; pass the input's spatial size, "
+            "e.g. (224, 224), or None"
+        )
     mode = _MODES.get(len(size))
     if mode is None or cams.ndim - 1 != len(size):
         raise AttributionError(
