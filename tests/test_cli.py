@@ -124,3 +124,27 @@ def test_every_command_can_write_to_the_default_folder_in_turn(runner, tmp_path,
     (tmp_path / "mine" / "notes.txt").write_text("x")
     assert runner.invoke(cli, ["report", "--no-cams", "--layers", "_conv_stem", "-o", "mine/r.html"]).exit_code == 0
     assert not (tmp_path / "mine" / ".featuremaps").exists()  # a folder of the user's is not claimed
+
+
+def test_cam_skips_a_method_that_cannot_apply_and_writes_the_others(runner, tmp_path):
+    """`cam --method ... --layer X` used to fail on plain CAM after every other method had run."""
+    out = tmp_path / "cams"
+    result = runner.invoke(cli, ["cam", "--method", "cam", "--method", "gradcam", "--layer", "_blocks.15._bn2",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "cam: skipped, CAM needs a linear classifier" in result.output
+    assert (out / "cam_gradcam.png").is_file() and not (out / "cam_cam.png").exists()
+
+
+def test_cam_alone_on_a_layer_it_cannot_use_is_one_error_and_writes_nothing(runner, tmp_path):
+    out = tmp_path / "cams"
+    result = runner.invoke(cli, ["cam", "--method", "cam", "--layer", "_blocks.15._bn2", "-o", str(out)])
+    assert result.exit_code == 1 and result.output.count("Error:") == 1
+    assert not out.exists()
+
+
+def test_library_wording_becomes_the_command_lines():
+    from featuremaps.cli import cli_wording
+
+    assert cli_wording("pass weights='random' or weights=PATH") == "pass --weights random or --weights PATH"
+    assert cli_wording("only with trust_pickle=True (CLI: --trust-pickle)") == "only with --trust-pickle"

@@ -8,6 +8,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,26 @@ _LAZY_COMMANDS = {
     "cam": ("featuremaps.cli_cam", "cam_cmd"),
     "synthesize": ("featuremaps.cli_synth", "synth_cmd"),
 }
+
+
+_CLI_WORDS = (
+    (re.compile(r"\btrust_pickle=True(?: \(CLI: --trust-pickle\))?"), "--trust-pickle"),
+    (re.compile(r"\bweights='(\w+)'"), r"--weights \1"),
+    (re.compile(r"\bweights=PATH\b"), "--weights PATH"),
+    (re.compile(r"\bweights=(?=')"), "--weights "),
+)
+
+
+def cli_wording(message: str) -> str:
+    """A library message in the command line's words: its options, not Python keywords.
+
+    Example:
+        >>> cli_wording("pass weights=PATH to a state dict or weights='random'; trust_pickle=True (CLI: --trust-pickle)")
+        'pass --weights PATH to a state dict or --weights random; --trust-pickle'
+    """
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 class _Group(click.Group):
@@ -58,7 +79,7 @@ class _Group(click.Group):
             from .errors import FeatureMapsError
 
             if isinstance(exc, FeatureMapsError):
-                message = str(exc)
+                message = cli_wording(str(exc))
             elif isinstance(exc, OSError) and exc.filename:
                 message = f"{exc.strerror or exc}: {exc.filename}"
             else:
@@ -370,7 +391,7 @@ def maps_cmd(
         written.append(pred)
         best = top[0]
         click.echo(f"top-1: {best[1]} (class {best[0]}, p={best[2]:.3f})")
-    click.echo(f"captured {len(maps)} layers ({maps.nbytes / 1e6:.1f} MB) from {model_spec}")
+    click.echo(f"captured {len(maps)} layer{'' if len(maps) == 1 else 's'} ({maps.nbytes / 1e6:.1f} MB) from {model_spec}")
     click.echo(f"wrote {len(vis)} layer pictures to {out / 'layers'}")
     for p in written:
         click.echo(f"wrote {p}")

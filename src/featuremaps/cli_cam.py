@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .attribution import cam_methods
-from .cli import DEFAULT_OUT, _image, _load, _output_folder, _top_classes, model_options
+from .cli import DEFAULT_OUT, _image, _load, _output_folder, _top_classes, cli_wording, model_options
 
 __all__ = ["cam_cmd", "parse_target"]
 
@@ -68,6 +68,8 @@ def _slug(name: str) -> str:
               help="Target layer name (repeat to fuse several). Default: auto (the last spatial layer).")
 @click.option("--metrics", is_flag=True, help="Also compute faithfulness metrics (deletion/insertion AUC, "
               "average drop/increase, ROAD).")
+@click.option("--metric-steps", default=32, show_default=True, type=click.IntRange(min=2),
+              help="Deletion/insertion steps of --metrics.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Masked forwards per batch (Score-CAM, Ablation-CAM, metrics).")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0), help="Overlay opacity.")
@@ -75,8 +77,8 @@ def _slug(name: str) -> str:
               help="Output directory.")
 def cam_cmd(
     image: str | None, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool,
-    methods: tuple[str, ...], target: str | None, layers: tuple[str, ...], metrics: bool, batch_size: int,
-    alpha: float, out_dir: str,
+    methods: tuple[str, ...], target: str | None, layers: tuple[str, ...], metrics: bool, metric_steps: int,
+    batch_size: int, alpha: float, out_dir: str,
 ) -> None:
     """Explain the model's prediction on IMAGE with class activation maps.
 
@@ -90,7 +92,7 @@ def cam_cmd(
     from safetensors.torch import save_file
 
     from ._atomic import atomic_path
-    from .attribution import create_cam, faithfulness, get_cam
+    from .attribution import AttributionError, create_cam, faithfulness, get_cam
     from .render import overlay, save_image
 
     chosen = list(dict.fromkeys(m.lower() for m in methods)) or ["gradcam"]
@@ -115,31 +117,49 @@ def cam_cmd(
         if not top:
             raise click.UsageError("the model output is not a vector of class scores; pass --target")
         cls = top[0][0]
+    named = card is not None and bool(getattr(card, "class_names", None))
     class_name = card.class_name(cls) if card is not None else f"class {cls}"
-    click.echo(f"explaining class {cls} ({class_name})")
+    click.echo(f"explaining class {cls}" + (f" ({class_name})" if named else ""))
+
+    # Every method first, in memory: the cheap ones before those with a forward per channel, and a method
+    # this model or layer cannot use is skipped with a note (or, asked for alone, is the error), so nothing
+    # is written until something can be.
+    order = sorted(chosen, key=lambda m: m in ("scorecam", "ablationcam"))
+    results: dict[str, Any] = {}
+    skipped: list[str] = []
+    layer_sel: Any = list(layers) if layers else "auto"
+    for name in order:
+        options: dict[str, Any] = {"layer": layer_sel, **get_cam(name).picture_options}
+        if name in ("scorecam", "ablationcam"):
+            options["batch_size"] = batch_size
+        try:
+            results[name] = create_cam(name, model, **options).explain(x, cls)
+        except AttributionError as exc:
+            if len(chosen) == 1:
+                raise
+            skipped.append(name)
+            click.echo(f"{name}: skipped, {cli_wording(str(exc).splitlines()[0])}", err=True)
+            continue
+        click.echo(f"{name}: layer {', '.join(results[name].layers)}")
+    if not results:
+        raise click.ClickException(f"none of the methods {', '.join(chosen)} applies to this model and layer")
 
     out = _output_folder(out_dir)
     written: list[Path] = []
     tensors: dict[str, torch.Tensor] = {}
     meta_layers: dict[str, list[str]] = {}
     scores: dict[str, dict[str, float]] = {}
-    layer_sel: Any = list(layers) if layers else "auto"
-    for name in chosen:
-        options: dict[str, Any] = {"layer": layer_sel, **get_cam(name).picture_options}
-        if name in ("scorecam", "ablationcam"):
-            options["batch_size"] = batch_size
-        cam = create_cam(name, model, **options)
-        result = cam.explain(x, cls)
+    for name in [m for m in chosen if m in results]:
+        result = results[name]
         heat = result.heatmap
         meta_layers[name] = list(result.layers)
-        click.echo(f"{name}: layer {', '.join(result.layers)}")
         tensors[name] = heat.detach().float().cpu().contiguous()
         for lname, lmap in result.layer_maps.items():
             tensors[f"{name}/{lname}"] = lmap.detach().float().cpu().contiguous()
         picture = overlay(view, heat[0].detach().float().cpu(), alpha=alpha)
         written.append(save_image(np.asarray(picture), out / f"cam_{_slug(name)}.png"))
         if metrics:
-            values = faithfulness(model, x, heat, cls, batch_size=batch_size)
+            values = faithfulness(model, x, heat, cls, batch_size=batch_size, steps=metric_steps)
             scores[name] = {k: round(float(v[0]), 6) for k, v in values.items()}
 
     meta = {
@@ -149,6 +169,7 @@ def cam_cmd(
         "target": str(cls),
         "class_name": class_name,
         "layers": json.dumps(meta_layers),
+        "skipped": json.dumps(skipped),
     }
     path = out / "cams.safetensors"
     with atomic_path(path) as tmp:
@@ -160,6 +181,8 @@ def cam_cmd(
             tmp.write_text("".join(f"{q:.4f}\t{i}\t{n}\n" for i, n, q in top), encoding="utf-8")
         written.append(pred)
     if metrics:
+        click.echo(f"faithfulness for class {cls}, {metric_steps} deletion/insertion steps (the report uses 10 "
+                   "for speed, so its AUCs differ slightly)")
         _print_metrics(scores)
         mpath = out / "metrics.json"
         with atomic_path(mpath) as tmp:
