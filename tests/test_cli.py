@@ -148,3 +148,31 @@ def test_library_wording_becomes_the_command_lines():
 
     assert cli_wording("pass weights='random' or weights=PATH") == "pass --weights random or --weights PATH"
     assert cli_wording("only with trust_pickle=True (CLI: --trust-pickle)") == "only with --trust-pickle"
+
+
+def test_atlas_defaults_to_the_block_outputs_and_says_so(runner, tmp_path):
+    """No --layers used to capture every spatial layer (735 MB and 62,631 files for 4 images)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat", "coffee"):
+        fm.load_image(fm.sample_image(name)).save(photos / f"{name}.png")
+    result = runner.invoke(cli, ["atlas", str(photos), "--k", "1", "--receptive", "none", "--quiet",
+                                 "-o", str(tmp_path / "atlas")])
+    assert result.exit_code == 0, result.output
+    assert "layers: the 16 block outputs (_blocks.0, _blocks.1, _blocks.2, ... _blocks.15)" in result.output
+    assert fm.load_atlas(tmp_path / "atlas").layers() == [f"_blocks.{i}" for i in range(16)]
+
+
+def test_blocks_are_the_units_of_real_architectures():
+    from featuremaps.layers import block_names, resolve_layers
+
+    torchvision = pytest.importorskip("torchvision")
+    resnet = torchvision.models.resnet18()
+    assert block_names(resnet) == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    convnext = torchvision.models.convnext_tiny()  # features.N are stages (Sequential); their children are blocks
+    names = block_names(convnext)
+    assert names[0] == "features.1.0" and "features.1" not in names
+    assert len(names) == 3 + 3 + 9 + 3 and {type(convnext.get_submodule(n)).__name__ for n in names} == {"CNBlock"}
+    assert sorted(resolve_layers(resnet, "blocks").modules) == sorted(block_names(resnet))
+    with pytest.raises(fm.errors.LayerNotFoundError, match="no numbered blocks"):
+        resolve_layers(torchvision.models.vgg11(), "blocks")

@@ -76,12 +76,30 @@ def _init_distributed(device: str | None, timeout: float = 600.0) -> tuple[bool,
     return True, device
 
 
+def _default_layers(model: Any, rank: int, quiet: bool) -> Any:
+    """The block outputs, said before the pass (every spatial layer when the model has no blocks)."""
+    from .layers import block_names, is_leaf
+
+    blocks = block_names(model)
+    if rank == 0 and not quiet:
+        if blocks:
+            shown = ", ".join(blocks[:3]) + (f", ... {blocks[-1]}" if len(blocks) > 3 else "")
+            click.echo(f"layers: the {len(blocks)} block outputs ({shown}); --layers chooses others", err=True)
+        else:
+            leaves = sum(1 for _, m in model.named_modules() if is_leaf(m))
+            click.echo(f"layers: {type(model).__name__} has no numbered blocks: every spatial layer (up to "
+                       f"{leaves} layers, one page and one patch sheet per channel); --layers chooses fewer",
+                       err=True)
+    return "blocks" if blocks else None
+
+
 @click.command("atlas")
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
 @model_options
 @click.option("--layers", "layer_patterns", multiple=True,
-              help="Layers: names, globs ('_blocks.1?.*'), 're:REGEX'; repeat or comma-separate. "
-              "Default: every leaf layer with a spatial output.")
+              help="Layers: names, globs ('_blocks.1?.*'), 're:REGEX', 'blocks' or 'all'; repeat or "
+              "comma-separate. Default: 'blocks', the block outputs (one map per block, e.g. 16 on the default "
+              "model), else every layer with a spatial output.")
 @click.option("--k", "k", default=9, show_default=True, type=click.IntRange(min=1),
               help="Top examples kept per channel.")
 @click.option("--score", type=click.Choice(["max", "mean"]), default="max", show_default=True,
@@ -145,9 +163,10 @@ def atlas_cmd(
 
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
             model, preprocess = _load(model_spec, weights, device, trust_pickle)
+            layers = _parse_layers(layer_patterns) or _default_layers(model, rank, quiet)
             t0 = time.perf_counter()
             atlas = build_atlas(
-                model, image_dir, preprocess=preprocess, layers=_parse_layers(layer_patterns), k=k, score=score,
+                model, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,
                 batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
                 resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
                 synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,

@@ -31,6 +31,7 @@ LayerSelector = Union[
 * ``"*conv*"`` / ``"layer[12].*"``: a glob (``fnmatch``, case-sensitive);
 * ``"re:^blocks\\.\\d+$"``: a regular expression (``re.search``);
 * ``"all"``: every leaf layer, spatial or not;
+* ``"blocks"``: the block outputs (see :func:`block_names`);
 * ``nn.Conv2d`` (or a tuple of types): every module of that type;
 * a module instance of the model;
 * a predicate ``f(name, module) -> bool``;
@@ -86,6 +87,42 @@ def _not_found(model: nn.Module, what: str, names: Sequence[str]) -> LayerNotFou
         f"no layer of {type(model).__name__} matches {what!r}{hint}; "
         "see fm.list_layers(model) or `featuremaps layers` for all names"
     )
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """The model's block outputs: numbered modules of a container that are modules of their own kind.
+
+    A block is a child of an ``nn.Sequential`` or ``nn.ModuleList``, named
+    by a number (``3``, ``encoder_layer_3``), that has children and is not
+    itself a plain container: ``layer3.1`` of a ResNet, ``_blocks.7`` of an
+    EfficientNet, ``blocks.11`` of a timm ViT, ``features.2.0`` of a
+    ConvNeXt (``features.2``, a Sequential, is a stage), ``features.5`` of a
+    MobileNetV2. A block inside another block is a part of it and is left
+    out. This is what ``layers="blocks"`` selects: one map per block, the
+    usual unit of an atlas, instead of every convolution and activation.
+
+    Example:
+        >>> from torch import nn
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv, self.act = nn.Conv2d(3, 3, 1), nn.ReLU()
+        >>> block_names(nn.Sequential(nn.Conv2d(3, 3, 1), Block(), nn.Sequential(Block(), Block())))
+        ['1', '2.0', '2.1']
+    """
+    containers = (nn.Sequential, nn.ModuleList)
+    named = dict(model.named_modules())
+    blocks: list[str] = []
+    for name, module in named.items():
+        parent_name, _, last = name.rpartition(".")
+        if not name or not last[-1:].isdigit() or is_leaf(module) or isinstance(module, containers):
+            continue
+        if not isinstance(named.get(parent_name), containers):
+            continue
+        if any(name.startswith(b + ".") for b in blocks):  # a part of a block already kept
+            continue
+        blocks.append(name)
+    return blocks
 
 
 def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
@@ -183,6 +220,16 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
             for n, m in named:
                 if is_leaf(m):
                     add(n)
+            return
+        if text == "blocks":
+            found = block_names(model)
+            if not found:
+                raise LayerNotFoundError(
+                    f"{type(model).__name__} has no numbered blocks (children of an nn.Sequential or "
+                    "nn.ModuleList that have children themselves); pass layer names or globs instead"
+                )
+            for n in found:
+                add(n)
             return
         if text in by_name:
             add(text)
