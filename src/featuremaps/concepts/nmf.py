@@ -32,6 +32,7 @@ __all__ = ["PositionSample", "nmf", "nnls_codes", "position_keys"]
 
 _M31 = (1 << 31) - 1
 _EMPTY = 1 << 62  # the key of an empty slot: larger than any real key
+_INNER = 3  # HALS sweeps per factor and round: the costly products with the data are made once per round
 
 
 def position_keys(indices: torch.Tensor, positions: int) -> torch.Tensor:
@@ -225,13 +226,22 @@ def _nndsvda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return u, w
 
 
+def _relative_error(x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, total: float) -> float:
+    """``||x - u w|| / ||x||``, from the residual itself (in row chunks), not from cancelling products."""
+    sq = 0.0
+    for s in range(0, x.shape[0], 8192):
+        sq += float((x[s:s + 8192] - u[s:s + 8192] @ w).double().square().sum())
+    return (sq / total) ** 0.5
+
+
 def nmf(
-    x: torch.Tensor, k: int, *, iters: int = 200, tol: float = 1e-7
+    x: torch.Tensor, k: int, *, iters: int = 300, tol: float = 1e-4
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Factor non-negative ``x`` ``(P, C)`` as ``u @ w`` with ``u`` ``(P, k)``, ``w`` ``(k, C)``, both ``>= 0``.
 
-    HALS from NNDSVDa, at most ``iters`` sweeps, stopping when the relative
-    error changes by less than ``tol``. The rows of ``w`` are scaled to unit
+    HALS from NNDSVDa: at most ``iters`` rounds of a few sweeps each over
+    ``w`` then ``u``, stopping when ten rounds lower the relative error by
+    less than ``tol`` of itself (``tol=0``: run every round). The rows of ``w`` are scaled to unit
     length (``u`` takes the scale) and sorted by their share of the data
     (the sum of their coefficients), largest first. Deterministic.
 
@@ -264,27 +274,23 @@ def nmf(
     u, w = _nndsvda(x, k)
     u, w = u.float(), w.float()
     previous = float("inf")
-    err = float("inf")
-    for _ in range(iters):
-        # W step (HALS on the rows of w, with u fixed)
+    for it in range(iters):
+        # W step: a few HALS sweeps on the rows of w with u fixed (the products with x are computed once)
         ux = (u.T @ x).double()  # (k, C)
         uu = (u.T @ u).double()  # (k, k)
         wd = w.double()
-        for j in range(k):
-            if uu[j, j] <= 0:
-                continue
-            wd[j] = (wd[j] + (ux[j] - uu[j] @ wd) / uu[j, j]).clamp(min=0)
+        for _ in range(_INNER):
+            for j in range(k):
+                if uu[j, j] > 0:
+                    wd[j] = (wd[j] + (ux[j] - uu[j] @ wd) / uu[j, j]).clamp(min=0)
         norms = wd.norm(dim=1).clamp(min=1e-30)
-        wd = wd / norms[:, None]
-        w = wd.float()
-        u = _hals_codes(x, w, u * norms.float()[None, :], 1)
-        # relative error from the small products (no P x C residual)
-        uu2 = (u.T @ u).double()
-        cross = float(((u.T @ x).double() * w.double()).sum())
-        quad = float((uu2 * (w.double() @ w.double().T)).sum())
-        err = max(total - 2 * cross + quad, 0.0) ** 0.5 / total ** 0.5
-        if abs(previous - err) < tol:
-            break
-        previous = err
+        w = (wd / norms[:, None]).float()
+        u = _hals_codes(x, w, u * norms.float()[None, :], _INNER)
+        if tol > 0 and (it % 10 == 9 or it == iters - 1):
+            err = _relative_error(x, u, w, total)
+            if previous - err <= tol * max(err, 1e-12):
+                break
+            previous = err
+    err = _relative_error(x, u, w, total)
     order = torch.argsort(-u.double().sum(0), stable=True)
     return w[order].contiguous(), u[:, order].contiguous(), err
