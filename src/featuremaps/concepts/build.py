@@ -127,7 +127,7 @@ class _ConceptProbe(nn.Module):
             u = u[:, :, None, None]
         elif u.ndim == 3:
             u = u[:, :, None, :]
-        return self.concepts(u)  # type: ignore[no-any-return]
+        return self.concepts(u)
 
 
 def _run_pass(

@@ -262,8 +262,8 @@ class Concepts:
         Example:
             >>> import torch
             >>> c = _tiny_concepts()
-            >>> c.coefficients(torch.tensor([[[2.0], [0.0], [2.0]]])).flatten().tolist()
-            [2.8284270763397217, 0.0]
+            >>> [round(v, 4) for v in c.coefficients(torch.tensor([[[2.0], [0.0], [2.0]]])).flatten().tolist()]
+            [2.8284, 0.0]
         """
         if maps.ndim < 2 or int(maps.shape[1]) != int(self.components.shape[1]):
             raise FeatureMapsError(
