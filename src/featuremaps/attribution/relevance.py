@@ -80,6 +80,14 @@ class ChannelRelevance:
         target: the resolved target.
         input_size: the input's spatial size (the heatmaps' default size).
         info: the captured layer's metadata (layout, shape, stride...).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> rel = channel_relevance(net, torch.rand(1, 3, 8, 8), layer="1", target=0)
+        >>> rel.scores.shape, rel.contributions.shape
+        (torch.Size([1, 4]), torch.Size([1, 4, 6, 6]))
     """
 
     scores: torch.Tensor

@@ -97,6 +97,18 @@ class ConceptExplanation:
             (``importance.sum(1) + residual`` is the channels' total relevance).
         target_scores: ``(N,)`` the explained score of each sample.
         input_size: the input's spatial size (the heatmaps' default size).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> from featuremaps.concepts import discover_concepts
+        >>> concepts = discover_concepts(net, x, "1", n_concepts=2, examples=False, progress=False)
+        >>> ex = concepts.explain(net, x, target=0)
+        >>> scores = ex.delete([0, 1])          # both concepts removed: only the residual is left
+        >>> ex.top(1)[0][0] in (0, 1), scores.shape
+        (True, torch.Size([2]))
     """
 
     coefficients: torch.Tensor
@@ -228,6 +240,11 @@ class Concepts:
         root: the image folder, when built from one.
         atlas: the concepts' top examples (an :class:`~featuremaps.atlas.Atlas`
             with one layer, ``concepts``, one channel per concept), or ``None``.
+
+    Example:
+        >>> c = _tiny_concepts()
+        >>> c.n_concepts, c.top_channels(0, 2)
+        (2, [(0, 0.7071067690849304), (2, 0.7071067690849304)])
     """
 
     components: torch.Tensor
