@@ -196,12 +196,30 @@ def nnls_codes(x: torch.Tensor, components: torch.Tensor, iters: int = 50) -> to
     return _hals_codes(x, w, start, iters)
 
 
+def _leading_singular(x: torch.Tensor, k: int, power: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` leading singular values and right singular vectors ``(k, C)`` of ``x`` ``(P, C)``.
+
+    Randomized subspace iteration (Halko, Martinsson & Tropp 2011) from a
+    fixed seed, so it is deterministic and costs a few products with ``x``
+    instead of a full SVD.
+    """
+    p, c = x.shape
+    width = min(c, p, k + 10)
+    omega = torch.randn(c, width, generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(x.device)
+    q = torch.linalg.qr((x @ omega).double()).Q
+    for _ in range(power):
+        z = torch.linalg.qr((x.T @ q.float()).double()).Q  # (C, width)
+        q = torch.linalg.qr((x @ z.float()).double()).Q  # (P, width)
+    b = (q.float().T @ x).double()  # (width, C)
+    _, s, vh = torch.linalg.svd(b, full_matrices=False)
+    return s[:k], vh[:k]
+
+
 def _nndsvda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """NNDSVDa start: the positive parts of the leading singular pairs, zeros filled with the mean."""
     p, c = x.shape
-    xd = x.double()
-    _, s, vh = torch.linalg.svd(xd, full_matrices=False)
-    u_left = xd @ vh.T  # (P, r) = U * S, computed without the P x P factor
+    s, vh = _leading_singular(x, k)
+    u_left = (x @ vh.T.float()).double()  # (P, r) = U * S, computed without the P x P factor
     r = min(k, s.numel())
     w = torch.zeros(k, c, dtype=torch.float64, device=x.device)
     u = torch.zeros(p, k, dtype=torch.float64, device=x.device)
@@ -220,7 +238,7 @@ def _nndsvda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             aa, bb, m = an / an.norm().clamp(min=1e-30), bn / bn.norm().clamp(min=1e-30), mn
         scale = (s[j] * m).sqrt()
         u[:, j], w[j] = aa * scale, bb * scale
-    mean = float(xd.mean())
+    mean = float(x.double().mean())
     u[u == 0] = mean / 100
     w[w == 0] = mean / 100
     return u, w
