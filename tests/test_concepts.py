@@ -153,7 +153,8 @@ def _photo_folder(root: Path) -> Path:
         img = Image.open(path).convert("RGB")
         img.save(root / Path(path).name)
         w, h = img.size
-        for j, box in enumerate([(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (w // 4, h // 4, 3 * w // 4, 3 * h // 4)]):
+        boxes = [(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
+        for j, box in enumerate(boxes):
             img.crop(box).save(root / f"{Path(path).stem}-{j}.png")
     return root
 

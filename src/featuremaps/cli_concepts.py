@@ -81,7 +81,8 @@ def concepts_cmd(
             if rank == 0:
                 click.echo(
                     f"{concepts.n_concepts} concepts in {concepts.layer} from {concepts.num_images} images "
-                    f"({seconds:.1f} s): {concepts.relative_error:.1%} of the sampled activations unexplained"
+                    f"({seconds:.1f} s); they explain {max(0.0, 1 - concepts.relative_error ** 2):.0%} of the "
+                    "sampled activations (squared norm)"
                 )
                 if concepts.negative_share > 0.05:
                     click.echo(f"Warning: {concepts.negative_share:.0%} of the layer's activation mass is negative "

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..atlas._distributed import DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout
+from ..atlas._distributed import (
+    DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout,
+)
 from ..atlas.build import (
     _Collate, _first_item, _Indexed, _make_source, _Progress, _ShardSampler, _Source, _to_device, build_atlas,
 )
@@ -361,7 +363,8 @@ def discover_concepts(
 
             fields = receptive_fields(model, {info.name: info.module_name}, shape, method=receptive)
         table = atlas.layer_table[0]
-        atlas.layer_table[0] = dataclasses.replace(table, receptive_field=fields.get(info.name))
+        atlas.layer_table[0] = dataclasses.replace(
+            table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
         atlas.model = concepts.model
         concepts.atlas = atlas
     if out is not None and rank == 0:

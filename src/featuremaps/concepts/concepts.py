@@ -270,7 +270,8 @@ class Concepts:
     def _concept(self, concept: int) -> int:
         k = int(concept)
         if not 0 <= k < self.n_concepts:
-            raise FeatureMapsError(f"concept {concept} is out of range; there are {self.n_concepts} (0..{self.n_concepts - 1})")
+            n = self.n_concepts
+            raise FeatureMapsError(f"concept {concept} is out of range; there are {n} (0..{n - 1})")
         return k
 
     def coefficients(self, maps: torch.Tensor) -> torch.Tensor:
@@ -335,7 +336,8 @@ class Concepts:
             with FeatureExtractor(model, self.info.module_name, reduce=keep, layouts=self.layouts) as fx:
                 fx(x)
         if not found:
-            raise FeatureMapsError(f"layer {self.layer!r} of these concepts did not run on this input; is it the same model?")
+            raise FeatureMapsError(
+                f"layer {self.layer!r} of these concepts did not run on this input; is it the same model?")
         return found[0]
 
     def heatmaps(
@@ -351,7 +353,8 @@ class Concepts:
             >>> from torch import nn
             >>> import featuremaps as fm
             >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU())
-            >>> c = fm.discover_concepts(net, torch.rand(4, 3, 12, 12), "1", n_concepts=2, examples=False, progress=False)
+            >>> c = fm.discover_concepts(net, torch.rand(4, 3, 12, 12), "1", n_concepts=2, examples=False,
+            ...                          progress=False)
             >>> c.heatmaps(net, torch.rand(1, 3, 12, 12)).shape
             torch.Size([1, 2, 12, 12])
         """
@@ -380,7 +383,8 @@ class Concepts:
             >>> import torch
             >>> from torch import nn
             >>> import featuremaps as fm
-            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            ...                     nn.Linear(4, 2))
             >>> c = fm.discover_concepts(net, torch.rand(6, 3, 8, 8), "1", n_concepts=2, examples=False, progress=False)
             >>> ex = c.explain(net, torch.rand(2, 3, 8, 8), target=1)
             >>> ex.importance.shape, ex.heatmaps(sample=1).shape
@@ -393,7 +397,8 @@ class Concepts:
                                 forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode,
                                 layouts=self.layouts)
         if rel.layer != self.layer:
-            raise FeatureMapsError(f"layer {self.layer!r} resolved to {rel.layer!r} in this model; is it the same model?")
+            raise FeatureMapsError(
+                f"layer {self.layer!r} resolved to {rel.layer!r} in this model; is it the same model?")
         acts = to_canonical(rel._raw, rel.info.layout_spec).float()
         u = self.coefficients(acts)
         ex = ConceptExplanation(
@@ -461,7 +466,8 @@ class Concepts:
         return target
 
     def __repr__(self) -> str:
-        return (f"Concepts(layer={self.layer!r}, n_concepts={self.n_concepts}, channels={int(self.components.shape[1])}, "
+        return (f"Concepts(layer={self.layer!r}, n_concepts={self.n_concepts}, "
+                f"channels={int(self.components.shape[1])}, "
                 f"images={self.num_images}, relative_error={self.relative_error:.3g})")
 
 

@@ -5,7 +5,7 @@ network and runs no script (the atlas's Content-Security-Policy).
 
 Example:
     >>> page = render_page({"title": "<b>", "model": "m", "layer": "l", "num_images": 0, "root": "",
-    ...                     "error": "0", "negative": "0%", "k": 0, "concepts": [], "skipped": [], "sample": 0})
+    ...                     "explained": "0", "negative": "0%", "k": 0, "concepts": [], "skipped": [], "sample": 0})
     >>> "&lt;b&gt;" in page and "<b>" not in page
     True
 """
@@ -30,8 +30,8 @@ CONCEPTS_TEMPLATE = _HEAD + """<body>
   <h1>{{ page.title }}</h1>
   <p class="sub">layer <span class="mono">{{ page.layer }}</span> &middot; {{ page.concepts | length }} concepts
     &middot; {{ page.num_images }} images{% if page.root %} from <span class="mono">{{ page.root }}</span>{% endif %}
-    &middot; factorized from {{ page.sample }} positions (error {{ page.error }}{% if page.negative != "0%" %},
-    negative part left out {{ page.negative }}{% endif %})</p>
+    &middot; the concepts explain {{ page.explained }} of the activations of {{ page.sample }} sampled positions
+    {%- if page.negative != "0%" %} (their negative part, {{ page.negative }}, is left out){% endif %}</p>
   <p class="hint">A concept is a mix of the layer's channels that often fires together, found in the data by
     non-negative matrix factorization: every position's activations are a sum of concepts, each with its own
     strength. Per concept: the {{ page.k }} image patches where it is strongest, the channels it is made of
@@ -60,7 +60,7 @@ CONCEPTS_TEMPLATE = _HEAD + """<body>
   <ul>{% for s in page.skipped %}<li><span class="mono">{{ s.name }}</span>: {{ s.reason }}</li>{% endfor %}</ul>
 </section>
 {% endif %}
-""" + _FOOT
+""" + _FOOT.replace("its atlas folder", "its folder")
 """The concepts page."""
 
 
@@ -102,7 +102,8 @@ def render_concepts(concepts: Concepts, folder: Path) -> str:
     return render_page({
         "title": f"Concepts of {concepts.model or 'a model'}", "model": concepts.model, "layer": concepts.layer,
         "num_images": concepts.num_images, "root": concepts.root or "", "sample": concepts.sample_size,
-        "error": f"{concepts.relative_error:.1%}", "negative": f"{concepts.negative_share:.0%}",
+        "explained": f"{max(0.0, 1 - concepts.relative_error ** 2):.0%}",
+        "negative": f"{concepts.negative_share:.0%}",
         "k": atlas.k if atlas is not None else 0, "concepts": cards,
         "skipped": [{"name": n, "reason": r} for n, r in concepts.skipped],
     })

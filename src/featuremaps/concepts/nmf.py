@@ -44,8 +44,10 @@ def position_keys(indices: torch.Tensor, positions: int) -> torch.Tensor:
     Example:
         >>> import torch
         >>> k = position_keys(torch.tensor([0, 1]), 3)
-        >>> k.shape, bool((k >= 0).all() and (k < 2**31).all()), bool(torch.equal(k, position_keys(torch.tensor([0, 1]), 3)))
-        (torch.Size([2, 3]), True, True)
+        >>> k.shape, bool((k >= 0).all() and (k < 2**31).all())
+        (torch.Size([2, 3]), True)
+        >>> bool(torch.equal(k, position_keys(torch.tensor([0, 1]), 3)))    # the same keys every time
+        True
     """
     idx = indices.to(torch.int64).reshape(-1, 1)
     pos = torch.arange(positions, dtype=torch.int64, device=idx.device).reshape(1, -1)
