@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import featuremaps as fm  # noqa: E402
-from featuremaps.atlas.build import _make_source  # noqa: E402
+from featuremaps.atlas.sources import _make_source  # noqa: E402
 from featuremaps.concepts.build import _run_pass  # noqa: E402
 from _timing import measure_all  # noqa: E402
 

@@ -197,6 +197,31 @@ def test_importance_ordered_concept_deletion_beats_random_order(photo_concepts):
     assert torch.allclose(ex.deletion_curve("importance")[:, 0], ex.target_scores, atol=1e-3)
 
 
+def test_token_layers_and_1d_layers_work_through_the_layouts():
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=5).eval()
+    x = torch.randn(6, 3, 32, 32)
+    layer = "encoder.layers.encoder_layer_1.mlp.1"  # the GELU inside the MLP: tokens (N, 17, 32), mostly >= 0
+    concepts = fm.discover_concepts(vit, x, layer, n_concepts=3, top_k=2, progress=False, receptive="none")
+    assert concepts.components.shape == (3, 32) and concepts.positions == 6 * 16  # grid tokens, not the class token
+    assert all(0 <= e.position[0] < 4 and 0 <= e.position[1] < 4 for e in concepts.top_examples(0))
+    assert concepts.heatmaps(vit, x[:2]).shape == (2, 3, 32, 32)
+    ex = concepts.explain(vit, x[:2], target=1)
+    total = fm.channel_relevance(vit, x[:2], layer, target=1).scores.sum(1)
+    assert torch.allclose(ex.importance.sum(1) + ex.residual, total, atol=1e-5)
+    net1 = nn.Sequential(nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(6, 3)).eval()
+    x1 = torch.randn(5, 2, 40)
+    c1 = fm.discover_concepts(net1, x1, "1", n_concepts=2, top_k=2, progress=False)
+    assert c1.positions == 5 * 40 and c1.heatmaps(net1, x1[:1]).shape == (1, 2, 40)
+    assert all(e.position[0] == 0 for e in c1.top_examples(1))  # 1-D maps: positions (0, x)
+    ex1 = c1.explain(net1, x1[:2], target=0)
+    assert torch.allclose(ex1.delete([0, 1]), ex1.target_scores - ex1.importance.sum(1), atol=1e-5)  # linear head
+
+
 # --------------------------------------------------------------------------- files, pages, errors, CLI
 
 

@@ -35,9 +35,8 @@ from torch.utils.data import DataLoader
 from ..atlas._distributed import (
     DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout,
 )
-from ..atlas.build import (
-    _Collate, _first_item, _Indexed, _make_source, _Progress, _ShardSampler, _Source, _to_device, build_atlas,
-)
+from ..atlas.build import build_atlas
+from ..atlas.sources import _Collate, _first_item, _Indexed, _make_source, _Progress, _ShardSampler, _Source, _to_device
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..maps import LayerInfo
@@ -146,7 +145,7 @@ def _run_pass(
         collate_fn=_Collate(src.collate), pin_memory=src.pin_memory,
     )
     reducer = _SampleReducer(sample_size, device)
-    bar = _Progress(n_items, progress and rank == 0)
+    bar = _Progress(n_items, progress and rank == 0, "concepts")
     images = 0
     skipped: list[tuple[int, str]] = []
     shape: tuple[int, ...] | None = None
@@ -321,7 +320,7 @@ def discover_concepts(
     rank, world = _dist()
     if out is not None and rank == 0:
         check_output_folder(out)  # before any work
-    src = _make_source(data, preprocess, batch_size, num_workers)
+    src = _make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, progress, layouts)
