@@ -3,8 +3,8 @@
 A thin shell over :func:`featuremaps.discover_concepts`. It works alone and
 under ``torchrun`` (each process reads a shard; rank 0 writes the folder)::
 
-    featuremaps concepts IMAGE_DIR --layer _blocks.15 --n 10 -o concepts/
-    torchrun --nproc_per_node=4 -m featuremaps concepts IMAGE_DIR --layer _blocks.15 --n-concepts 10 -o concepts/
+    featuremaps concepts IMAGE_DIR --layer _act_head --n 10 -o concepts/
+    torchrun --nproc_per_node=4 -m featuremaps concepts IMAGE_DIR --layer _act_head --n-concepts 10 -o concepts/
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def concepts_cmd(
     Example:
 
     \b
-        featuremaps concepts photos/ --layer _blocks.15 --n 10 -o concepts/
+        featuremaps concepts photos/ --layer _act_head --n 10 -o concepts/
     """
     from .concepts import discover_concepts
 

@@ -8,7 +8,7 @@ a decision and where; :meth:`Concepts.save` / :func:`load_concepts` keep them.
 
 Example:
     >>> import featuremaps as fm
-    >>> concepts = fm.discover_concepts(fm.load_model(), "photos/", "_blocks.15", n_concepts=10)  # doctest: +SKIP
+    >>> concepts = fm.discover_concepts(fm.load_model(), "photos/", "_act_head", n_concepts=10)  # doctest: +SKIP
     >>> concepts.explain(model, x).top(3)                                                       # doctest: +SKIP
 """
 

@@ -34,8 +34,9 @@ CONCEPTS_TEMPLATE = _HEAD + """<body>
     {%- if page.negative != "0%" %} (their negative part, {{ page.negative }}, is left out){% endif %}</p>
   <p class="hint">A concept is a mix of the layer's channels that often fires together, found in the data by
     non-negative matrix factorization: every position's activations are a sum of concepts, each with its own
-    strength. Per concept: the {{ page.k }} image patches where it is strongest, the channels it is made of
-    (their weights), and how strong it is over all images (<i>active</i>: the share of positions where it is present).</p>
+    strength. Per concept: {% if page.k %}the {{ page.k }} image patches where it is strongest, {% endif %}the
+    channels it is made of (their weights){% if page.k %}, and how strong it is over all images (<i>active</i>: the
+    share of positions where it is present){% endif %}.</p>
 </header>
 <main class="atlas-main" id="concepts" tabindex="-1">
 <div class="ch-grid">
