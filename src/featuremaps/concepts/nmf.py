@@ -36,28 +36,34 @@ _INNER = 3  # HALS sweeps per factor and round: the costly products with the dat
 
 
 def position_keys(indices: torch.Tensor, positions: int) -> torch.Tensor:
-    """Pseudo-random 31-bit keys of every ``(dataset index, position)``: ``(len(indices), positions)``.
+    """Pseudo-random 62-bit keys of every ``(dataset index, position)``: ``(len(indices), positions)``.
 
-    Integer mixing only (multiply mod ``2**31 - 1`` and xor-shifts, every
-    product below ``2**62``), so the keys are the same on every machine.
+    Two 31-bit integer hashes (multiply mod ``2**31 - 1`` and xor-shifts,
+    every product below ``2**62``) side by side, so the keys are the same on
+    every machine and two positions practically never share one (ties are
+    still broken, by index and position, where the keys are compared).
 
     Example:
         >>> import torch
         >>> k = position_keys(torch.tensor([0, 1]), 3)
-        >>> k.shape, bool((k >= 0).all() and (k < 2**31).all())
-        (torch.Size([2, 3]), True)
+        >>> k.shape, bool((k >= 0).all() and (k < 2**62).all()), len(set(k.flatten().tolist()))
+        (torch.Size([2, 3]), True, 6)
         >>> bool(torch.equal(k, position_keys(torch.tensor([0, 1]), 3)))    # the same keys every time
         True
     """
     idx = indices.to(torch.int64).reshape(-1, 1)
     pos = torch.arange(positions, dtype=torch.int64, device=idx.device).reshape(1, -1)
-    h = (idx % _M31 * 1_000_003 + pos * 7919 + 12345) % _M31
-    for mult in (48271, 69621, 16807):
-        h = (h * mult) % _M31
-        h = h ^ (h >> 13)
-        h = (h * mult + 1) % _M31
-        h = h ^ (h >> 11)
-    return h
+    seed = (idx % _M31 * 1_000_003 + pos * 7919 + 12345) % _M31
+    halves = []
+    for mults in ((48271, 69621, 16807), (40692, 40014, 39373)):
+        h = seed
+        for mult in mults:
+            h = (h * mult) % _M31
+            h = h ^ (h >> 13)
+            h = (h * mult + 1) % _M31
+            h = h ^ (h >> 11)
+        halves.append(h)
+    return halves[0] * (1 << 31) + halves[1]
 
 
 class PositionSample:
@@ -101,8 +107,13 @@ class PositionSample:
         self.seen += b * p
         dev = self.key.device
         keys = position_keys(indices.to(maps.device), p)
+        bound: int | None = None
         if self.key.numel() >= self.capacity:
             bound = int(self.key[-1])  # the largest kept key: a key above it cannot enter
+        if b * p > self.capacity:  # nor can a key above the batch's capacity-th smallest (ties kept)
+            kth = int(keys.flatten().kthvalue(self.capacity).values)
+            bound = kth if bound is None else min(bound, kth)
+        if bound is not None:
             rows, cols = torch.nonzero(keys <= bound, as_tuple=True)
         else:
             rows = torch.arange(b, device=maps.device).repeat_interleave(p)
