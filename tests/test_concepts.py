@@ -284,6 +284,34 @@ def test_bad_requests_name_the_argument():
         concepts.top_channels(5)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.rand(4, 6, 6)
+
+
+def test_the_model_is_left_as_it_was_and_a_users_folder_is_refused_before_any_work(tmp_path):
+    model, h, _ = _planted(n=6)
+    model.train()
+    model[0].weight.requires_grad_(False)
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))  # the user's own hook stays
+    concepts = fm.discover_concepts(model, h, "0", n_concepts=2, top_k=2, progress=False)
+    concepts.explain(model, h[:2]).deletion_curve("random")
+    concepts.heatmaps(model, h[:1])
+    assert model.training and all(m.training for m in model.modules())
+    assert not model[0].weight.requires_grad and model[3].weight.requires_grad and model[3].weight.grad is None
+    assert len(model._forward_pre_hooks) == 1 and not any(m._forward_hooks for m in model.modules())
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "mine.txt").write_text("x")
+    calls.clear()
+    with pytest.raises(FeatureMapsError, match="other files"):
+        fm.discover_concepts(model, h, "0", n_concepts=2, progress=False, out=user)
+    assert calls == [] and (user / "mine.txt").read_text() == "x"
+    with pytest.raises(FeatureMapsError, match="discover_concepts needs a map-style dataset"):
+        fm.discover_concepts(model, _Stream(), "0", progress=False)
+
+
 def test_signed_layers_are_factored_by_their_positive_part():
     g = torch.Generator().manual_seed(4)
     model = nn.Sequential(nn.Conv2d(3, 5, 1))
