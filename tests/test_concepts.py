@@ -144,6 +144,17 @@ def test_importance_adds_up_to_the_logit_and_deleting_a_concept_removes_exactly_
     assert torch.allclose(ex.gradients, per_position.expand(3, 4) * 36, atol=1e-5)
 
 
+def test_sobol_indices_of_a_score_linear_in_the_coefficients_are_the_squared_importance_shares():
+    model, h, _ = _planted()
+    concepts = fm.discover_concepts(model, h, "0", n_concepts=4, examples=False, progress=False)
+    ex = concepts.explain(model, h[:2], target=0)
+    # the head is linear: f(m) = y - sum_k (1 - m_k) I_k, so Var f = sum_k I_k^2 / 12 and S_T,k = I_k^2 / sum I^2
+    expected = ex.importance ** 2 / (ex.importance ** 2).sum(1, keepdim=True)
+    sobol = ex.sobol(designs=256)
+    assert sobol.shape == (2, 4) and torch.allclose(sobol, expected, atol=0.03), (sobol, expected)
+    assert torch.equal(sobol, ex.sobol(designs=256))  # deterministic for a seed
+
+
 def _photo_folder(root: Path) -> Path:
     """The shipped sample photos and crops of them (corners and centre), as PNG files."""
     from PIL import Image

@@ -17,7 +17,9 @@ residual (the part of the activations the concepts leave out) add up to the
 channels' relevance (:func:`~featuremaps.channel_relevance`); for a global
 average pool + linear head they add up to the logit minus its bias.
 Deleting a concept removes ``u_k[p] w_k`` from the layer's output for one
-forward (standing in for the module; no hooks) and measures the score.
+forward (standing in for the module; no hooks) and measures the score;
+:meth:`ConceptExplanation.sobol` removes random fractions of every concept
+and gives CRAFT's total Sobol indices.
 
 A folder written by :meth:`Concepts.save` holds ``concepts.json``,
 ``concepts.safetensors`` (``components``), ``atlas/`` (the concepts' top
@@ -202,7 +204,37 @@ class ConceptExplanation:
         masks = torch.stack([rank_of < round(j * k / steps) for j in range(steps + 1)], dim=1)  # (N, S+1, K)
         return self._scores_with(masks, batch_size=batch_size)
 
+    def sobol(self, *, designs: int = 32, seed: int = 0, batch_size: int = 32) -> torch.Tensor:
+        """Total Sobol indices ``(N, K)``: each concept's share of the score's variance under random removal.
+
+        As in CRAFT (Fel et al., CVPR 2023): each concept's coefficients are
+        scaled by a random factor ``m_k`` in ``[0, 1]`` (quasi-random, a
+        scrambled Sobol sequence from ``seed``); the total index of concept
+        ``k`` is the expected share of the score's variance that goes when
+        ``m_k`` alone is fixed (Jansen's estimator). It counts interactions,
+        which the gradient does not; it costs ``designs * (K + 2)`` forwards
+        per sample. For a score linear in the coefficients it is
+        ``importance_k**2 / sum_j importance_j**2``.
+        """
+        if isinstance(designs, bool) or not isinstance(designs, int) or designs < 2:
+            raise FeatureMapsError(f"designs={designs!r} must be an int >= 2: the random designs per sample")
+        n, k = self.importance.shape
+        engine = torch.quasirandom.SobolEngine(2 * k, scramble=True, seed=int(seed))
+        draws = engine.draw(designs).double()
+        a, b = draws[:, :k], draws[:, k:]
+        mixed = a[None].repeat(k, 1, 1)  # (K, D, K): design A with column i taken from B
+        for i in range(k):
+            mixed[i, :, i] = b[:, i]
+        keep = torch.cat([a, b, mixed.reshape(k * designs, k)])  # ((K + 2) D, K) kept fractions
+        scores = self._scores_with((1 - keep).float()[None].expand(n, -1, -1), batch_size=batch_size).double()
+        fa, fb = scores[:, :designs], scores[:, designs:2 * designs]
+        fab = scores[:, 2 * designs:].reshape(n, k, designs)
+        var = torch.cat([fa, fb], 1).var(1, unbiased=False)
+        total = ((fa[:, None, :] - fab) ** 2).mean(2) / 2
+        return (total / var.clamp(min=1e-30)[:, None]).float()
+
     def _scores_with(self, masks: torch.Tensor, *, batch_size: int) -> torch.Tensor:
+        """Target scores ``(N, M)`` with the fractions ``masks`` ``(N, M, K)`` of each concept removed."""
         n, m, k = masks.shape
         flat = masks.reshape(n * m, k)
         samples = torch.arange(n).repeat_interleave(m)
