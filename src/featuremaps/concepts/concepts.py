@@ -425,7 +425,7 @@ class Concepts:
         from ..attribution.relevance import channel_relevance
         from ..layout import to_canonical
 
-        rel = channel_relevance(model, x, self.layer if not self.info.output_key else self.info.name, target,
+        rel = channel_relevance(model, x, self.layer, target,
                                 forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode,
                                 layouts=self.layouts)
         if rel.layer != self.layer:
