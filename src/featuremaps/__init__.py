@@ -52,6 +52,7 @@ from .attribution import (
     sanity_check,
 )
 from .capture import FeatureExtractor, get_feature_maps, parse_bytes
+from .concepts import ConceptExplanation, Concepts, discover_concepts, load_concepts
 from .errors import (
     CaptureError,
     FeatureMapsError,
@@ -149,6 +150,11 @@ __all__ = [
     "build_atlas",
     "load_atlas",
     "Atlas",
+    # concepts discovered from data
+    "discover_concepts",
+    "load_concepts",
+    "Concepts",
+    "ConceptExplanation",
     # feature visualization by optimization
     "synthesize",
     "SynthesisResult",

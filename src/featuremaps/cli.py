@@ -28,6 +28,7 @@ DEFAULT_OUT = "featuremaps-out"
 _LAZY_COMMANDS = {
     "atlas": ("featuremaps.cli_atlas", "atlas_cmd"),
     "cam": ("featuremaps.cli_cam", "cam_cmd"),
+    "concepts": ("featuremaps.cli_concepts", "concepts_cmd"),
     "synthesize": ("featuremaps.cli_synth", "synth_cmd"),
 }
 

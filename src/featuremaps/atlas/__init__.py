@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from ._distributed import DEFAULT_TIMEOUT, DistributedTimeoutError
 from .atlas import Atlas, AtlasLayer, load_atlas
-from .build import IMAGE_SUFFIXES, build_atlas, image_files
+from .build import build_atlas
+from .sources import IMAGE_SUFFIXES, image_files
 from .receptive import ReceptiveField, receptive_field, receptive_field_chain, receptive_fields
 from .stats import ChannelStats, ExactSum, RunningStats
 from .topk import TopExample, TopK

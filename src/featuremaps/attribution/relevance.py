@@ -25,7 +25,7 @@ score faster than removing them in a random order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ class _GradientTimesActivation(BaseCAM):
     def __init__(self, model: nn.Module, layer: Any, **options: Any) -> None:
         super().__init__(model, layer, normalize=False, relu=False, **options)
         self.products: dict[str, torch.Tensor] = {}
+        self.gradients: dict[str, torch.Tensor] = {}
         self.contexts: dict[str, LayerContext] = {}
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
@@ -60,6 +61,7 @@ class _GradientTimesActivation(BaseCAM):
             raise AttributionError("channel relevance needs gradients")
         product = gradients * activations
         self.products[ctx.layer.name] = product
+        self.gradients[ctx.layer.name] = gradients
         self.contexts[ctx.layer.name] = ctx
         return product.sum(dim=1)
 
@@ -103,6 +105,7 @@ class ChannelRelevance:
     _forward_kwargs: Mapping[str, Any] = field(repr=False, default_factory=dict)
     _output: OutputAdapter = field(repr=False, default=None)
     _eval_mode: bool = field(repr=False, default=True)
+    _gradients: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def classes(self) -> torch.Tensor | None:
@@ -202,20 +205,35 @@ class ChannelRelevance:
     def _scores_with(self, masks: torch.Tensor, *, batch_size: int) -> torch.Tensor:
         """Target scores with the layer's channels zeroed where ``masks`` (N, M, C) is true: (N, M)."""
         n, m, _ = masks.shape
+        flat_masks = masks.reshape(n * m, -1)
+
+        def zero(view: torch.Tensor, rows: slice) -> None:
+            keep = ~flat_masks[rows]
+            view.mul_(keep.reshape(*keep.shape, *([1] * (view.ndim - 2))).to(view.dtype))
+
+        return self._scores_edited(torch.arange(n).repeat_interleave(m), zero, batch_size=batch_size).reshape(n, m)
+
+    def _scores_edited(
+        self, samples: torch.Tensor, edit: Callable[[torch.Tensor, slice], None], *, batch_size: int
+    ) -> torch.Tensor:
+        """Target scores ``(M,)`` of forwards of ``samples`` (M sample numbers) with the layer's output edited.
+
+        For each batch of rows ``s``, ``edit(view, s)`` changes in place the
+        canonical view ``(rows, C, *spatial)`` of a copy of the layer's output
+        (token layers: the grid tokens), which then stands in for the module.
+        """
         info = self.info
         spec = info.layout_spec
-        out = torch.empty(n * m, dtype=torch.float32)
-        rows_sample = torch.arange(n).repeat_interleave(m)
-        flat_masks = masks.reshape(n * m, -1)
+        total = int(samples.numel())
+        n = int(self.scores.shape[0])
+        out = torch.empty(total, dtype=torch.float32)
         with hookless(self._model, self._eval_mode), torch.no_grad(), _substituted(
             self._model, info.module_name, info.call_index, info.output_key
         ) as sub:
-            for s in range(0, n * m, batch_size):
-                smp = rows_sample[s:s + batch_size].to(self._raw.device)
+            for s in range(0, total, batch_size):
+                smp = samples[s:s + batch_size].to(self._raw.device)
                 rows = self._raw[smp].clone()
-                view = to_canonical(rows, spec)
-                keep = ~flat_masks[s:s + batch_size]
-                view.mul_(keep.reshape(*keep.shape, *([1] * (view.ndim - 2))).to(view.dtype))
+                edit(to_canonical(rows, spec), slice(s, s + smp.numel()))
                 sub.value = rows
                 sub.calls = 0
                 kw = index_kwargs(self._forward_kwargs, smp, n)
@@ -226,7 +244,7 @@ class ChannelRelevance:
                         "its parent's attribute; choose another layer"
                     )
                 out[s:s + smp.numel()] = torch.as_tensor(self.target.score(output, smp)).reshape(-1).float().cpu()
-        return out.reshape(n, m)
+        return out
 
 
 def channel_relevance(
@@ -298,5 +316,6 @@ def channel_relevance(
         _forward_kwargs=dict(ctx.forward_kwargs),
         _output=output,
         _eval_mode=eval_mode,
+        _gradients=method.gradients[name],
     )
 

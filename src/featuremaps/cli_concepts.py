@@ -1,0 +1,100 @@
+"""``featuremaps concepts``: the concepts a layer's activations are made of, as a browsable folder.
+
+A thin shell over :func:`featuremaps.discover_concepts`. It works alone and
+under ``torchrun`` (each process reads a shard; rank 0 writes the folder)::
+
+    featuremaps concepts IMAGE_DIR --layer _act_head --n 10 -o concepts/
+    torchrun --nproc_per_node=4 -m featuremaps concepts IMAGE_DIR --layer _act_head --n-concepts 10 -o concepts/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from .cli import _load, _output_folder, model_options
+from .cli_atlas import _init_distributed, _warnings_as_lines
+
+__all__ = ["concepts_cmd"]
+
+
+@click.command("concepts")
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@model_options
+@click.option("--layer", required=True, help="The layer to find concepts in (one name; see 'featuremaps layers').")
+@click.option("--n", "--n-concepts", "n_concepts", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many concepts (under torchrun spell it --n-concepts: torchrun takes --n for its own).")
+@click.option("--k", "top_k", default=9, show_default=True, type=click.IntRange(min=1),
+              help="Top examples kept per concept.")
+@click.option("-o", "--out", "out_dir", default="concepts", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: new, empty, or one featuremaps wrote (checked before any work; written "
+              "atomically).")
+@click.option("--sample-size", default=None, type=click.IntRange(min=1),
+              help="Positions kept for the factorization [default: as many as fit in 64 MiB].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader worker processes for reading images.")
+@click.option("--patch-size", default=64, show_default=True, type=click.IntRange(min=4),
+              help="Patch thumbnail size in pixels.")
+@click.option("--receptive", type=click.Choice(["auto", "chain", "gradient", "none"]), default="auto",
+              show_default=True, help="How patch sizes are found (none: whole images).")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Under torchrun: seconds a process waits for the others before it fails naming the missing rank.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def concepts_cmd(
+    image_dir: str, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool, layer: str,
+    n_concepts: int, top_k: int, out_dir: str, sample_size: int | None, batch_size: int, workers: int,
+    patch_size: int, receptive: str, timeout: float, quiet: bool,
+) -> None:
+    """Find the N concepts that LAYER's activations over IMAGE_DIR are made of.
+
+    A concept is a non-negative mix of the layer's channels (non-negative
+    matrix factorization of the activations at every position, as in
+    CRAFT). Writes OUT: index.html (per concept its top patches and
+    channels), atlas/ (its top examples), concepts.json and
+    concepts.safetensors (load them with featuremaps.load_concepts).
+
+    Example:
+
+    \b
+        featuremaps concepts photos/ --layer _act_head --n 10 -o concepts/
+    """
+    from .concepts import discover_concepts
+
+    _output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
+    with _warnings_as_lines():
+        created, device = _init_distributed(device, timeout)
+        try:
+            import torch.distributed as dist
+
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            model, preprocess = _load(model_spec, weights, device, trust_pickle)
+            t0 = time.perf_counter()
+            concepts = discover_concepts(
+                model, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
+                batch_size=batch_size, num_workers=workers, receptive=receptive, progress=not quiet, out=out_dir,
+                patch_size=patch_size, timeout=timeout,
+            )
+            seconds = time.perf_counter() - t0
+            if rank == 0:
+                click.echo(
+                    f"{concepts.n_concepts} concepts in {concepts.layer} from {concepts.num_images} images "
+                    f"({seconds:.1f} s); they explain {max(0.0, 1 - concepts.relative_error ** 2):.0%} of the "
+                    "sampled activations (squared norm)"
+                )
+                if concepts.negative_share > 0.05:
+                    click.echo(f"Warning: {concepts.negative_share:.0%} of the layer's activation mass is negative "
+                               "and was left out; the activation after it may fit better", err=True)
+                if concepts.skipped:
+                    n = len(concepts.skipped)
+                    click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
+                    for name, reason in concepts.skipped[:20]:
+                        click.echo(f"  {name}: {reason}", err=True)
+                click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
+        finally:
+            if created:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()

@@ -1,0 +1,371 @@
+"""``discover_concepts``: one streaming pass, a factorization, and the concepts' top examples.
+
+What it guarantees:
+
+* **One pass, flat memory.** The capture engine runs over the data (the same
+  sources as :func:`~featuremaps.atlas.build_atlas`: an image folder, a
+  Dataset or a DataLoader) with a reducer that offers each batch's map of the
+  layer to a :class:`~.nmf.PositionSample` and drops it: memory is
+  ``sample_size x channels x 4`` bytes (64 MiB by default) whatever the
+  dataset's size.
+* **The same concepts on one process or many.** The sample is chosen by a hash
+  of ``(dataset index, position)``, so under ``torch.distributed`` the ranks'
+  samples merge into exactly the single-process one; every rank then runs the
+  same deterministic NMF (:func:`~.nmf.nmf`).
+* **Signed layers**: the factorization sees ``max(A, 0)`` (the positive part
+  of the activations, as after a ReLU); ``Concepts.negative_share`` says how
+  much of the sampled activation mass was negative and so left out. Pick the
+  activation after a convolution to keep it at 0.
+* **Top examples** come from a second pass: the atlas
+  (:func:`~featuremaps.atlas.build_atlas`) run on the concept coefficients,
+  so each concept gets the atlas's exact top-k, patches and statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..atlas._distributed import (
+    DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout,
+)
+from ..atlas.build import build_atlas
+from ..atlas.sources import _Collate, _first_item, _Indexed, _make_source, _Progress, _ShardSampler, _Source, _to_device
+from ..errors import FeatureMapsError
+from ..layers import LayerSelector
+from ..maps import LayerInfo
+from .concepts import Concepts, concept_maps
+from .nmf import PositionSample, nmf
+
+__all__ = ["discover_concepts", "DEFAULT_SAMPLE_BYTES"]
+
+DEFAULT_SAMPLE_BYTES = 64 << 20
+"""The default memory for the sample of activation vectors (64 MiB)."""
+
+
+class _SampleReducer:
+    """The capture reducer of the pass: offers the layer's map to the sample, keeps nothing."""
+
+    name = "concepts"
+
+    def __init__(self, sample_size: int | None, device: torch.device) -> None:
+        self.sample_size = sample_size
+        self.device = device
+        self.sample: PositionSample | None = None
+        self.info: LayerInfo | None = None
+        self.indices: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def __call__(self, t: torch.Tensor, info: LayerInfo) -> None:
+        if info.name not in self.names:
+            self.names.append(info.name)
+        if info.channels is None or t.ndim < 2:
+            return None
+        if t.ndim - 2 > 2:
+            raise FeatureMapsError(
+                f"layer {info.name!r} has {t.ndim - 2}-D maps {tuple(t.shape)}; concepts support images, "
+                "sequences and vectors (up to 2 spatial dimensions): choose another layer"
+            )
+        if self.info is not None and info.name != self.info.name:
+            return None  # (reported after the forward: one layer only)
+        flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        if self.sample is None:
+            c = int(flat.shape[1])
+            self.sample = PositionSample(_capacity(self.sample_size, c), c, self.device)
+        self.info = info
+        if self.indices is not None:
+            self.sample.update(flat, self.indices)
+        return None
+
+
+def _capacity(sample_size: int | None, channels: int) -> int:
+    if sample_size is not None:
+        return int(sample_size)
+    return max(256, min(100_000, DEFAULT_SAMPLE_BYTES // (4 * max(channels, 1))))
+
+
+class _ConceptProbe(nn.Module):
+    """``model`` whose output is the concept coefficients of one layer (captured as ``concepts``).
+
+    Used for the second pass only: the atlas captures the ``concepts``
+    module, whose input is ``(N, K, H, W)`` (1-D maps as ``H = 1``, vectors
+    as ``1 x 1``). The layer is read with the capture engine (hooks only
+    during each forward).
+    """
+
+    def __init__(self, model: nn.Module, info: LayerInfo, components: torch.Tensor, layouts: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.concepts = nn.Identity()
+        self._info = info
+        self._components = components
+        self._layouts = layouts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..capture import FeatureExtractor
+
+        found: list[torch.Tensor] = []
+
+        def reduce(t: torch.Tensor, info: LayerInfo) -> None:
+            if info.name == self._info.name and not found:
+                found.append(concept_maps(t.detach(), self._components.to(t.device)))
+            return None
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"layers .* did not run")
+            with FeatureExtractor(self.model, self._info.module_name, reduce=reduce, layouts=self._layouts) as fx:
+                fx(x)
+        if not found:
+            raise FeatureMapsError(f"layer {self._info.name!r} did not run in this forward")
+        u = found[0]
+        if u.ndim == 2:
+            u = u[:, :, None, None]
+        elif u.ndim == 3:
+            u = u[:, :, None, :]
+        return self.concepts(u)
+
+
+def _run_pass(
+    model: nn.Module, layer: LayerSelector, src: _Source, sample_size: int | None, device: torch.device,
+    progress: bool, layouts: Any,
+) -> tuple[_SampleReducer, int, list[tuple[int, str]], tuple[int, ...] | None]:
+    from ..capture import FeatureExtractor
+
+    rank, world = _dist()
+    n_items = len(src.dataset)
+    loader = DataLoader(
+        _Indexed(src.dataset, src.transform), batch_size=src.batch_size,
+        sampler=_ShardSampler(n_items, rank, world, 0), num_workers=src.num_workers,
+        collate_fn=_Collate(src.collate), pin_memory=src.pin_memory,
+    )
+    reducer = _SampleReducer(sample_size, device)
+    bar = _Progress(n_items, progress and rank == 0, "concepts")
+    images = 0
+    skipped: list[tuple[int, str]] = []
+    shape: tuple[int, ...] | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"layers .* did not run")
+            with FeatureExtractor(model, layer, reduce=reducer, layouts=layouts) as fx:
+                for indices, batch, failed in loader:
+                    n = int(indices.shape[0])
+                    if n:
+                        reducer.indices = _to_device(indices, device)
+                        x = _first_item(batch)
+                        fx(x)
+                        if shape is None and isinstance(x, torch.Tensor):
+                            shape = tuple(int(s) for s in x.shape[1:])
+                        _check_one_layer(reducer, layer)
+                    images += n
+                    skipped.extend(failed)
+                    bar.advance((n + len(failed)) * world)
+    finally:
+        bar.close()
+    return reducer, images, skipped, shape
+
+
+def _check_one_layer(reducer: _SampleReducer, layer: LayerSelector) -> None:
+    if reducer.info is None:
+        raise FeatureMapsError(
+            f"layer={layer!r} captured no map with a channel axis; choose a layer whose output has channels "
+            "(see fm.list_layers(model, x))"
+        )
+    if len(reducer.names) > 1:
+        raise FeatureMapsError(
+            f"layer={layer!r} selects {len(reducer.names)} outputs ({', '.join(reducer.names[:4])}"
+            f"{', ...' if len(reducer.names) > 4 else ''}); concepts are found in one layer: pass one name"
+        )
+
+
+def _merge_ranks(
+    reducer: _SampleReducer, images: int, skipped: list[tuple[int, str]], shape: tuple[int, ...] | None,
+    device: torch.device, world: int,
+) -> tuple[PositionSample, LayerInfo, int, list[tuple[int, str]], tuple[int, ...] | None]:
+    comm = _comm_device(device)
+    info = reducer.info
+    mine = {"info": info.to_json() if info is not None else None, "images": images,
+            "skipped": [list(s) for s in skipped], "shape": list(shape) if shape is not None else None,
+            "capacity": reducer.sample.capacity if reducer.sample is not None else None,
+            "channels": reducer.sample.channels if reducer.sample is not None else None}
+    metas = _gather_json(mine, comm, world)
+    known = [m for m in metas if m["info"] is not None]
+    if not known:
+        raise FeatureMapsError("no readable image in the dataset; check the folder or dataset")
+    first = known[0]
+    if any((m["info"]["name"], m["channels"]) != (first["info"]["name"], first["channels"]) for m in known):
+        raise FeatureMapsError(
+            "the processes captured different layers (the model or --layer differs between them); run every "
+            "process with the same model and layer"
+        )
+    sample = reducer.sample or PositionSample(int(first["capacity"]), int(first["channels"]), device)
+    merged: PositionSample | None = None
+    states = {key: _all_gather(v, comm, world) for key, v in sample.state().items()}
+    for r in range(world):
+        part = PositionSample.from_state({key: v[r] for key, v in states.items()}, device)
+        merged = part if merged is None else merged.merge(part)
+    if merged is None:
+        raise FeatureMapsError(f"world size {world} has no processes")
+    merged_info = info if info is not None else LayerInfo.from_json(first["info"])
+    all_skipped = sorted((int(i), str(r)) for m in metas for i, r in m["skipped"])
+    shapes = [tuple(m["shape"]) for m in metas if m["shape"] is not None]
+    return merged, merged_info, sum(int(m["images"]) for m in metas), all_skipped, shape or (shapes[0] if shapes
+                                                                                           else None)
+
+
+def discover_concepts(
+    model: nn.Module | Any,
+    data: Any,
+    layer: LayerSelector,
+    n_concepts: int = 10,
+    *,
+    method: str = "nmf",
+    top_k: int = 9,
+    examples: bool = True,
+    sample_size: int | None = None,
+    iters: int = 200,
+    batch_size: int | None = None,
+    preprocess: Any = None,
+    num_workers: int = 0,
+    receptive: str = "auto",
+    layouts: Any = None,
+    progress: bool = True,
+    out: str | os.PathLike[str] | None = None,
+    patch_size: int = 64,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Concepts:
+    """Find ``n_concepts`` directions in ``layer``'s channel space that the data's activations are made of.
+
+    The activations ``A`` (one row per map position, one column per channel,
+    positive part) of a uniform sample of positions over the whole dataset
+    are factored as ``A ~ U @ W`` with ``U, W >= 0`` (non-negative matrix
+    factorization, as in CRAFT, Fel et al., CVPR 2023): each row of ``W``
+    (``Concepts.components``) is a concept, a non-negative mix of channels;
+    ``U`` says how much of each concept is present at each position. Then,
+    for each concept, the ``top_k`` images (and patches) where it is
+    strongest (a second pass: the atlas's top-k on the coefficients).
+
+    Args:
+        model: the model, or the :class:`~featuremaps.LoadedModel` from
+            :func:`~featuremaps.load_model` (which brings its preprocessing).
+        data: an image folder, a map-style ``Dataset`` or a ``DataLoader``,
+            as for :func:`~featuremaps.atlas.build_atlas`.
+        layer: one layer (a name or selector that picks one output).
+        n_concepts: how many concepts (``K``).
+        method: ``"nmf"`` (the only one).
+        top_k: examples kept per concept.
+        examples: run the second pass for the concepts' top examples.
+        sample_size: activation vectors (positions) kept for the
+            factorization; default: as many as fit in 64 MiB (at most
+            100,000).
+        iters: NMF sweeps at most.
+        batch_size: images per forward (default: the loader's, else 32).
+        preprocess: the model's preprocessing, for folders and PIL images.
+        num_workers: DataLoader worker processes.
+        receptive: how patches are sized (``"auto"``, ``"chain"``,
+            ``"gradient"``, ``"none"``; see :func:`~featuremaps.atlas.build_atlas`).
+        layouts: declared layouts for the capture engine.
+        progress: show progress bars (rank 0).
+        out: also save the concepts there (rank 0; see :meth:`Concepts.save`).
+        patch_size: patch thumbnail size when saving.
+        timeout: under ``torch.distributed``, seconds a rank waits for the others.
+
+    Returns:
+        The :class:`~featuremaps.concepts.Concepts` (on every rank).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
+        >>> concepts = discover_concepts(net, torch.rand(8, 3, 10, 10), layer="1", n_concepts=3, progress=False)
+        >>> concepts.components.shape, bool((concepts.components >= 0).all())
+        (torch.Size([3, 6]), True)
+        >>> len(concepts.top_examples(0))
+        8
+    """
+    from ..models import LoadedModel, preprocess_for
+    from .._outdir import check_output_folder
+
+    if isinstance(model, LoadedModel):
+        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
+    if not isinstance(model, nn.Module):
+        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    if method != "nmf":
+        raise FeatureMapsError(f"method={method!r} is not a concept method; use 'nmf'")
+    if layer is None or (isinstance(layer, str) and layer in ("", "auto")):
+        raise FeatureMapsError(
+            f"layer={layer!r}: concepts need one named layer; pass its name (see fm.list_layers(model, x))"
+        )
+    if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
+        raise FeatureMapsError(f"n_concepts={n_concepts!r} must be a positive int: the number of concepts")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise FeatureMapsError(f"top_k={top_k!r} must be a positive int: the examples kept per concept")
+    if sample_size is not None and (isinstance(sample_size, bool) or not isinstance(sample_size, int)
+                                    or sample_size < n_concepts):
+        raise FeatureMapsError(f"sample_size={sample_size!r} must be an int >= n_concepts ({n_concepts})")
+    if not isinstance(iters, int) or iters < 1:
+        raise FeatureMapsError(f"iters={iters!r} must be a positive int: the most NMF sweeps")
+    if batch_size is not None and batch_size < 1:
+        raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
+    if receptive not in ("auto", "chain", "gradient", "none"):
+        raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
+    timeout = check_timeout(timeout)
+    if preprocess is None:
+        preprocess = preprocess_for(model)
+    rank, world = _dist()
+    if out is not None and rank == 0:
+        check_output_folder(out)  # before any work
+    src = _make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, progress, layouts)
+    if world > 1:
+        check_in("the end of the concept pass", timeout)
+        sample, info, images, skipped, shape = _merge_ranks(reducer, images, skipped, shape, device, world)
+    else:
+        if reducer.sample is None or reducer.info is None:
+            raise FeatureMapsError("no readable image in the dataset; check the folder or dataset")
+        sample, info = reducer.sample, reducer.info
+    rows = sample.rows
+    negative = float(rows.clamp(max=0).abs().double().sum())
+    mass = float(rows.abs().double().sum())
+    x = rows.clamp(min=0)
+    if n_concepts > min(x.shape):
+        raise FeatureMapsError(
+            f"n_concepts={n_concepts} is more than the layer's {info.channels} channels or the "
+            f"{int(x.shape[0])} sampled positions; choose at most {min(x.shape)}"
+        )
+    components, _, error = nmf(x.to(device), n_concepts, iters=iters)
+    card = getattr(preprocess, "card", None)
+    concepts = Concepts(
+        components=components.float().cpu(), layer=info.name, info=info, num_images=images,
+        positions=sample.seen, sample_size=int(rows.shape[0]), relative_error=error,
+        negative_share=negative / mass if mass > 0 else 0.0,
+        model=str(getattr(card, "name", None) or type(model).__name__),
+        input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
+        skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
+        root=src.root, layouts=layouts,
+    )
+    if examples:
+        probe = _ConceptProbe(model, info, concepts.components.to(device), layouts)
+        atlas = build_atlas(probe, data, layers="concepts", k=top_k, batch_size=batch_size, preprocess=preprocess,
+                            num_workers=num_workers, checkpoint_every=None, progress=progress, receptive="none",
+                            timeout=timeout)
+        fields: dict[str, Any] = {}
+        if receptive != "none" and shape is not None and len(shape) == 3 and len(info.spatial) in (0, 2):
+            from ..atlas.receptive import receptive_fields
+
+            fields = receptive_fields(model, {info.name: info.module_name}, shape, method=receptive)
+        table = atlas.layer_table[0]
+        atlas.layer_table[0] = dataclasses.replace(
+            table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
+        atlas.model = concepts.model
+        concepts.atlas = atlas
+    if out is not None and rank == 0:
+        concepts.save(out, patch_size=patch_size)
+    return concepts
