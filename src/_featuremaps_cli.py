@@ -11,6 +11,7 @@ milliseconds before this module runs, is out of its reach.)
 from __future__ import annotations
 
 import sys  # built in: importing nothing else here keeps the unprotected start short
+from typing import NoReturn
 
 
 def _ignore_interrupts() -> None:
@@ -19,22 +20,35 @@ def _ignore_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _aborted(hard: bool) -> NoReturn:
+    _ignore_interrupts()
+    try:
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Aborted.\n")  # the newline closes ^C
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if hard:
+        # Interrupted inside the imports: nothing of ours has started, and a half-imported torch can
+        # hang in the interpreter's shutdown (its native thread pools), so skip that shutdown.
+        import os
+
+        os._exit(130)
+    sys.exit(130)
+
+
 def main() -> None:
     """Run the command line; Ctrl-C during the imports exits 130 too."""
     try:
-        import signal  # noqa: F401 - loaded inside the try: an interrupt here is handled too
-
-        from featuremaps.cli import main as cli_main
-
-        cli_main()
-    except KeyboardInterrupt:
-        _ignore_interrupts()
         try:
-            sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Aborted.\n")  # the newline closes ^C
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        sys.exit(130)
+            import signal  # noqa: F401 - loaded inside the try: an interrupt here is handled too
+
+            from featuremaps.cli import main as cli_main
+        except KeyboardInterrupt:
+            _aborted(hard=True)
+        try:
+            cli_main()
+        except KeyboardInterrupt:
+            _aborted(hard=False)
     finally:
         # Past this point the command has finished or is exiting: a late
         # Ctrl-C (during interpreter shutdown) must not print a traceback.

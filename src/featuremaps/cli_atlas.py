@@ -76,12 +76,12 @@ def _init_distributed(device: str | None, timeout: float = 600.0) -> tuple[bool,
     return True, device
 
 
-def _default_layers(model: Any, rank: int, quiet: bool) -> Any:
+def _default_layers(model: Any, rank: int) -> Any:
     """The block outputs, said before the pass (every spatial layer when the model has no blocks)."""
     from .layers import block_names, is_leaf
 
     blocks = block_names(model)
-    if rank == 0 and not quiet:
+    if rank == 0:  # said even with --quiet (which hides the progress bar only)
         if blocks:
             shown = ", ".join(blocks[:3]) + (f", ... {blocks[-1]}" if len(blocks) > 3 else "")
             click.echo(f"layers: the {len(blocks)} block outputs ({shown}); --layers chooses others", err=True)
@@ -163,7 +163,7 @@ def atlas_cmd(
 
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
             model, preprocess = _load(model_spec, weights, device, trust_pickle)
-            layers = _parse_layers(layer_patterns) or _default_layers(model, rank, quiet)
+            layers = _parse_layers(layer_patterns) or _default_layers(model, rank)
             t0 = time.perf_counter()
             atlas = build_atlas(
                 model, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,

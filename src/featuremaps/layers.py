@@ -31,7 +31,8 @@ LayerSelector = Union[
 * ``"*conv*"`` / ``"layer[12].*"``: a glob (``fnmatch``, case-sensitive);
 * ``"re:^blocks\\.\\d+$"``: a regular expression (``re.search``);
 * ``"all"``: every leaf layer, spatial or not;
-* ``"blocks"``: the block outputs (see :func:`block_names`);
+* ``"blocks"``: the block outputs (see :func:`block_names`), unless a module
+  is named ``blocks`` (timm's ViTs): a name always means that module;
 * ``nn.Conv2d`` (or a tuple of types): every module of that type;
 * a module instance of the model;
 * a predicate ``f(name, module) -> bool``;
@@ -221,7 +222,11 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
                 if is_leaf(m):
                     add(n)
             return
-        if text == "blocks":
+        if text in by_name:
+            add(text)
+            explicit.add(text)
+            return
+        if text == "blocks":  # after exact names: a module may be called "blocks" (timm)
             found = block_names(model)
             if not found:
                 raise LayerNotFoundError(
@@ -230,10 +235,6 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
                 )
             for n in found:
                 add(n)
-            return
-        if text in by_name:
-            add(text)
-            explicit.add(text)
             return
         base, sep, call = text.rpartition(":")
         if sep and base in by_name and call.isdigit():
