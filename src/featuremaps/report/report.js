@@ -474,6 +474,35 @@
     box.appendChild(s);
   }
 
+  // ------------------------------------------------- helpers of the CAM and relevance sections
+  var loadedImages = {};
+  function loadImage(uri) {  // each data URI decoded once
+    if (!loadedImages[uri]) {
+      loadedImages[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
+    }
+    return loadedImages[uri];
+  }
+  function colorize(im, lut) {  // a grayscale picture through a colormap, as a canvas
+    var c = el("canvas");
+    c.width = im.naturalWidth; c.height = im.naturalHeight;
+    var ctx = c.getContext("2d");
+    ctx.drawImage(im, 0, 0);
+    var d = ctx.getImageData(0, 0, c.width, c.height);
+    for (var k = 0; k < d.data.length; k += 4) {
+      var v = d.data[k] * 3;
+      d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
+    }
+    ctx.putImageData(d, 0, 0);
+    return c;
+  }
+  function classOptions(select, classes) {
+    classes.forEach(function (c, k) {
+      var o = el("option", null, c.name + " (" + (100 * c.p).toFixed(1) + "%)");
+      o.value = String(k);
+      select.appendChild(o);
+    });
+  }
+
   // ---------------------------------------------------------------- CAMs
   function camSection() {
     var cams = data.cams;
@@ -481,31 +510,7 @@
     var select = $("cam-class"), opacity = $("cam-opacity");
     $("cam-meta").textContent = cams.note;
     $("cam-hint").textContent = cams.hint || "";
-    cams.classes.forEach(function (c, k) {
-      var o = el("option", null, c.name + " (" + (100 * c.p).toFixed(1) + "%)");
-      o.value = String(k);
-      select.appendChild(o);
-    });
-    var heatImgs = {};
-    function heat(uri) {
-      if (!heatImgs[uri]) {
-        heatImgs[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
-      }
-      return heatImgs[uri];
-    }
-    function colorize(im) {
-      var c = el("canvas");
-      c.width = im.naturalWidth; c.height = im.naturalHeight;
-      var ctx = c.getContext("2d");
-      ctx.drawImage(im, 0, 0);
-      var d = ctx.getImageData(0, 0, c.width, c.height), lut = luts.inferno;
-      for (var k = 0; k < d.data.length; k += 4) {
-        var v = d.data[k] * 3;
-        d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
-      }
-      ctx.putImageData(d, 0, 0);
-      return c;
-    }
+    classOptions(select, cams.classes);
     function render() {
       var cls = cams.classes[Number(select.value)], box = $("cam-grid");
       box.textContent = "";
@@ -527,13 +532,13 @@
           fig.appendChild(dl);
         }
         box.appendChild(fig);
-        Promise.all([heat(entry.png), photoReady]).then(function (res) {
+        Promise.all([loadImage(entry.png), photoReady]).then(function (res) {
           c.width = photo.naturalWidth; c.height = photo.naturalHeight;
           var ctx = c.getContext("2d");
           ctx.drawImage(photo, 0, 0);
           ctx.globalAlpha = Number(opacity.value);
           ctx.imageSmoothingEnabled = true;
-          ctx.drawImage(colorize(res[0]), 0, 0, c.width, c.height);
+          ctx.drawImage(colorize(res[0], luts.inferno), 0, 0, c.width, c.height);
           ctx.globalAlpha = 1;
         });
       });
@@ -554,18 +559,7 @@
     if (!drv || !$("drivers")) { return; }
     var select = $("drivers-class"), L = drv.layer_index === null ? null : layers[drv.layer_index];
     $("drivers-meta").textContent = drv.note;
-    drv.classes.forEach(function (c, k) {
-      var o = el("option", null, c.name + " (" + (100 * c.p).toFixed(1) + "%)");
-      o.value = String(k);
-      select.appendChild(o);
-    });
-    var imgs = {};
-    function load(uri) {
-      if (!imgs[uri]) {
-        imgs[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
-      }
-      return imgs[uri];
-    }
+    classOptions(select, drv.classes);
     function render() {
       var cls = drv.classes[Number(select.value)], box = $("drivers-grid");
       box.textContent = "";
@@ -593,17 +587,8 @@
           fig.appendChild(p);
         }
         box.appendChild(fig);
-        Promise.all([load(ch.png), photoReady]).then(function (res) {
-          var im = res[0], tmp = el("canvas");
-          tmp.width = im.naturalWidth; tmp.height = im.naturalHeight;
-          var tctx = tmp.getContext("2d");
-          tctx.drawImage(im, 0, 0);
-          var d = tctx.getImageData(0, 0, tmp.width, tmp.height), lut = luts.RdBu_r;
-          for (var k = 0; k < d.data.length; k += 4) {
-            var v = d.data[k] * 3;
-            d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
-          }
-          tctx.putImageData(d, 0, 0);
+        Promise.all([loadImage(ch.png), photoReady]).then(function (res) {
+          var tmp = colorize(res[0], luts.RdBu_r);
           c.width = photo.naturalWidth; c.height = photo.naturalHeight;
           var ctx = c.getContext("2d");
           ctx.drawImage(photo, 0, 0);
