@@ -6,10 +6,14 @@ The capture engine (:mod:`featuremaps.capture`) relies on three rules kept here:
   count, its call counters), found by the hooks through a context variable:
   hooks act only for the run of their own extractor in their own thread, so
   an extractor's hooks are inert while another extractor's forward runs;
-* :class:`InplaceGuard`, a dispatch mode, sees every ATen operation of the
-  forward (Python, TorchScript, C++ operators alike, in every grad mode) and
-  copies a kept tensor right before an operation writes to its memory;
-  :meth:`Run.keep` decides what is watched and what is copied at once;
+* an in-place guard copies a kept tensor right before an operation writes to
+  its memory: :class:`InplaceGuard`, a dispatch mode, sees every ATen
+  operation (Python, TorchScript, C++ operators alike) and guards models with
+  TorchScript parts and forwards in inference mode; :class:`FunctionGuard`, a
+  function mode, sees the in-place calls of Python code (``x.relu_()``,
+  ``out +=``, ``inplace=True``, ``out=``, also on ``x.data``) at a fraction of
+  the cost and guards the rest, where version counters catch what it cannot
+  see; :meth:`Run.keep` decides what is watched and what is copied at once;
 * :class:`ModelUse` counts the extractors active on one model across
   threads: the model's state is saved by the first and restored when the
   last exits, whatever the order; each forward runs in its own extractor's
@@ -24,12 +28,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import CaptureError
 from .maps import LayerMap
 
-__all__ = ["CURRENT", "InplaceGuard", "ModelState", "ModelUse", "Run", "storage_key"]
+__all__ = ["CURRENT", "FunctionGuard", "InplaceGuard", "ModelState", "ModelUse", "Run", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> int | None:
@@ -97,9 +102,12 @@ class Run:
                 continue
             if lm.raw.requires_grad:  # a graph node cannot be copied without losing its history
                 self.graph_written.add(key)
-            else:
-                lm.raw = lm.raw.clone()
-                self.versions.pop(key, None)
+                continue
+            version = self.versions.get(key)
+            if version is not None and lm.raw._version != version:
+                continue  # already written by something the guard did not see: the version check retries it
+            lm.raw = lm.raw.clone()
+            self.versions.pop(key, None)
 
     def changed(self) -> set[str]:
         """Keys whose version counter moved after capture: written by something the guard did not see."""
@@ -154,6 +162,62 @@ class InplaceGuard(TorchDispatchMode):
                         skey = storage_key(t)
                         if skey is not None and skey in watched:
                             self.run.protect(skey)
+        return func(*args, **kwargs)
+
+
+_INPLACE_DUNDERS = frozenset(
+    {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__", "__setitem__"}
+)
+_inplace_names: dict[Any, bool] = {}
+
+
+def _is_inplace(func: Any) -> bool:
+    """Whether a torch function writes its first argument (``add_``, ``__iadd__``, ``__setitem__``)."""
+    try:
+        return _inplace_names[func]
+    except (KeyError, TypeError):
+        pass
+    name = getattr(func, "__name__", "") or ""
+    result = name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
+    try:
+        _inplace_names[func] = result
+    except TypeError:
+        pass
+    return result
+
+
+class FunctionGuard(TorchFunctionMode):
+    """The in-place guard of Python models outside inference mode: it sees the calls Python code makes.
+
+    In-place methods and operators (``x.mul_()``, ``out += y``, ``x[i] = v``,
+    also through ``x.data``), ``inplace=True`` and ``out=`` arguments: the kept
+    tensor whose memory they write is copied first. A write it cannot see
+    (inside a C++ operator or a scripted function) moves the kept tensor's
+    version counter, and the call is retried with a copy of that layer.
+    """
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.run = run
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        watched = self.run.watched
+        if watched:
+            targets: list[Any] = []
+            if args and _is_inplace(func):
+                targets.append(args[0])
+            elif kwargs.get("inplace") is True:
+                targets.append(args[0] if args else kwargs.get("input"))
+            out = kwargs.get("out")
+            if out is not None:
+                targets.extend(out if isinstance(out, (tuple, list)) else [out])
+            for t in targets:
+                if isinstance(t, torch.Tensor):
+                    skey = storage_key(t)
+                    if skey is not None and skey in watched:
+                        self.run.protect(skey)
         return func(*args, **kwargs)
 
 

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ._capture_state import CURRENT, InplaceGuard, ModelUse, Run, storage_key
+from ._capture_state import CURRENT, FunctionGuard, InplaceGuard, ModelUse, Run, storage_key
 from .errors import CaptureError, MemoryBudgetError
 from .layers import LayerSelector, Selection, resolve_layers
 from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
@@ -123,6 +123,19 @@ def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> A
         return type(obj)(_move(v, device, dtype) for v in obj)
     if isinstance(obj, dict):
         return {k: _move(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _copy_tensors(obj: Any) -> Any:
+    """``obj`` with every tensor in it (tuples, lists, dicts) replaced by a copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_copy_tensors(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tensors(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _copy_tensors(v) for k, v in obj.items()}
     return obj
 
 
@@ -291,6 +304,7 @@ class FeatureExtractor:
         self._active = False
         self._contexts: dict[str, int] = {}  # module name -> layout.module_context(model, name)
         self._always_copy: set[str] = set()
+        self._scripted = False  # whether the model has TorchScript parts (set on enter)
 
     @property
     def output(self) -> Any:
@@ -302,6 +316,8 @@ class FeatureExtractor:
         if self._active:
             raise CaptureError("this FeatureExtractor is already active; create one extractor per `with` block")
         modules = list(self.model.modules())  # one walk of the module tree for the uses here
+        # TorchScript code is out of a function mode's sight: such models get the dispatch-level guard
+        self._scripted = any(_has_torchscript(m) for m in modules)
         self._use = ModelUse.enter(self, modules)
         try:
             for name, module in self.selection.modules.items():
@@ -350,17 +366,21 @@ class FeatureExtractor:
         lead = args[0] if args and isinstance(args[0], (list, tuple)) else first
         in_batch, in_spatial = input_geometry(self.model, lead)
         input_shape = tuple(first.shape) if first is not None else None
-        inputs = (storage_key(t) for _, t in _iter_tensors((args, kwargs)))
-        fixed = use.state.fixed.union(k for k in inputs if k)
         guarded = self._needs_guard()
+        # A guarded forward runs on a copy of the inputs: a model that writes its input in place leaves yours
+        # as it was, and a retry (after a write the guard could not see) starts from the same values.
+        pristine = (args, kwargs)
 
         buffers = use.begin_call(self)
         try:
             for attempt in range(2):
+                call_args, call_kwargs = _copy_tensors(pristine) if guarded else pristine
+                inputs = (storage_key(t) for _, t in _iter_tensors((call_args, call_kwargs)))
+                fixed = use.state.fixed.union(k for k in inputs if k)
                 run = Run(self, in_spatial, fixed, guarded, in_batch)
                 token = CURRENT.set(run)
                 try:
-                    output = self._forward(run, args, kwargs)
+                    output = self._forward(run, call_args, call_kwargs)
                 finally:
                     CURRENT.reset(token)
                 corrupted = run.changed()
@@ -404,7 +424,12 @@ class FeatureExtractor:
         return True
 
     def _forward(self, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        guard = InplaceGuard(run) if run.guarded else contextlib.nullcontext()
+        guard: Any = contextlib.nullcontext()
+        if run.guarded:
+            # version counters back up the cheap guard; without them (inference mode) or for scripted code,
+            # the dispatch-level one sees every write
+            thorough = self._scripted or torch.is_inference_mode_enabled()
+            guard = InplaceGuard(run) if thorough else FunctionGuard(run)
         if self.keep_graph:
             with guard:
                 return self.model(*args, **kwargs)
@@ -527,6 +552,13 @@ class FeatureExtractor:
             + "); raise max_bytes, select fewer layers, or pass over_budget='mean', 'max' or 'pool' "
             "to keep reduced maps"
         )
+
+
+def _has_torchscript(module: nn.Module) -> bool:
+    """Whether a module is scripted or holds a scripted function (code a function mode cannot see)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return True
+    return any(isinstance(v, torch.jit.ScriptFunction) for v in vars(module).values())
 
 
 def _replace_with_clones(output: Any, replaced: dict[str, torch.Tensor]) -> Any:
