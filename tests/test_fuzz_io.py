@@ -25,7 +25,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import featuremaps as fm
+
 from featuremaps.errors import ImageLoadError, RenderError
+
+from test_image_budget import LIMITED  # a child whose address space may grow by 1 GiB at most
 
 SRC = str(Path(fm.__file__).resolve().parent.parent)
 FUZZ = settings(derandomize=True, deadline=None, database=None, max_examples=60,
@@ -75,19 +78,7 @@ def test_valid_images_load_at_their_size_as_8_bit_rgb(mode, fmt, width, height, 
             assert np.array_equal(pixels, np.asarray(original))
 
 
-MUTATE = textwrap.dedent("""
-    import resource
-    import featuremaps
-
-    def vm_bytes():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-
-    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-    soft = vm_bytes() + 2**30
-    resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-
+MUTATE = LIMITED + textwrap.dedent("""
     import sys
     from pathlib import Path
     from hypothesis import HealthCheck, given, settings, strategies as st

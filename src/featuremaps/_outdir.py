@@ -24,7 +24,9 @@ from pathlib import Path
 
 from .errors import FeatureMapsError
 
-__all__ = ["MARKER", "OutputFolderError", "check_output_folder", "foreign_entries", "record", "replace_folder"]
+__all__ = [
+    "MARKER", "OutputFolderError", "check_output_folder", "foreign_entries", "read_meta", "record", "replace_folder",
+]
 
 MARKER = ".featuremaps"
 """The manifest featuremaps leaves in every folder it writes."""
@@ -228,3 +230,35 @@ def replace_folder(staged: Path, target: Path, owned: Collection[str]) -> list[s
         return []
     return [str(old / rel) for rel, _ in _walk(old)]
 
+
+def read_meta(folder: Path, what: str, fmt: str, written_by: str) -> tuple[dict, Path]:
+    """The JSON metadata of a folder featuremaps saved (``WHAT.json``) and its tensors' path (``WHAT.safetensors``).
+
+    One clear error for a folder that is not one, a damaged metadata file
+    and a format from another version.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> read_meta(folder, "atlas", "featuremaps-atlas/1", "Atlas.save")
+        Traceback (most recent call last):
+        ...
+        featuremaps.errors.FeatureMapsError: ... is not an atlas folder (no atlas.json / atlas.safetensors); ...
+    """
+    meta_path, data_path = folder / f"{what}.json", folder / f"{what}.safetensors"
+    article = "an" if what[:1] in "aeiou" else "a"
+    if not meta_path.is_file() or not data_path.is_file():
+        raise FeatureMapsError(
+            f"{str(folder)!r} is not {article} {what} folder (no {meta_path.name} / {data_path.name}); pass the "
+            f"folder written by {written_by}"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FeatureMapsError(f"cannot read {str(meta_path)!r}: {exc}; the {what} folder is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise FeatureMapsError(
+            f"{str(meta_path)!r} has format {found!r}, not {fmt!r}; make it again with this version"
+        )
+    return meta, data_path

@@ -93,6 +93,39 @@ def _default_layers(model: Any, rank: int) -> Any:
     return "blocks" if blocks else None
 
 
+@contextmanager
+def dataset_pass(device: str | None, timeout: float) -> Iterator[tuple[str | None, int]]:
+    """The frame of a command that passes over a dataset, alone or under ``torchrun``.
+
+    Warnings print as one line each; the torchrun process group is joined
+    (with ``timeout``) and left again afterwards if this call created it.
+    Yields the device for this process and its rank.
+    """
+    with _warnings_as_lines():
+        created, device = _init_distributed(device, timeout)
+        try:
+            import torch.distributed as dist
+
+            yield device, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        finally:
+            if created:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+
+
+def echo_skipped(skipped: list[tuple[str, str]], listed_in: str) -> None:
+    """List the unreadable images a pass skipped (the first 20, then where the rest are listed)."""
+    if not skipped:
+        return
+    n = len(skipped)
+    click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
+    for name, reason in skipped[:20]:
+        click.echo(f"  {name}: {reason}", err=True)
+    if n > 20:
+        click.echo(f"  ... and {n - 20} more (listed in {listed_in})", err=True)
+
+
 @click.command("atlas")
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
 @model_options
@@ -156,40 +189,24 @@ def atlas_cmd(
     from .atlas import build_atlas
 
     _output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
-    with _warnings_as_lines():
-        created, device = _init_distributed(device, timeout)
-        try:
-            import torch.distributed as dist
-
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            model, preprocess = _load(model_spec, weights, device, trust_pickle)
-            layers = _parse_layers(layer_patterns) or _default_layers(model, rank)
-            t0 = time.perf_counter()
-            atlas = build_atlas(
-                model, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,
-                batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
-                resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
-                synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,
+    with dataset_pass(device, timeout) as (device, rank):
+        model, preprocess = _load(model_spec, weights, device, trust_pickle)
+        layers = _parse_layers(layer_patterns) or _default_layers(model, rank)
+        t0 = time.perf_counter()
+        atlas = build_atlas(
+            model, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,
+            batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
+            resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
+            synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,
+        )
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            channels = sum(atlas.layer(name).channels for name in atlas.layers())
+            rate = atlas.num_images / seconds if seconds > 0 else 0.0
+            click.echo(
+                f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
+                f"{channels} channels, top {k} by {score}"
+                + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
             )
-            seconds = time.perf_counter() - t0
-            if rank == 0:
-                channels = sum(atlas.layer(name).channels for name in atlas.layers())
-                rate = atlas.num_images / seconds if seconds > 0 else 0.0
-                click.echo(
-                    f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
-                    f"{channels} channels, top {k} by {score}"
-                    + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
-                )
-                if atlas.skipped:
-                    n = len(atlas.skipped)
-                    click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
-                    for name, reason in atlas.skipped[:20]:
-                        click.echo(f"  {name}: {reason}", err=True)
-                    if len(atlas.skipped) > 20:
-                        click.echo(f"  ... and {len(atlas.skipped) - 20} more (listed in atlas.json)", err=True)
-                click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
-        finally:
-            if created:
-                import torch.distributed as dist
-
-                dist.destroy_process_group()
+            echo_skipped(atlas.skipped, "atlas.json")
+            click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")

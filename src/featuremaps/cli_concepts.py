@@ -15,7 +15,7 @@ import time
 import click
 
 from .cli import _load, _output_folder, model_options
-from .cli_atlas import _init_distributed, _warnings_as_lines
+from .cli_atlas import dataset_pass, echo_skipped
 
 __all__ = ["concepts_cmd"]
 
@@ -64,37 +64,23 @@ def concepts_cmd(
     from .concepts import discover_concepts
 
     _output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
-    with _warnings_as_lines():
-        created, device = _init_distributed(device, timeout)
-        try:
-            import torch.distributed as dist
-
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            model, preprocess = _load(model_spec, weights, device, trust_pickle)
-            t0 = time.perf_counter()
-            concepts = discover_concepts(
-                model, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
-                batch_size=batch_size, num_workers=workers, receptive=receptive, progress=not quiet, out=out_dir,
-                patch_size=patch_size, timeout=timeout,
+    with dataset_pass(device, timeout) as (device, rank):
+        model, preprocess = _load(model_spec, weights, device, trust_pickle)
+        t0 = time.perf_counter()
+        concepts = discover_concepts(
+            model, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
+            batch_size=batch_size, num_workers=workers, receptive=receptive, progress=not quiet, out=out_dir,
+            patch_size=patch_size, timeout=timeout,
+        )
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            click.echo(
+                f"{concepts.n_concepts} concepts in {concepts.layer} from {concepts.num_images} images "
+                f"({seconds:.1f} s); they explain {max(0.0, 1 - concepts.relative_error ** 2):.0%} of the "
+                "sampled activations (squared norm)"
             )
-            seconds = time.perf_counter() - t0
-            if rank == 0:
-                click.echo(
-                    f"{concepts.n_concepts} concepts in {concepts.layer} from {concepts.num_images} images "
-                    f"({seconds:.1f} s); they explain {max(0.0, 1 - concepts.relative_error ** 2):.0%} of the "
-                    "sampled activations (squared norm)"
-                )
-                if concepts.negative_share > 0.05:
-                    click.echo(f"Warning: {concepts.negative_share:.0%} of the layer's activation mass is negative "
-                               "and was left out; the activation after it may fit better", err=True)
-                if concepts.skipped:
-                    n = len(concepts.skipped)
-                    click.echo(f"skipped {n} unreadable image{'' if n == 1 else 's'}:", err=True)
-                    for name, reason in concepts.skipped[:20]:
-                        click.echo(f"  {name}: {reason}", err=True)
-                click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")
-        finally:
-            if created:
-                import torch.distributed as dist
-
-                dist.destroy_process_group()
+            if concepts.negative_share > 0.05:
+                click.echo(f"Warning: {concepts.negative_share:.0%} of the layer's activation mass is negative "
+                           "and was left out; the activation after it may fit better", err=True)
+            echo_skipped(concepts.skipped, "concepts.json")
+            click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")

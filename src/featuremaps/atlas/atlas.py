@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .._outdir import read_meta
 from ..errors import FeatureMapsError, LayerNotFoundError
 from .receptive import ReceptiveField
 from .stats import ChannelStats
@@ -792,21 +793,7 @@ def load_atlas(directory: str | os.PathLike[str]) -> Atlas:
         [TopExample(index=0, score=2.0, position=(1, 0))]
     """
     folder = Path(directory)
-    meta_path = folder / "atlas.json"
-    data_path = folder / "atlas.safetensors"
-    if not meta_path.is_file() or not data_path.is_file():
-        raise FeatureMapsError(
-            f"{str(folder)!r} is not an atlas folder (no atlas.json / atlas.safetensors); pass the folder "
-            "written by Atlas.save or `featuremaps atlas -o`"
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeatureMapsError(f"cannot read {str(meta_path)!r}: {exc}; the atlas folder is damaged") from None
-    if meta.get("format") != FORMAT:
-        raise FeatureMapsError(
-            f"{str(meta_path)!r} has format {meta.get('format')!r}, not {FORMAT!r}; rebuild it with this version"
-        )
+    meta, data_path = read_meta(folder, "atlas", FORMAT, "Atlas.save or `featuremaps atlas -o`")
     from safetensors import safe_open
 
     table = [AtlasLayer.from_json(d) for d in meta["layers"]]

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._outdir import read_meta
 from ..errors import FeatureMapsError
 from ..maps import LayerInfo
 from .nmf import nnls_codes
@@ -513,18 +514,7 @@ def load_concepts(directory: str | os.PathLike[str]) -> Concepts:
         torch.Size([2, 3])
     """
     folder = Path(directory)
-    meta_path, data_path = folder / "concepts.json", folder / "concepts.safetensors"
-    if not meta_path.is_file() or not data_path.is_file():
-        raise FeatureMapsError(
-            f"{str(folder)!r} is not a concepts folder (no concepts.json / concepts.safetensors); pass the folder "
-            "written by Concepts.save or `featuremaps concepts -o`"
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeatureMapsError(f"cannot read {str(meta_path)!r}: {exc}; the concepts folder is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise FeatureMapsError(f"{str(meta_path)!r} is not in format {FORMAT!r}; discover the concepts again")
+    meta, data_path = read_meta(folder, "concepts", FORMAT, "Concepts.save or `featuremaps concepts -o`")
     from safetensors.torch import load_file
 
     try:
