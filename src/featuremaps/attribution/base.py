@@ -628,6 +628,9 @@ class BaseCAM:
     name: ClassVar[str] = ""
     #: whether the method needs gradients of the target w.r.t. the layer
     uses_gradients: ClassVar[bool] = True
+    #: what the method computes from: ``"gradient"`` (one forward and backward), ``"activation"`` (one forward,
+    #: no gradients) or ``"perturbation"`` (many forwards of perturbed inputs: slow, batched)
+    kind: ClassVar[str] = "gradient"
     #: whether the map depends on the target (class-agnostic methods run without one)
     needs_target: ClassVar[bool] = True
     #: options for pictures shown to people (the report, the ``cam`` command) where the

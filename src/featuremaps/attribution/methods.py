@@ -250,6 +250,7 @@ class _PerturbationCAM(BaseCAM):
     """Shared setup of the methods that run batched forwards of perturbed inputs (no gradients)."""
 
     uses_gradients = False
+    kind = "perturbation"
 
     def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, batch_size: int = 32,
                  **options: Any) -> None:
@@ -385,6 +386,7 @@ class EigenCAM(BaseCAM):
     """
 
     uses_gradients = False
+    kind = "activation"
     needs_target = False
     picture_options = {"sign": "auto"}  # the report and the CLI never show an arbitrarily inverted map
 
@@ -585,6 +587,7 @@ class CAM(BaseCAM):
     """
 
     uses_gradients = False
+    kind = "activation"
 
     def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *,
                  fc: nn.Module | str | torch.Tensor | None = None, **options: Any) -> None:
