@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import featuremaps as fm  # noqa: E402
-from featuremaps.atlas.sources import _make_source  # noqa: E402
+from featuremaps._progress import silent  # noqa: E402
+from featuremaps.datapass import make_source  # noqa: E402
 from featuremaps.concepts.build import _run_pass  # noqa: E402
 from _timing import measure_all  # noqa: E402
 
@@ -60,8 +61,8 @@ def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
 
 def concept_pass(model: nn.Module, loader: torch.utils.data.DataLoader, layer: str) -> None:
     device = next(model.parameters()).device
-    src = _make_source(loader, None, None, 0)
-    _run_pass(model, layer, src, None, device, False, None)
+    src = make_source(loader, None, None, 0)
+    _run_pass(model, layer, src, None, device, silent, None)
 
 
 def main() -> None:

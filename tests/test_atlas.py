@@ -166,9 +166,9 @@ def test_queued_statistics_equal_statistics_added_one_batch_at_a_time(monkeypatc
 
 def test_deferred_range_check_flags_huge_values_and_raises_at_the_next_read():
     """On an accelerator the range check must not wait for the device: it is flagged, then raised."""
-    from featuremaps.atlas import stats as st
+    from featuremaps.atlas import exact as st
 
-    out = torch.zeros(st._LIMBS, 2, dtype=torch.int64)
+    out = torch.zeros(st.LIMBS, 2, dtype=torch.int64)
     flag = torch.zeros((), dtype=torch.bool)
     st._add_limbs(torch.tensor([[1.5, 2.0**300]], dtype=torch.float64), out.view(-1), 0, 2, flag)
     assert bool(flag)
@@ -184,7 +184,7 @@ def test_deferred_range_check_flags_huge_values_and_raises_at_the_next_read():
 
 
 def test_batch_indices_are_made_on_the_device_only_for_progressions():
-    from featuremaps.atlas.build import _progression
+    from featuremaps.datapass.sources import _progression
 
     assert _progression([4, 6, 8, 10]) == (4, 2, 4)  # rank 0 of 2: every other index
     assert _progression([7]) == (7, 1, 1)
@@ -285,7 +285,7 @@ def _conv1d_net() -> nn.Module:
 @pytest.mark.parametrize("kind", ["image", "sequence"])
 def test_accelerator_path_gives_the_cpu_paths_atlas(monkeypatch, kind):
     """The path taken on GPUs (argmax of every map, Welford moments, deferred checks), run on the CPU."""
-    from featuremaps.atlas import _device
+    from featuremaps.datapass import device as _device
 
     if kind == "image":
         make, x, layers = atlas_helper.tiny_net, torch.rand(13, 3, 20, 20, generator=torch.Generator().manual_seed(4)), ["1", "3"]
@@ -846,3 +846,32 @@ def test_torchrun_ranks_share_the_synthesis_and_agree_with_one_process(tmp_path)
 
     for key in synth:  # the same images up to floating-point rounding (different batches)
         assert np.abs(pixels(tmp_path / "one" / key) - pixels(tmp_path / "two" / key)).mean() < 2.0, key
+
+
+# --------------------------------------------------------------------------- the progress protocol
+
+
+def test_progress_callable_gets_stage_done_total_and_done_reaches_total():
+    """progress= takes a callable(stage, done, total): images read per batch, then the synthesis steps."""
+    calls = []
+    x = torch.rand(7, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+    build_atlas(net, x, layers="1", k=2, batch_size=3, receptive="none", synthesize=True, synth_steps=2,
+                synth_size=8, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    atlas_calls = [c for c in calls if c[0] == "atlas"]
+    # 7 images in batches of 3: 0 before the first batch, then 3, 6, 7 read
+    assert atlas_calls == [("atlas", 0, 7), ("atlas", 3, 7), ("atlas", 6, 7), ("atlas", 7, 7)]
+    synth = [c for c in calls if c[0] == "synthesis"]
+    assert synth and all(total == 2 for _, _, total in synth)  # one layer, 2 steps
+    assert [d for _, d, _ in synth] == sorted(d for _, d, _ in synth) and synth[-1][1] == 2
+    assert {c[0] for c in calls} == {"atlas", "synthesis"}
+
+
+def test_progress_true_and_false_run_and_a_bad_progress_is_refused():
+    x = torch.rand(3, 3, 8, 8)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3))
+    a = build_atlas(net, x, layers="0", k=1, progress=True)  # a bar only on a terminal: here, nothing
+    b = build_atlas(net, x, layers="0", k=1, progress=False)
+    assert a.top_examples("0", 0) == b.top_examples("0", 0)
+    with pytest.raises(TypeError, match="progress="):
+        build_atlas(net, x, layers="0", k=1, progress="yes")

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from torch import nn
 
 from featuremaps.atlas import build_atlas, checkpoint
-from featuremaps.atlas.atlas import Atlas
+from featuremaps.atlas import folder
 from featuremaps.errors import FeatureMapsError
 
 import atlas_helper
@@ -162,7 +162,7 @@ def test_a_sound_checkpoint_passes_the_checks(tmp_path, reference):
 
 
 def test_the_cli_names_a_damaged_checkpoint_in_one_clean_line(tmp_path, monkeypatch):
-    from featuremaps.atlas import build as build_module
+    from featuremaps.datapass import sources as build_module
     from featuremaps.cli import cli
 
     images = tmp_path / "images"
@@ -254,18 +254,18 @@ def test_an_interrupt_during_a_checkpoint_save_then_a_resume_equals_an_uninterru
 def test_an_interrupt_while_the_folder_is_written_then_a_resume_equals_an_uninterrupted_run(
     tmp_path, reference, monkeypatch
 ):
-    real = Atlas._write_patches
+    real = folder.write_patches
 
-    def ctrl_c(self, folder, patch_size):
-        real(self, folder, patch_size)
+    def ctrl_c(atlas, where, patch_size):
+        real(atlas, where, patch_size)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Atlas, "_write_patches", ctrl_c)
+    monkeypatch.setattr(folder, "write_patches", ctrl_c)
     out = tmp_path / "atlas"
     with pytest.raises(KeyboardInterrupt):
         build_atlas(model(), Interrupting(), out=out, **OPTS)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".atlas.partial"]  # no half folder, the pass kept
-    monkeypatch.setattr(Atlas, "_write_patches", real)
+    monkeypatch.setattr(folder, "write_patches", real)
     again = Interrupting()
     build_atlas(model(), again, out=out, **OPTS)
     assert again.reads[0] == 12  # the pass resumed from its last checkpoint (12 items), not from the start

@@ -351,3 +351,16 @@ def test_cli_writes_a_concepts_folder_and_refuses_a_users_folder(tmp_path):
     assert result.exit_code == 2 and "other files" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, [*base[:6], "--n", "2", "-o", str(tmp_path / "o2")])  # no --layer
     assert result.exit_code == 2 and "--layer" in result.output
+
+
+def test_progress_callable_sees_both_passes_and_done_reaches_total():
+    """discover_concepts reports the sampling pass ("concepts") and the examples pass ("concept examples")."""
+    calls = []
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
+    fm.discover_concepts(net, torch.rand(8, 3, 10, 10), layer="1", n_concepts=2, batch_size=3,
+                         progress=lambda stage, done, total: calls.append((stage, done, total)))
+    # 8 images in batches of 3, in each pass: 0 before the first batch, then 3, 6, 8 read
+    expected = [0, 3, 6, 8]
+    assert [(d, t) for s, d, t in calls if s == "concepts"] == [(d, 8) for d in expected]
+    assert [(d, t) for s, d, t in calls if s == "concept examples"] == [(d, 8) for d in expected]
+    assert {s for s, _, _ in calls} == {"concepts", "concept examples"}

@@ -474,3 +474,12 @@ def test_cli_bad_targets_are_one_line_errors(runner, tmp_path, target, fragment)
 def test_cli_usage_errors_exit_2(runner):
     assert runner.invoke(synth_cmd, ["--steps", "3"]).exit_code == 2  # --target is required
     assert runner.invoke(synth_cmd, ["--target", "a:1", "--steps", "0"]).exit_code == 2
+
+
+def test_progress_callable_gets_every_step_of_every_batch_and_done_reaches_total():
+    """3 targets in batches of 2 images: 2 batches x 3 steps = 6 steps, reported one by one."""
+    calls = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    synthesize(model, ["1:0", "1:1", "1:2"], steps=3, size=16, batch=2,
+               progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert calls == [("synthesis", d, 6) for d in range(1, 7)]

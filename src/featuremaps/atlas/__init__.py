@@ -12,16 +12,24 @@ Example:
     >>> atlas = fm.build_atlas(fm.load_model(), "photos/", layers="_blocks.15.*", k=9)  # doctest: +SKIP
     >>> atlas.top_examples("_blocks.15._project_conv", channel=17)                      # doctest: +SKIP
     >>> atlas.save("atlas/")                                                            # doctest: +SKIP
+
+The parts: :mod:`.build` (the pass, in steps) with :mod:`.reducer`,
+:mod:`.state` and :mod:`.checkpoint`; :mod:`.atlas` (the :class:`Atlas` and
+its queries) with :mod:`.data`, :mod:`.folder`, :mod:`.patches`,
+:mod:`.pages` and :mod:`.synth`; the streaming top-k (:mod:`.topk`), the
+exact statistics (:mod:`.exact`, :mod:`.stats`) and receptive fields
+(:mod:`.receptive`). The data, ranks and devices of the pass are shared with
+concept discovery (:mod:`featuremaps.datapass`).
 """
 
 from __future__ import annotations
 
-from ._distributed import DEFAULT_TIMEOUT, DistributedTimeoutError
+from ..datapass import DEFAULT_TIMEOUT, IMAGE_SUFFIXES, DistributedTimeoutError, image_files
 from .atlas import Atlas, AtlasLayer, load_atlas
 from .build import build_atlas
-from .sources import IMAGE_SUFFIXES, image_files
 from .receptive import ReceptiveField, receptive_field, receptive_field_chain, receptive_fields
-from .stats import ChannelStats, ExactSum, RunningStats
+from .exact import ExactSum
+from .stats import ChannelStats, RunningStats
 from .topk import TopExample, TopK
 
 __all__ = [

@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import safetensors.torch
+from safetensors import safe_open
 
+from .._atomic import atomic_path
+from .stats import LIMB_BITS
 from .topk import EMPTY_INDEX
 
 if TYPE_CHECKING:
-    from .build import _State
+    from .state import AtlasState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "discard_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -54,16 +58,12 @@ def _checksum(tensors: Mapping[str, torch.Tensor], fingerprint: str, state: str)
 
 def save_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any], fingerprint: str) -> None:
     """Write a checkpoint atomically: the file is the old one or the new one, never half of either."""
-    from safetensors.torch import save_file
-
-    from .._atomic import atomic_path
-
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(dict(state), sort_keys=True)
     meta = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": text,
             "sha256": _checksum(data, fingerprint, text)}
     with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=meta)
+        safetensors.torch.save_file(data, str(tmp), metadata=meta)  # (looked up here: tests cut it halfway)
 
 
 def _set_aside(path: Path) -> Path:
@@ -78,8 +78,6 @@ def _set_aside(path: Path) -> Path:
 
 def _read(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The tensors and state of a checkpoint whose checksum holds; None if made with other arguments."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -106,9 +104,9 @@ def _read(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def load_checkpoint(
-    path: Path, fingerprint: str, restore: Callable[[dict[str, torch.Tensor], dict[str, Any]], _State], *,
+    path: Path, fingerprint: str, restore: Callable[[dict[str, torch.Tensor], dict[str, Any]], AtlasState], *,
     k: int, n_items: int, rank: int, world: int,
-) -> _State | None:
+) -> AtlasState | None:
     """The state saved at ``path`` if it is sound and from this run's arguments; else None (after a warning).
 
     A damaged checkpoint is renamed to ``NAME.damaged`` and named in the warning.
@@ -143,8 +141,6 @@ def discard_checkpoint(path: Path) -> None:
     """Remove the checkpoint at ``path`` (for ``resume=False``) if it is one of ours; set anything else aside."""
     if not path.is_file():
         return
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             ours = str((f.metadata() or {}).get("format", "")).startswith("featuremaps-atlas-checkpoint/")
@@ -160,14 +156,14 @@ def _shard(n_items: int, rank: int, world: int) -> int:
     return len(range(rank, n_items, world))
 
 
-def check_state(state: _State, *, k: int, n_items: int, rank: int, world: int) -> None:
+def check_state(state: AtlasState, *, k: int, n_items: int, rank: int, world: int) -> None:
     """Check a restored state against the run; raises :class:`DamagedCheckpoint` naming the first fault.
 
     Example:
-        >>> from featuremaps.atlas.build import _State
+        >>> from featuremaps.atlas.state import AtlasState
         >>> from featuremaps.atlas import AtlasLayer, RunningStats, TopK
         >>> la = AtlasLayer("conv", "conv", "Conv2d", 2, (4, 4), (1.0, 1.0))
-        >>> state = _State([la], {"conv": TopK(2, 3)}, RunningStats(2))
+        >>> state = AtlasState([la], {"conv": TopK(2, 3)}, RunningStats(2))
         >>> check_state(state, k=3, n_items=10, rank=0, world=1)
         >>> state.position = 11
         >>> check_state(state, k=3, n_items=10, rank=0, world=1)
@@ -234,9 +230,7 @@ def _check_top(
         raise DamagedCheckpoint(f"layer {name!r}: a channel lists the same image twice")
 
 
-def _check_stats(state: _State, channels: int) -> None:
-    from .stats import _LIMB_BITS
-
+def _check_stats(state: AtlasState, channels: int) -> None:
     st = state.stats
     for label, t in (("count", st.count), ("active", st.active), ("excluded", st.excluded), ("max", st.maximum)):
         if tuple(t.shape) != (channels,):
@@ -251,7 +245,7 @@ def _check_stats(state: _State, channels: int) -> None:
     if bool(((count > 0) & (maximum == -math.inf)).any()) or bool(((count == 0) & (maximum != -math.inf)).any()):
         raise DamagedCheckpoint("statistics: maxima do not match the counts")
     limbs = st.moments.limbs.cpu()
-    if bool((limbs[:-1] < 0).any()) or bool((limbs[:-1] >= (1 << _LIMB_BITS)).any()):
+    if bool((limbs[:-1] < 0).any()) or bool((limbs[:-1] >= (1 << LIMB_BITS)).any()):
         raise DamagedCheckpoint("statistics: the exact sums are not normalized")
     result = st.result()
     seen = result.count > 0

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capture import FeatureExtractor
 from ..errors import FeatureMapsError
 
 __all__ = ["ReceptiveField", "receptive_field", "receptive_field_chain", "receptive_fields"]
@@ -327,8 +328,6 @@ def _eval_forward(model: nn.Module, x: torch.Tensor) -> Any:
 
 
 def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str]) -> dict[str, ReceptiveField | None]:
-    from ..capture import FeatureExtractor
-
     out: dict[str, ReceptiveField | None] = {k: None for k in layers}
     height, width = int(x.shape[2]), int(x.shape[3])
     xg = x.detach().clone().requires_grad_(True)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import FeatureMapsError
-from ._device import asynchronous
+from ..datapass import asynchronous
 
 __all__ = ["TopK", "TopExample", "EMPTY_INDEX", "update_all"]
 

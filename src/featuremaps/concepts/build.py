@@ -30,16 +30,30 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..atlas._distributed import (
-    DEFAULT_TIMEOUT, _all_gather, _comm_device, _dist, _gather_json, check_in, check_timeout,
+from .._outdir import check_output_folder
+from .._progress import Progress, ProgressArg, reporter
+from ..atlas.build import RECEPTIVE_METHODS, build_atlas
+from ..atlas.receptive import receptive_fields
+from ..capture import FeatureExtractor
+from ..datapass import (
+    DEFAULT_TIMEOUT,
+    Source,
+    all_gather,
+    check_in,
+    check_timeout,
+    comm_device,
+    first_item,
+    gather_json,
+    make_source,
+    rank_world,
+    shard_loader,
+    to_device,
 )
-from ..atlas.build import build_atlas
-from ..atlas.sources import _Collate, _first_item, _Indexed, _make_source, _Progress, _ShardSampler, _Source, _to_device
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..maps import LayerInfo
+from ..models import LoadedModel, preprocess_for
 from .concepts import Concepts, concept_maps
 from .nmf import PositionSample, nmf
 
@@ -108,8 +122,6 @@ class _ConceptProbe(nn.Module):
         self._layouts = layouts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..capture import FeatureExtractor
-
         found: list[torch.Tensor] = []
 
         def reduce(t: torch.Tensor, info: LayerInfo) -> None:
@@ -132,41 +144,33 @@ class _ConceptProbe(nn.Module):
 
 
 def _run_pass(
-    model: nn.Module, layer: LayerSelector, src: _Source, sample_size: int | None, device: torch.device,
-    progress: bool, layouts: Any,
+    model: nn.Module, layer: LayerSelector, src: Source, sample_size: int | None, device: torch.device,
+    report: Progress, layouts: Any,
 ) -> tuple[_SampleReducer, int, list[tuple[int, str]], tuple[int, ...] | None]:
-    from ..capture import FeatureExtractor
-
-    rank, world = _dist()
+    """The first pass: every item of this rank's share offered to the sample (progress: the ``"concepts"`` stage)."""
+    rank, world = rank_world()
     n_items = len(src.dataset)
-    loader = DataLoader(
-        _Indexed(src.dataset, src.transform), batch_size=src.batch_size,
-        sampler=_ShardSampler(n_items, rank, world, 0), num_workers=src.num_workers,
-        collate_fn=_Collate(src.collate), pin_memory=src.pin_memory,
-    )
     reducer = _SampleReducer(sample_size, device)
-    bar = _Progress(n_items, progress and rank == 0, "concepts")
-    images = 0
+    images, read = 0, 0
     skipped: list[tuple[int, str]] = []
     shape: tuple[int, ...] | None = None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"layers .* did not run")
-            with FeatureExtractor(model, layer, reduce=reducer, layouts=layouts) as fx:
-                for indices, batch, failed in loader:
-                    n = int(indices.shape[0])
-                    if n:
-                        reducer.indices = _to_device(indices, device)
-                        x = _first_item(batch)
-                        fx(x)
-                        if shape is None and isinstance(x, torch.Tensor):
-                            shape = tuple(int(s) for s in x.shape[1:])
-                        _check_one_layer(reducer, layer)
-                    images += n
-                    skipped.extend(failed)
-                    bar.advance((n + len(failed)) * world)
-    finally:
-        bar.close()
+    report("concepts", 0, n_items)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"layers .* did not run")
+        with FeatureExtractor(model, layer, reduce=reducer, layouts=layouts) as fx:
+            for indices, batch, failed in shard_loader(src, rank, world):
+                n = int(indices.shape[0])
+                if n:
+                    reducer.indices = to_device(indices, device)
+                    x = first_item(batch)
+                    fx(x)
+                    if shape is None and isinstance(x, torch.Tensor):
+                        shape = tuple(int(s) for s in x.shape[1:])
+                    _check_one_layer(reducer, layer)
+                images += n
+                skipped.extend(failed)
+                read += n + len(failed)
+                report("concepts", min(n_items, read * world), n_items)
     return reducer, images, skipped, shape
 
 
@@ -185,15 +189,22 @@ def _check_one_layer(reducer: _SampleReducer, layer: LayerSelector) -> None:
 
 def _merge_ranks(
     reducer: _SampleReducer, images: int, skipped: list[tuple[int, str]], shape: tuple[int, ...] | None,
-    device: torch.device, world: int,
+    device: torch.device, timeout: float,
 ) -> tuple[PositionSample, LayerInfo, int, list[tuple[int, str]], tuple[int, ...] | None]:
-    comm = _comm_device(device)
+    """Every rank's sample, merged (exactly the one-process sample), with the counts and the layer."""
+    _, world = rank_world()
+    if world == 1:
+        if reducer.sample is None or reducer.info is None:
+            raise FeatureMapsError("no readable image in the dataset; check the folder or dataset")
+        return reducer.sample, reducer.info, images, skipped, shape
+    check_in("the end of the concept pass", timeout)
+    comm = comm_device(device)
     info = reducer.info
     mine = {"info": info.to_json() if info is not None else None, "images": images,
             "skipped": [list(s) for s in skipped], "shape": list(shape) if shape is not None else None,
             "capacity": reducer.sample.capacity if reducer.sample is not None else None,
             "channels": reducer.sample.channels if reducer.sample is not None else None}
-    metas = _gather_json(mine, comm, world)
+    metas = gather_json(mine, comm, world)
     known = [m for m in metas if m["info"] is not None]
     if not known:
         raise FeatureMapsError("no readable image in the dataset; check the folder or dataset")
@@ -205,7 +216,7 @@ def _merge_ranks(
         )
     sample = reducer.sample or PositionSample(int(first["capacity"]), int(first["channels"]), device)
     merged: PositionSample | None = None
-    states = {key: _all_gather(v, comm, world) for key, v in sample.state().items()}
+    states = {key: all_gather(v, comm, world) for key, v in sample.state().items()}
     for r in range(world):
         part = PositionSample.from_state({key: v[r] for key, v in states.items()}, device)
         merged = part if merged is None else merged.merge(part)
@@ -219,25 +230,11 @@ def _merge_ranks(
 
 
 def discover_concepts(
-    model: nn.Module | Any,
-    data: Any,
-    layer: LayerSelector,
-    n_concepts: int = 10,
-    *,
-    method: str = "nmf",
-    top_k: int = 9,
-    examples: bool = True,
-    sample_size: int | None = None,
-    iters: int = 200,
-    batch_size: int | None = None,
-    preprocess: Any = None,
-    num_workers: int = 0,
-    receptive: str = "auto",
-    layouts: Any = None,
-    progress: bool = True,
-    out: str | os.PathLike[str] | None = None,
-    patch_size: int = 64,
-    timeout: float = DEFAULT_TIMEOUT,
+    model: nn.Module | Any, data: Any, layer: LayerSelector, n_concepts: int = 10, *, method: str = "nmf",
+    top_k: int = 9, examples: bool = True, sample_size: int | None = None, iters: int = 200,
+    batch_size: int | None = None, preprocess: Any = None, num_workers: int = 0, receptive: str = "auto",
+    layouts: Any = None, progress: ProgressArg = True, out: str | os.PathLike[str] | None = None,
+    patch_size: int = 64, timeout: float = DEFAULT_TIMEOUT,
 ) -> Concepts:
     """Find ``n_concepts`` directions in ``layer``'s channel space that the data's activations are made of.
 
@@ -270,7 +267,11 @@ def discover_concepts(
         receptive: how patches are sized (``"auto"``, ``"chain"``,
             ``"gradient"``, ``"none"``; see :func:`~featuremaps.atlas.build_atlas`).
         layouts: declared layouts for the capture engine.
-        progress: show progress bars (rank 0).
+        progress: ``True`` for progress bars with images/s, ``False`` for
+            none, or a callable ``progress(stage, done, total)`` called with
+            the ``"concepts"`` stage (the first pass, images read out of the
+            dataset's) and the ``"concept examples"`` stage (the second);
+            rank 0 only.
         out: also save the concepts there (rank 0; see :meth:`Concepts.save`).
         patch_size: patch thumbnail size when saving.
         timeout: under ``torch.distributed``, seconds a rank waits for the others.
@@ -288,13 +289,51 @@ def discover_concepts(
         >>> len(concepts.top_examples(0))
         8
     """
-    from ..models import LoadedModel, preprocess_for
-    from .._outdir import check_output_folder
-
     if isinstance(model, LoadedModel):
         model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
     if not isinstance(model, nn.Module):
         raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive)
+    timeout = check_timeout(timeout)
+    if preprocess is None:
+        preprocess = preprocess_for(model)
+    rank, world = rank_world()
+    if out is not None and rank == 0:
+        check_output_folder(out)  # before any work
+    src = make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    with reporter(progress if rank == 0 else False, unit="images") as report:
+        reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, report, layouts)
+        sample, info, images, skipped, shape = _merge_ranks(reducer, images, skipped, shape, device, timeout)
+        components, error, negative_share = _factorize(sample, info, n_concepts, iters, device)
+        card = getattr(preprocess, "card", None)
+        concepts = Concepts(
+            components=components, layer=info.name, info=info, num_images=images, positions=sample.seen,
+            sample_size=int(sample.rows.shape[0]), relative_error=error, negative_share=negative_share,
+            model=str(getattr(card, "name", None) or type(model).__name__),
+            input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
+            skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
+            root=src.root, layouts=layouts,
+        )
+        if examples:
+
+            def examples_progress(stage: str, done: int, total: int | None) -> None:
+                report("concept examples", done, total)
+
+            concepts.atlas = _top_examples(
+                model, data, concepts, shape, top_k=top_k, batch_size=batch_size, preprocess=preprocess,
+                num_workers=num_workers, receptive=receptive, progress=examples_progress, timeout=timeout,
+            )
+    if out is not None and rank == 0:
+        concepts.save(out, patch_size=patch_size)
+    return concepts
+
+
+def _check_options(
+    layer: Any, n_concepts: Any, method: Any, top_k: Any, sample_size: Any, iters: Any, batch_size: Any,
+    receptive: Any,
+) -> None:
     if method != "nmf":
         raise FeatureMapsError(f"method={method!r} is not a concept method; use 'nmf'")
     if layer is None or (isinstance(layer, str) and layer in ("", "auto")):
@@ -312,25 +351,14 @@ def discover_concepts(
         raise FeatureMapsError(f"iters={iters!r} must be a positive int: the most NMF sweeps")
     if batch_size is not None and batch_size < 1:
         raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
-    if receptive not in ("auto", "chain", "gradient", "none"):
+    if receptive not in RECEPTIVE_METHODS:
         raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
-    timeout = check_timeout(timeout)
-    if preprocess is None:
-        preprocess = preprocess_for(model)
-    rank, world = _dist()
-    if out is not None and rank == 0:
-        check_output_folder(out)  # before any work
-    src = _make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
-    reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, progress, layouts)
-    if world > 1:
-        check_in("the end of the concept pass", timeout)
-        sample, info, images, skipped, shape = _merge_ranks(reducer, images, skipped, shape, device, world)
-    else:
-        if reducer.sample is None or reducer.info is None:
-            raise FeatureMapsError("no readable image in the dataset; check the folder or dataset")
-        sample, info = reducer.sample, reducer.info
+
+def _factorize(
+    sample: PositionSample, info: LayerInfo, n_concepts: int, iters: int, device: torch.device
+) -> tuple[torch.Tensor, float, float]:
+    """``(components, relative error, negative share)``: NMF of the sampled activations' positive part."""
     rows = sample.rows
     negative = float(rows.clamp(max=0).abs().double().sum())
     mass = float(rows.abs().double().sum())
@@ -341,31 +369,26 @@ def discover_concepts(
             f"{int(x.shape[0])} sampled positions; choose at most {min(x.shape)}"
         )
     components, _, error = nmf(x.to(device), n_concepts, iters=iters)
-    card = getattr(preprocess, "card", None)
-    concepts = Concepts(
-        components=components.float().cpu(), layer=info.name, info=info, num_images=images,
-        positions=sample.seen, sample_size=int(rows.shape[0]), relative_error=error,
-        negative_share=negative / mass if mass > 0 else 0.0,
-        model=str(getattr(card, "name", None) or type(model).__name__),
-        input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
-        skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
-        root=src.root, layouts=layouts,
-    )
-    if examples:
-        probe = _ConceptProbe(model, info, concepts.components.to(device), layouts)
-        atlas = build_atlas(probe, data, layers="concepts", k=top_k, batch_size=batch_size, preprocess=preprocess,
-                            num_workers=num_workers, checkpoint_every=None, progress=progress, receptive="none",
-                            timeout=timeout)
-        fields: dict[str, Any] = {}
-        if receptive != "none" and shape is not None and len(shape) == 3 and len(info.spatial) in (0, 2):
-            from ..atlas.receptive import receptive_fields
+    return components.float().cpu(), error, negative / mass if mass > 0 else 0.0
 
-            fields = receptive_fields(model, {info.name: info.module_name}, shape, method=receptive)
-        table = atlas.layer_table[0]
-        atlas.layer_table[0] = dataclasses.replace(
-            table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
-        atlas.model = concepts.model
-        concepts.atlas = atlas
-    if out is not None and rank == 0:
-        concepts.save(out, patch_size=patch_size)
-    return concepts
+
+def _top_examples(
+    model: nn.Module, data: Any, concepts: Concepts, shape: tuple[int, ...] | None, *, top_k: int,
+    batch_size: int | None, preprocess: Any, num_workers: int, receptive: str, progress: ProgressArg,
+    timeout: float,
+) -> Any:
+    """The second pass: the atlas of the concept coefficients, its patches sized by the layer's receptive field."""
+    info = concepts.info
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = _ConceptProbe(model, info, concepts.components.to(device), concepts.layouts)
+    atlas = build_atlas(probe, data, layers="concepts", k=top_k, batch_size=batch_size, preprocess=preprocess,
+                        num_workers=num_workers, checkpoint_every=None, progress=progress, receptive="none",
+                        timeout=timeout)
+    fields: dict[str, Any] = {}
+    if receptive != "none" and shape is not None and len(shape) == 3 and len(info.spatial) in (0, 2):
+        fields = receptive_fields(model, {info.name: info.module_name}, shape, method=receptive)
+    table = atlas.layer_table[0]
+    atlas.layer_table[0] = dataclasses.replace(
+        table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
+    atlas.model = concepts.model
+    return atlas

@@ -43,9 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._outdir import read_meta
+from .._outdir import check_output_folder, read_meta, record, replace_folder
+from ..atlas import load_atlas
+from ..attribution.relevance import channel_relevance
+from ..capture import FeatureExtractor
 from ..errors import FeatureMapsError
+from ..layout import to_canonical
 from ..maps import LayerInfo
+from .html import render_concepts
 from .nmf import nnls_codes
 
 __all__ = ["Concepts", "ConceptExplanation", "load_concepts", "concept_maps", "FORMAT", "ORDERS"]
@@ -355,8 +360,6 @@ class Concepts:
 
     # -- explaining inputs ---------------------------------------------------
     def _maps(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from ..capture import FeatureExtractor
-
         found: list[torch.Tensor] = []
 
         def keep(t: torch.Tensor, info: LayerInfo) -> None:
@@ -423,9 +426,6 @@ class Concepts:
             >>> ex.importance.shape, ex.heatmaps(sample=1).shape
             (torch.Size([2, 2]), torch.Size([2, 8, 8]))
         """
-        from ..attribution.relevance import channel_relevance
-        from ..layout import to_canonical
-
         rel = channel_relevance(model, x, self.layer, target,
                                 forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode,
                                 layouts=self.layouts)
@@ -471,9 +471,6 @@ class Concepts:
             ['.featuremaps', 'concepts.json', 'concepts.safetensors', 'index.html']
         """
         from safetensors.torch import save_file
-
-        from .._outdir import check_output_folder, record, replace_folder
-        from .html import render_concepts
 
         target = Path(directory)
         check_output_folder(target)
@@ -524,8 +521,6 @@ def load_concepts(directory: str | os.PathLike[str]) -> Concepts:
         raise FeatureMapsError(f"cannot read {str(folder)!r}: {exc}; the concepts folder is damaged") from None
     atlas = None
     if (folder / "atlas" / "atlas.json").is_file():
-        from ..atlas import load_atlas
-
         atlas = load_atlas(folder / "atlas")
     size = meta.get("input_size")
     return Concepts(

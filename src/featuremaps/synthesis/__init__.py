@@ -37,8 +37,10 @@ from .objectives import (
     Sum,
     SynthesisError,
 )
-from .optimize import SynthesisResult, TargetLike, parse_target, synthesize, tile_images
+from .optimize import synthesize
 from .param import PARAMS, FourierParam, ImageParam, PixelParam, imagenet_color_matrix, make_param
+from .result import SynthesisResult, tile_images
+from .targets import TargetLike, parse_target
 from .transforms import Transforms, standard_transforms
 
 __all__ = [

@@ -26,6 +26,10 @@ How it runs:
   so the batched and the one-at-a-time runs give the same images up to
   floating-point rounding, and the global random state is never used.
 
+Targets are parsed in :mod:`.targets`, results are built in :mod:`.result`;
+progress is reported through :mod:`featuremaps._progress` (the
+``"synthesis"`` stage, in optimization steps).
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -38,40 +42,29 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from .._progress import Progress, ProgressArg, reporter
 from ..capture import FeatureExtractor
-from ..errors import LayerNotFoundError
-from ..layers import resolve_layers
 from ..maps import LayerInfo
-from .objectives import Activations, Channel, ClassLogit, Objective, SynthesisError, layer_selector
+from ..models import IMAGENET_MEAN, IMAGENET_STD, preprocess_for
+from .objectives import Activations, Channel, Objective, SynthesisError, layer_selector
 from .param import PARAMS, ImageParam, _size2, make_param
+from .result import SynthesisResult, tile_images, to_images
+from .targets import PendingRange, TargetLike, check_layers, expand, parse_target, parse_targets
 from .transforms import Transforms, TransformsLike, get_transforms
 
 __all__ = ["SynthesisResult", "synthesize", "parse_target", "tile_images", "TargetLike", "CPU_BATCH"]
 
-#: One target: ``"LAYER:CHANNEL"``, ``"LAYER:A-B"`` (channels A to B
-#: inclusive), ``"LAYER:*"`` (every channel), ``"class:INDEX"`` (a model
-#: output), or an :class:`~featuremaps.synthesis.objectives.Objective`.
-TargetLike = Union[str, Objective]
-
-_TARGET_FORMS = (
-    "'LAYER:CHANNEL' (e.g. 'layer3.1.conv2:17'), 'LAYER:A-B', 'LAYER:*', 'class:INDEX' "
-    "or an Objective from featuremaps.synthesis"
-)
-_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 #: Images per batch for ``batch=True`` on a CPU. Per image and step, batches
 #: of 2-8 images ran 2-3x faster than one batch of 80 on a 2-core CPU
@@ -106,230 +99,6 @@ class _Collector:
             raise _StopForward
         return t  # kept by the engine, so later in-place ops get a clone
 
-
-# --------------------------------------------------------------------------- results
-
-
-def _to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    arr = (pixels.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arr]
-
-
-def tile_images(
-    images: Sequence[Image.Image],
-    *,
-    cols: int | None = None,
-    pad: int = 2,
-    background: tuple[int, int, int] = (255, 255, 255),
-    labels: Sequence[str] | None = None,
-) -> Image.Image:
-    """Tile equally sized RGB images into one grid picture, row by row.
-
-    Args:
-        images: the images (all of one size).
-        cols: columns; default makes the grid roughly square.
-        pad: pixels between tiles and around the grid.
-        background: RGB of the padding.
-        labels: an optional caption per image, drawn above it.
-
-    Returns:
-        A PIL RGB image.
-
-    Example:
-        >>> from PIL import Image
-        >>> tile_images([Image.new("RGB", (8, 8))] * 5, pad=1).size
-        (28, 19)
-    """
-    if not images:
-        raise SynthesisError("tile_images needs at least one image")
-    w, h = images[0].size
-    if any(im.size != (w, h) for im in images):
-        raise SynthesisError("tile_images needs images of one size; resize them first")
-    n = len(images)
-    ncols = max(1, min(n, cols if cols is not None else math.ceil(math.sqrt(n))))
-    nrows = math.ceil(n / ncols)
-    label_h = 0
-    font: Any = None
-    if labels is not None:
-        from PIL import ImageFont
-
-        font = ImageFont.load_default()
-        label_h = 12
-    canvas = Image.new("RGB", (pad + ncols * (w + pad), pad + nrows * (h + label_h + pad)), background)
-    draw = None
-    if labels is not None:
-        from PIL import ImageDraw
-
-        draw = ImageDraw.Draw(canvas)
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncols)
-        left = pad + c * (w + pad)
-        top = pad + r * (h + label_h + pad)
-        canvas.paste(im.convert("RGB"), (left, top + label_h))
-        if draw is not None and labels is not None and i < len(labels):
-            draw.text((left, top), str(labels[i]), fill=(0, 0, 0), font=font)
-    return canvas
-
-
-@dataclass
-class SynthesisResult:
-    """Everything :func:`synthesize` produced, one entry per image.
-
-    Images are ordered target by target, and within a target sample by
-    sample (``samples`` per target).
-
-    Attributes:
-        images: the synthesized PIL RGB images.
-        targets: each image's target as given (``"layer:17"``, ``"class:281"``)
-            or, for an objective object, its ``repr`` (one per image).
-        objectives: the objective of each image.
-        pixels: the images as a float tensor ``(n, 3, h, w)`` in ``[0, 1]`` (CPU).
-        history: the objective value of every image at every step, under the
-            step's random transforms, ``(steps, n)``; ``nan`` for steps that
-            did not run (after an interruption).
-        activations: each image's objective value on the final image, seen
-            without transforms, ``(n,)``.
-        steps: the number of steps asked for.
-        steps_done: the steps each image actually had, ``(n,)``.
-        interrupted: whether Ctrl-C (``KeyboardInterrupt``) stopped the run.
-        seconds: wall time of the optimization.
-        samples: images per target.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from featuremaps.synthesis import synthesize
-        >>> model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
-        >>> res = synthesize(model, ["1:0", "1:1"], steps=3, size=16, progress=False, return_result=True)
-        >>> len(res), tuple(res.history.shape), res.grid().size
-        (2, (3, 2), (38, 20))
-    """
-
-    images: list[Image.Image]
-    targets: list[str]
-    objectives: list[Objective]
-    pixels: torch.Tensor
-    history: torch.Tensor
-    activations: torch.Tensor
-    steps: int
-    steps_done: torch.Tensor
-    interrupted: bool = False
-    seconds: float = 0.0
-    samples: int = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def grid(self, *, cols: int | None = None, pad: int = 2, labels: bool = False) -> Image.Image:
-        """All images tiled into one picture (see :func:`tile_images`); ``labels`` captions each with its target."""
-        return tile_images(self.images, cols=cols, pad=pad, labels=self.targets if labels else None)
-
-
-# --------------------------------------------------------------------------- targets
-
-
-def parse_target(text: str) -> tuple[str, str]:
-    """Split a target string into its layer and its channel part.
-
-    The channel part is the text after the last ``:``: a channel index, a
-    range ``A-B`` or ``*``; ``"class:INDEX"`` names an output of the model.
-    A layer's call index stays part of the layer: ``"blocks.2:1:5"`` is
-    channel 5 of the second call of ``blocks.2``.
-
-    Raises:
-        SynthesisError: the text is not of one of these forms.
-
-    Example:
-        >>> parse_target("layer3.1.conv2:17"), parse_target("blocks.2:1:0-3"), parse_target("class:281")
-        (('layer3.1.conv2', '17'), ('blocks.2:1', '0-3'), ('class', '281'))
-    """
-    if not isinstance(text, str):
-        raise SynthesisError(f"target {text!r} is a {type(text).__name__}; use {_TARGET_FORMS}")
-    layer, sep, chan = text.strip().rpartition(":")
-    layer, chan = layer.strip(), chan.strip()
-    if not sep or not layer or not (chan.isdigit() or chan == "*" or _RANGE.match(chan)):
-        raise SynthesisError(f"target {text!r} is not of the form LAYER:CHANNEL; use {_TARGET_FORMS}")
-    return layer, chan
-
-
-@dataclass
-class _Pending:
-    """A target string whose channels are known only after the probe (``*`` or a range)."""
-
-    text: str
-    layer: str
-    channels: str
-
-
-def _parse_targets(targets: Any) -> tuple[list[tuple[Objective | _Pending, str]], bool]:
-    """The targets as objectives (or pending expansions), each with the text that names it in errors."""
-    single = isinstance(targets, (str, Objective))
-    items = [targets] if single else targets
-    if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
-        raise SynthesisError(
-            f"targets= got {type(targets).__name__}; use a target or a list of targets: {_TARGET_FORMS}"
-        )
-    if not items:
-        raise SynthesisError(f"targets= is empty; give at least one target: {_TARGET_FORMS}")
-    out: list[tuple[Objective | _Pending, str]] = []
-    for item in items:
-        if isinstance(item, Objective):
-            out.append((item, repr(item)))
-            continue
-        layer, chan = parse_target(item)
-        if layer == "class" and chan.isdigit():
-            out.append((ClassLogit(int(chan)), item))
-        elif chan.isdigit():
-            out.append((Channel(layer, int(chan)), item))
-        else:
-            single = False
-            out.append((_Pending(item, layer, chan), item))
-    return out, single
-
-
-def _check_layers(model: nn.Module, items: Sequence[tuple[Objective | _Pending, str]]) -> None:
-    """Every layer an objective names is exactly one module of ``model`` (errors name the target)."""
-    names = {n for n, _ in model.named_modules() if n}
-    for item, what in items:
-        layers = [item.layer] if isinstance(item, _Pending) else sorted(item.layers)
-        for layer in layers:
-            sel = layer_selector(layer)
-            base, sep, call = sel.rpartition(":")
-            if sel in names or (sep and base in names and call.isdigit()):
-                continue
-            try:
-                hits = list(resolve_layers(model, sel).modules)
-            except LayerNotFoundError as exc:
-                raise LayerNotFoundError(f"target {what!r}: {exc}") from None
-            except (TypeError, ValueError) as exc:
-                raise SynthesisError(f"target {what!r}: {exc}") from None
-            raise SynthesisError(
-                f"target {what!r}: {sel!r} matches {len(hits)} layers ({', '.join(hits[:3])}...); "
-                "name one layer exactly, see fm.list_layers(model)"
-            )
-
-
-def _expand(pending: _Pending, infos: Mapping[str, LayerInfo]) -> list[Objective]:
-    info = infos.get(pending.layer)
-    if info is None or info.channels is None:
-        raise SynthesisError(
-            f"target {pending.text!r}: layer {pending.layer!r} has no channel axis"
-            + (f" (shape {info.shape})" if info is not None else "")
-            + "; pick a layer with a channel axis, see fm.list_layers(model, x)"
-        )
-    n = info.channels
-    if pending.channels == "*":
-        return [Channel(pending.layer, c) for c in range(n)]
-    m = _RANGE.match(pending.channels)
-    if m is None:  # pragma: no cover - parse_target accepted it
-        raise SynthesisError(f"target {pending.text!r} is not of the form LAYER:CHANNEL; use {_TARGET_FORMS}")
-    lo, hi = int(m.group(1)), int(m.group(2))
-    if lo > hi or hi >= n:
-        raise SynthesisError(
-            f"target {pending.text!r}: channels {lo}-{hi} are not a range within the {n} channels of layer "
-            f"{pending.layer!r}; use A-B with 0 <= A <= B <= {n - 1}"
-        )
-    return [Channel(pending.layer, c) for c in range(lo, hi + 1)]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -366,8 +135,6 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
 
 def _normalization(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if preprocess is None:
-        from ..models import IMAGENET_MEAN, IMAGENET_STD
-
         return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
     card = getattr(preprocess, "card", preprocess)
     mean, std = getattr(card, "mean", None), getattr(card, "std", None)
@@ -395,28 +162,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-@contextlib.contextmanager
-def _progress_bar(total: int, show: bool, label: str) -> Iterator[Callable[[float], None]]:
-    if not show:
-        yield lambda value: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if not (console.is_terminal or console.is_jupyter):
-        yield lambda value: None
-        return
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("objective {task.fields[value]}"), console=console, transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=total, value="-")
-
-        def advance(value: float) -> None:
-            progress.update(task, advance=1, value=f"{value:.4g}")
-
-        yield advance
 
 
 # --------------------------------------------------------------------------- the optimization
@@ -544,14 +289,14 @@ def _final_values(setup: _Setup, objectives: list[Objective], param: ImageParam,
 
 
 def _probe(
-    model: nn.Module, items: Sequence[tuple[Objective | _Pending, str]], size: tuple[int, int], device: torch.device,
+    model: nn.Module, items: Sequence[tuple[Objective | PendingRange, str]], size: tuple[int, int], device: torch.device,
     mean: Sequence[float], std: Sequence[float],
 ) -> tuple[list[Objective], list[str], dict[str, tuple[int, ...]]]:
     """One forward at the requested size: channel counts for ``*``/ranges, map sizes, target checks."""
     keys = set()
     needs_output = False
     for item, _ in items:
-        if isinstance(item, _Pending):
+        if isinstance(item, PendingRange):
             keys.add(item.layer)
         else:
             keys |= item.layers
@@ -577,9 +322,9 @@ def _probe(
     names: list[str] = []
     acts = Activations(collector.maps, output, reference)
     for item, text in items:
-        expanded = _expand(item, collector.infos) if isinstance(item, _Pending) else [item]
+        expanded = expand(item, collector.infos) if isinstance(item, PendingRange) else [item]
         objectives.extend(expanded)
-        if isinstance(item, _Pending):
+        if isinstance(item, PendingRange):
             names.extend(f"{o.layer}:{o.channel}" for o in expanded if isinstance(o, Channel))
         else:
             names.append(text)
@@ -595,24 +340,13 @@ def _probe(
     return objectives, names, reference
 
 
+
 def synthesize(
-    model: nn.Module,
-    targets: TargetLike | Sequence[TargetLike],
-    *,
-    steps: int = 256,
-    size: int | Sequence[int] = 128,
-    param: str = "fft",
-    decorrelate: bool = True,
-    transforms: TransformsLike = "standard",
-    lr: float = 0.05,
-    seed: int = 0,
-    batch: bool | int = True,
-    samples: int = 1,
-    preprocess: Any = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-    callback: Callable[[int, torch.Tensor], Any] | None = None,
-    return_result: bool = False,
+    model: nn.Module, targets: TargetLike | Sequence[TargetLike], *, steps: int = 256,
+    size: int | Sequence[int] = 128, param: str = "fft", decorrelate: bool = True,
+    transforms: TransformsLike = "standard", lr: float = 0.05, seed: int = 0, batch: bool | int = True,
+    samples: int = 1, preprocess: Any = None, progress: ProgressArg = True, device: str | torch.device | None = None,
+    callback: Callable[[int, torch.Tensor], Any] | None = None, return_result: bool = False,
 ) -> Any:
     """Synthesize images that maximize channels (or any objective) of a model.
 
@@ -648,7 +382,9 @@ def synthesize(
             or its :class:`~featuremaps.models.ModelCard`: its mean/std
             normalize the images inside the optimization. ``None``: the
             ImageNet mean/std.
-        progress: show a progress bar (on a terminal or in a notebook).
+        progress: ``True`` for a progress bar (on a terminal or in a notebook), ``False`` for none, or a
+            callable ``progress(stage, done, total)``, called with the ``"synthesis"`` stage after every step of
+            every batch (``total``: steps x batches).
         device: where to optimize; must be the model's device (default).
         callback: called as ``callback(step, values)`` after every step of
             every batch, ``values`` the objective value of each image in the
@@ -677,84 +413,26 @@ def synthesize(
         >>> imgs = synthesize(model, "_blocks.5._project_conv:*", preprocess=preprocess)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise SynthesisError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    steps = _check_int(steps, "steps", 0)
-    samples = _check_int(samples, "samples", 1)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise SynthesisError(f"seed={seed!r} must be an int")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise SynthesisError(f"lr={lr!r} must be a positive number, e.g. 0.05")
-    if not isinstance(param, str) or param.lower() not in (*PARAMS, "fourier"):
-        raise SynthesisError(f"param={param!r} is not a parameterization; use one of {', '.join(PARAMS)}")
+    _check_options(model, seed, lr, param)
+    steps, samples = _check_int(steps, "steps", 0), _check_int(samples, "samples", 1)
     size2 = _size2(size)
     tf = get_transforms(transforms, size2)
     dev = _model_device(model, device)
-    if isinstance(batch, bool):
-        per_batch: int | None = (CPU_BATCH if dev.type == "cpu" else None) if batch else 0
-    else:
-        per_batch = _check_int(batch, "batch", 1)
+    per_batch = _per_batch(batch, dev)
     if preprocess is None:
-        from ..models import preprocess_for
-
         preprocess = preprocess_for(model)  # a model from fm.load_model: its own normalization
     mean, std = _normalization(preprocess)
-    items, single = _parse_targets(targets)
-    _check_layers(model, items)
+    items, single = parse_targets(targets)
+    check_layers(model, items)
     objectives, names, reference = _probe(model, items, size2, dev, mean, std)
-
-    # Chunks of whole targets: all at once, one target at a time, or at most `per_batch` images.
-    chunks: list[list[int]] = []
-    if per_batch is None:
-        chunks = [list(range(len(objectives)))]
-    else:
-        per = max(1, per_batch // samples) if per_batch else 1
-        chunks = [list(range(i, min(i + per, len(objectives)))) for i in range(0, len(objectives), per)]
     setup = _Setup(
         model=model, samples=samples, steps=steps, size=size2, param=param,
         decorrelate=decorrelate, transforms=tf, lr=float(lr), seed=int(seed), device=dev, mean=mean, std=std,
         reference=reference, callback=callback,
     )
-    n_images = len(objectives) * samples
-    history = torch.full((steps, n_images), float("nan"))
-    pixels: list[torch.Tensor] = []
-    activations: list[torch.Tensor] = []
-    steps_done: list[int] = []
-    interrupted = False
-    total = steps * len(chunks)
-    label = f"synthesizing {n_images} image{'s' if n_images != 1 else ''}"
-    with _progress_bar(total, progress and steps > 0, label) as advance:
-        for chunk in chunks:
-            objs = [objectives[i] for i in chunk]
-            lo, hi = chunk[0] * samples, (chunk[-1] + 1) * samples
-            if interrupted:  # after Ctrl-C: the remaining targets keep their initial images
-                param_obj, _ = _make(setup, len(objs))
-                with torch.no_grad():
-                    pixels.append(param_obj().detach().to("cpu", torch.float32))
-                activations.append(torch.full((hi - lo,), float("nan")))
-                steps_done.extend([0] * (hi - lo))
-                continue
-            chunk_history = torch.full((steps, hi - lo), float("nan"))
-            px, act, done, stopped = _run_chunk(setup, objs, advance, chunk_history)
-            history[:, lo:hi] = chunk_history
-            pixels.append(px)
-            activations.append(act)
-            steps_done.extend([done] * (hi - lo))
-            interrupted = interrupted or stopped
-    all_pixels = torch.cat(pixels)
-    result = SynthesisResult(
-        images=_to_images(all_pixels),
-        targets=[name for name in names for _ in range(samples)],
-        objectives=[o for o in objectives for _ in range(samples)],
-        pixels=all_pixels,
-        history=history,
-        activations=torch.cat(activations),
-        steps=steps,
-        steps_done=torch.tensor(steps_done, dtype=torch.long),
-        interrupted=interrupted,
-        seconds=time.perf_counter() - start,
-        samples=samples,
-    )
+    with reporter(progress, unit="steps") as report:
+        result = _optimize(setup, objectives, names, _chunks(len(objectives), samples, per_batch), report)
+    result.seconds = time.perf_counter() - start
     if return_result:
         return result
     images = result.images
@@ -762,3 +440,72 @@ def synthesize(
         grouped = [images[i * samples:(i + 1) * samples] for i in range(len(objectives))]
         return grouped[0] if single else grouped
     return images[0] if single else images
+
+
+def _check_options(model: Any, seed: Any, lr: Any, param: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise SynthesisError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise SynthesisError(f"seed={seed!r} must be an int")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise SynthesisError(f"lr={lr!r} must be a positive number, e.g. 0.05")
+    if not isinstance(param, str) or param.lower() not in (*PARAMS, "fourier"):
+        raise SynthesisError(f"param={param!r} is not a parameterization; use one of {', '.join(PARAMS)}")
+
+
+def _per_batch(batch: Any, device: torch.device) -> int | None:
+    """Images per batch: ``None`` for all at once, 0 for one target at a time."""
+    if isinstance(batch, bool):
+        return (CPU_BATCH if device.type == "cpu" else None) if batch else 0
+    return _check_int(batch, "batch", 1)
+
+
+def _chunks(n_objectives: int, samples: int, per_batch: int | None) -> list[list[int]]:
+    """The objectives in chunks of whole targets: all at once, one target at a time, or at most ``per_batch`` images."""
+    if per_batch is None:
+        return [list(range(n_objectives))]
+    per = max(1, per_batch // samples) if per_batch else 1
+    return [list(range(i, min(i + per, n_objectives))) for i in range(0, n_objectives, per)]
+
+
+def _optimize(
+    setup: _Setup, objectives: list[Objective], names: list[str], chunks: list[list[int]], report: Progress
+) -> SynthesisResult:
+    """Optimize the chunks one after the other; after Ctrl-C the remaining ones keep their initial images."""
+    samples, steps = setup.samples, setup.steps
+    history = torch.full((steps, len(objectives) * samples), float("nan"))
+    pixels: list[torch.Tensor] = []
+    activations: list[torch.Tensor] = []
+    steps_done: list[int] = []
+    interrupted = False
+    total, done = steps * len(chunks), 0
+
+    def advance(value: float) -> None:
+        nonlocal done
+        done += 1
+        report("synthesis", done, total)
+
+    for chunk in chunks:
+        objs = [objectives[i] for i in chunk]
+        lo, hi = chunk[0] * samples, (chunk[-1] + 1) * samples
+        if interrupted:  # after Ctrl-C: the remaining targets keep their initial images
+            param_obj, _ = _make(setup, len(objs))
+            with torch.no_grad():
+                pixels.append(param_obj().detach().to("cpu", torch.float32))
+            activations.append(torch.full((hi - lo,), float("nan")))
+            steps_done.extend([0] * (hi - lo))
+            continue
+        chunk_history = torch.full((steps, hi - lo), float("nan"))
+        px, act, n_done, stopped = _run_chunk(setup, objs, advance, chunk_history)
+        history[:, lo:hi] = chunk_history
+        pixels.append(px)
+        activations.append(act)
+        steps_done.extend([n_done] * (hi - lo))
+        interrupted = interrupted or stopped
+    all_pixels = torch.cat(pixels)
+    return SynthesisResult(
+        images=to_images(all_pixels), targets=[name for name in names for _ in range(samples)],
+        objectives=[o for o in objectives for _ in range(samples)], pixels=all_pixels, history=history,
+        activations=torch.cat(activations), steps=steps, steps_done=torch.tensor(steps_done, dtype=torch.long),
+        interrupted=interrupted, samples=samples,
+    )

@@ -1,13 +1,14 @@
 """The data a dataset pass reads: image folders, Datasets and DataLoaders, as indexed batches.
 
 Shared by :func:`~featuremaps.atlas.build_atlas` and
-:func:`~featuremaps.concepts.discover_concepts`. What it guarantees:
+:func:`~featuremaps.concepts.discover_concepts` (:func:`make_source`, then
+:func:`shard_loader`). What it guarantees:
 
 * every item is read once, with its dataset index; under
   ``torch.distributed`` each rank reads its own shard, without the padding a
-  ``DistributedSampler`` adds (:class:`_ShardSampler`);
+  ``DistributedSampler`` adds (:class:`ShardSampler`);
 * an unreadable item (featuremaps' load errors) is skipped and listed, never
-  raised (:class:`_Indexed`, :class:`_Collate`);
+  raised (:class:`Indexed`, :class:`Collate`);
 * folders and PIL images get the model's preprocessing (on the CPU, in the
   loader), and every source has a viewer that shows an item as the model sees
   it (for patches).
@@ -25,12 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import FeatureMapsError
-from ._device import asynchronous
+from ..errors import FeatureMapsError, ImageLoadError
+from ..io import load_image
+from ..models import Preprocess
+from .device import asynchronous
 
-__all__ = ["IMAGE_SUFFIXES", "image_files"]
+__all__ = [
+    "IMAGE_SUFFIXES", "Collate", "Indexed", "ShardSampler", "Source", "digest", "first_item", "first_readable",
+    "image_files", "make_source", "shard_loader", "to_device",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 """File suffixes (case-insensitive) read from image folders."""
@@ -73,9 +80,6 @@ class _FolderImages(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> Any:
-        from ..errors import ImageLoadError
-        from ..io import load_image
-
         try:
             img = load_image(self.root / self.names[i])
         except ImageLoadError as exc:
@@ -89,7 +93,7 @@ class _Failed:
     reason: str
 
 
-class _Indexed(Dataset):
+class Indexed(Dataset):
     """``i -> (i, item)``, catching featuremaps' load errors so bad items are skipped and listed."""
 
     def __init__(self, dataset: Any, transform: Callable[[Any], Any] | None = None) -> None:
@@ -109,15 +113,13 @@ class _Indexed(Dataset):
         return i, item
 
 
-class _Collate:
+class Collate:
     """Collates ``(index, item)`` pairs into ``(indices, batch, failures)``, leaving failures out."""
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
         self.collate = collate
 
     def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any, list[tuple[int, str]]]:
-        from torch.utils.data import default_collate
-
         good = [(i, item) for i, item in pairs if not isinstance(item, _Failed)]
         failed = [(i, item.reason) for i, item in pairs if isinstance(item, _Failed)]
         indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
@@ -127,12 +129,10 @@ class _Collate:
         return indices, collate([item for _, item in good]), failed
 
 
-class _ShardSampler(Sampler[int]):
+class ShardSampler(Sampler[int]):
     """This rank's indices from a DistributedSampler, without its padding, from ``start`` on."""
 
     def __init__(self, length: int, rank: int, world: int, start: int) -> None:
-        from torch.utils.data.distributed import DistributedSampler
-
         self.inner: DistributedSampler[int] = DistributedSampler(
             range(length), num_replicas=world, rank=rank, shuffle=False, drop_last=False  # type: ignore[arg-type]
         )
@@ -149,7 +149,9 @@ class _ShardSampler(Sampler[int]):
 
 
 @dataclass
-class _Source:
+class Source:
+    """What a pass reads (from :func:`make_source`): the items, how to load them, and how to show one."""
+
     dataset: Any  # map-style dataset of items (tensors / tuples) or _Failed
     transform: Callable[[Any], Any] | None
     collate: Callable[[list[Any]], Any] | None
@@ -162,7 +164,7 @@ class _Source:
     fingerprint: dict[str, Any]
 
 
-def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The batch's dataset indices on ``device``, without making the host wait for an accelerator.
 
     A batch of this rank's shard is an arithmetic progression (unless an
@@ -188,7 +190,13 @@ def _progression(values: list[int]) -> tuple[int, int, int] | None:
     return None
 
 
-def _first_item(item: Any) -> Any:
+def first_item(item: Any) -> Any:
+    """The model input of a batch or item: its first element (a tuple's, or a mapping's first tensor).
+
+    Example:
+        >>> first_item(("x", "label")), first_item("x")
+        ('x', 'x')
+    """
     if isinstance(item, (tuple, list)) and item:
         return item[0]
     if isinstance(item, Mapping):
@@ -199,8 +207,6 @@ def _first_item(item: Any) -> Any:
 
 
 def _cpu_preprocess(preprocess: Any) -> Any:
-    from ..models import Preprocess
-
     if isinstance(preprocess, Preprocess) and preprocess.device.type != "cpu":
         return Preprocess(preprocess.card, device="cpu")
     return preprocess
@@ -252,7 +258,7 @@ class _DatasetViewer:
         from PIL import Image
 
         try:
-            item = _first_item(self.dataset[index])
+            item = first_item(self.dataset[index])
         except FeatureMapsError:
             return None
         if isinstance(item, Image.Image):
@@ -269,9 +275,6 @@ class _FolderViewer:
         self.preprocess = preprocess
 
     def __call__(self, index: int) -> Any:
-        from ..errors import ImageLoadError
-        from ..io import load_image
-
         try:
             img = load_image(self.root / self.names[index])
         except (ImageLoadError, IndexError):
@@ -281,9 +284,9 @@ class _FolderViewer:
         return img
 
 
-def _make_source(
+def make_source(
     data: Any, preprocess: Any, batch_size: int | None, num_workers: int, what: str = "build_atlas"
-) -> _Source:
+) -> Source:
     """The items, loading options and viewer of ``data`` (an image folder, a Dataset or a DataLoader)."""
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
@@ -305,11 +308,11 @@ def _make_source(
                 stats.append([n, st.st_size, st.st_mtime_ns])
             except OSError:
                 stats.append([n, -1, -1])
-        return _Source(
+        return Source(
             dataset=_FolderImages(root, names, prep), transform=None, collate=None,
             batch_size=batch_size or 32, num_workers=num_workers, pin_memory=False, names=names,
             root=str(root.resolve()), viewer=_FolderViewer(root, names, preprocess),
-            fingerprint={"folder": str(root.resolve()), "files": _digest(stats), "preprocess": repr(preprocess)},
+            fingerprint={"folder": str(root.resolve()), "files": digest(stats), "preprocess": repr(preprocess)},
         )
     collate = None
     pin = False
@@ -319,8 +322,6 @@ def _make_source(
         batch_size = batch_size or loader.batch_size or 32
         num_workers = num_workers or loader.num_workers
         pin = bool(loader.pin_memory)
-        from torch.utils.data import default_collate
-
         if loader.collate_fn is not default_collate and getattr(loader.collate_fn, "__name__", "") != "default_collate":
             collate = loader.collate_fn
     if isinstance(data, torch.utils.data.IterableDataset):
@@ -334,7 +335,7 @@ def _make_source(
             "pass one of those"
         )
     transform = _PilTransform(_cpu_preprocess(preprocess)) if preprocess is not None else None
-    return _Source(
+    return Source(
         dataset=data, transform=transform, collate=collate, batch_size=batch_size or 32,
         num_workers=num_workers, pin_memory=pin, names=None, root=None,
         viewer=_DatasetViewer(data, preprocess),
@@ -342,46 +343,48 @@ def _make_source(
     )
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """The SHA-256 of ``obj`` as sorted JSON (a fingerprint that survives a restart).
+
+    Example:
+        >>> digest({"b": 1, "a": 2}) == digest({"a": 2, "b": 1})
+        True
+    """
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-class _Progress:
-    """A rich progress bar with images/s on stderr (or nothing, when not ``enabled``)."""
+def shard_loader(src: Source, rank: int, world: int, start: int = 0) -> DataLoader:
+    """This rank's share of ``src``, from its ``start``-th item on, as ``(indices, batch, failures)`` batches.
 
-    def __init__(self, total: int, enabled: bool, label: str = "atlas") -> None:
-        self.bar: Any = None
-        self.task: Any = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
+    ``indices`` are the dataset indices of the batch's readable items,
+    ``failures`` the ``(index, reason)`` of those that could not be read (left
+    out of ``batch``, which is ``None`` when none was readable).
 
-        class _Rate(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                if speed is None and task.elapsed:
-                    speed = task.completed / task.elapsed
-                return Text("-- images/s" if speed is None else f"{speed:,.1f} images/s", style="progress.data.speed")
+    Example:
+        >>> import torch
+        >>> src = make_source(torch.arange(5.0).reshape(5, 1), None, 2, 0)
+        >>> [indices.tolist() for indices, _, _ in shard_loader(src, rank=1, world=2)]
+        [[1, 3]]
+    """
+    return DataLoader(
+        Indexed(src.dataset, src.transform), batch_size=src.batch_size,
+        sampler=ShardSampler(len(src.dataset), rank, world, start), num_workers=src.num_workers,
+        collate_fn=Collate(src.collate), pin_memory=src.pin_memory,
+    )
 
-        self.bar = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), _Rate(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=total)
 
-    def advance(self, n: int, completed: int | None = None) -> None:
-        if self.bar is not None:
-            if completed is not None:
-                self.bar.update(self.task, completed=completed)
-            else:
-                self.bar.advance(self.task, n)
+def first_readable(src: Source) -> Any:
+    """The model input of the first item of ``src`` that can be read, as a batch of one (``None``: none can).
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    Example:
+        >>> import torch
+        >>> first_readable(make_source(torch.ones(3, 2), None, 1, 0)).shape
+        torch.Size([1, 2])
+    """
+    items = Indexed(src.dataset, src.transform)
+    collate = Collate(src.collate)
+    for i in range(len(items)):
+        indices, batch, _ = collate([items[i]])
+        if indices.numel():
+            return first_item(batch)
+    return None

@@ -1,4 +1,4 @@
-"""Which path the atlas takes on a device: the CPU's, or an accelerator's.
+"""Which path a dataset pass (the atlas, its statistics) takes on a device: the CPU's, or an accelerator's.
 
 On the CPU a host-side check costs nothing and every pass over a map costs
 memory bandwidth, so the CPU path filters early (only maps that may enter a

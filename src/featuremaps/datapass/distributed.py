@@ -1,7 +1,7 @@
-"""The atlas under ``torch.distributed``: ranks, gathers, and check-ins with a timeout that names the missing rank.
+"""A dataset pass under ``torch.distributed``: ranks, gathers, and check-ins with a timeout that names the missing rank.
 
-Before each collective step (the merge at the end of the pass, the
-gathering of synthesized images) every rank reports in through the process
+Used by the atlas and by concept discovery. Before each collective step (the
+merge at the end of the pass, the gathering of synthesized images) every rank reports in through the process
 group's key-value store and waits, at most ``timeout`` seconds, for the
 others. A rank that does not come (stuck, dead, or much slower) makes the
 others fail with an error naming it, instead of waiting for the backend's
@@ -17,10 +17,14 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ..errors import FeatureMapsError
 
-__all__ = ["DEFAULT_TIMEOUT", "DistributedTimeoutError", "check_in", "check_timeout"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "DistributedTimeoutError", "all_gather", "check_in", "check_timeout", "comm_device",
+    "gather_json", "rank_world",
+]
 
 DEFAULT_TIMEOUT = 600.0
 """Seconds a rank waits for the others at a check-in (10 minutes)."""
@@ -46,9 +50,13 @@ def check_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside ``torch.distributed``.
 
+    Example:
+        >>> rank_world()
+        (0, 1)
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -56,9 +64,7 @@ def _dist() -> tuple[int, int]:
 
 def _store() -> Any:
     try:
-        from torch.distributed import distributed_c10d
-
-        return distributed_c10d._get_default_store()
+        return dist.distributed_c10d._get_default_store()
     except Exception:  # noqa: BLE001 - no store to use: the collectives' own timeout applies
         return None
 
@@ -69,7 +75,7 @@ def check_in(what: str, timeout: float) -> None:
     Raises:
         DistributedTimeoutError: naming the ranks that did not report in.
     """
-    rank, world = _dist()
+    rank, world = rank_world()
     if world <= 1:
         return
     store = _store()
@@ -96,16 +102,16 @@ def check_in(what: str, timeout: float) -> None:
     )
 
 
-def _comm_device(state_device: torch.device) -> torch.device:
-    import torch.distributed as dist
+def comm_device(state_device: torch.device) -> torch.device:
+    """Where the gathers' tensors go: the GPU for NCCL (the state's own when it is on one), else the CPU."""
 
     if dist.get_backend() == "nccl":
         return state_device if state_device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
-def _all_gather(t: torch.Tensor, device: torch.device, world: int) -> list[torch.Tensor]:
-    import torch.distributed as dist
+def all_gather(t: torch.Tensor, device: torch.device, world: int) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same shape and dtype on every rank), in rank order."""
 
     src = t.to(device).contiguous()
     out = [torch.empty_like(src) for _ in range(world)]
@@ -113,11 +119,12 @@ def _all_gather(t: torch.Tensor, device: torch.device, world: int) -> list[torch
     return out
 
 
-def _gather_json(obj: Any, device: torch.device, world: int) -> list[Any]:
+def gather_json(obj: Any, device: torch.device, world: int) -> list[Any]:
+    """Every rank's JSON-safe ``obj``, in rank order (sizes may differ between ranks)."""
     data = torch.tensor(list(json.dumps(obj, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
-    sizes = _all_gather(torch.tensor([data.numel()], dtype=torch.int64), device, world)
+    sizes = all_gather(torch.tensor([data.numel()], dtype=torch.int64), device, world)
     longest = max(int(s.item()) for s in sizes)
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: data.numel()] = data
-    chunks = _all_gather(padded, device, world)
+    chunks = all_gather(padded, device, world)
     return [json.loads(c[: int(s.item())].cpu().numpy().tobytes().decode("utf-8")) for c, s in zip(chunks, sizes)]

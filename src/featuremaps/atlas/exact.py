@@ -1,0 +1,265 @@
+"""Exact sums: per-channel fixed-point accumulators that give the same bits in any order.
+
+:class:`ExactSum` keeps, per channel, a sum of float64 values exactly, as
+fixed-point integers (values are multiples of ``2**-96``) in a few 32-bit
+limbs on the tensors' device. Integer addition is associative and
+commutative, so adding values, or merging partial sums, in any order gives
+the same limbs; the only rounding happens when the sum is read
+(:meth:`ExactSum.fractions` is exact). :mod:`.stats` builds the atlas's
+order-free statistics on it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+import torch
+
+from ..datapass import asynchronous
+from ..errors import FeatureMapsError
+
+__all__ = ["ExactSum", "LIMB_BITS", "LIMBS", "FRAC_BITS"]
+
+LIMB_BITS = 32
+_LIMB_MASK = (1 << LIMB_BITS) - 1
+FRAC_BITS = 96  # bits kept below the binary point: values are multiples of 2**-96
+LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top limb
+_MAX_WEIGHT = (1 << 31) - 1
+_CHUNK = 1 << 14  # values per step when splitting into limbs
+_MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
+
+
+class ExactSum:
+    """Exact running sums of float64 values, one sum per channel.
+
+    Every value is split into 32-bit limbs of a fixed-point number with
+    ``2**-96`` resolution (bits below it are dropped by rounding down, the
+    same way for a value wherever it is added) and accumulated in int64
+    limbs, so the result does not depend on the order of additions or merges.
+
+    Args:
+        channels: the number of independent sums.
+        device: where the limbs live (the model's device).
+
+    Example:
+        >>> import torch
+        >>> a, b = ExactSum(1), ExactSum(1)
+        >>> a.add(torch.tensor([[1e20], [1.0], [-1e20]], dtype=torch.float64))
+        >>> b.add(torch.tensor([[0.5]], dtype=torch.float64))
+        >>> float(a.merge(b).fractions()[0])   # float sums would lose the 1.0
+        1.5
+    """
+
+    def __init__(self, channels: int, device: str | torch.device | None = None) -> None:
+        # (limbs, channels): each limb a contiguous row, limb i weighs 2**(32 i - 96)
+        self.limbs = torch.zeros(LIMBS, channels, dtype=torch.int64, device=device)
+
+    @property
+    def limbs(self) -> torch.Tensor:
+        """The normalized limbs ``(limbs, channels)``: all but the last in ``[0, 2**32)``."""
+        self._flush()
+        return self._limbs
+
+    @limbs.setter
+    def limbs(self, value: torch.Tensor) -> None:
+        self._limbs = value
+        # Batches added with the same weights wait here, summed but neither weighted nor
+        # normalized (carries cost more than the additions): see _flush.
+        self._pending: torch.Tensor | None = None
+        self._pending_weight: torch.Tensor | None = None
+        self._pending_source: object = None  # the weight argument the pending sum was added with
+        self._pending_values = 0
+        # set on an accelerator when a value beyond the exact range was added (checked at the next flush,
+        # not at each add: a check there would wait for the device)
+        self._overflow: torch.Tensor | None = None
+
+    @property
+    def channels(self) -> int:
+        """The number of sums."""
+        return int(self._limbs.shape[1])
+
+    def add(self, values: torch.Tensor, weight: torch.Tensor | int | None = None) -> None:
+        """Add a ``(batch, channels)`` (or ``(channels,)``) tensor of finite values.
+
+        Args:
+            values: the values; each must be below ``2**240`` in magnitude.
+            weight: an integer factor per channel (``(channels,)``, each
+                below ``2**31``): adds ``weight * sum(values)``, exactly.
+                Batches with the same weights are summed first and weighted
+                once; passing the very same tensor again skips the comparison
+                (so do not change a weights tensor in place between adds).
+
+        Example:
+            >>> import torch
+            >>> s = ExactSum(2)
+            >>> s.add(torch.tensor([[0.5, -2.0]], dtype=torch.float64), weight=torch.tensor([3, 1]))
+            >>> [float(f) for f in s.fractions()]
+            [1.5, -2.0]
+        """
+        w = None
+        same = weight is self._pending_source  # the weights of the pending sum, again: nothing to check
+        if weight is not None and not same:
+            w = torch.as_tensor(weight, device=self._limbs.device).to(torch.int64).expand(self.channels)
+            if bool(((w < 0) | (w > _MAX_WEIGHT)).any()):
+                raise FeatureMapsError(f"ExactSum.add: weights must lie in 0..{_MAX_WEIGHT}")
+        batch_values = values.shape[0] if values.ndim == 2 else 1
+        pending = self._pending
+        if pending is not None and (
+            self._pending_values + batch_values > _MAX_PENDING
+            or not (same or (w is not None and self._pending_weight is not None and torch.equal(w, self._pending_weight)))
+        ):
+            self._flush()
+            pending = None
+        batch = self._limbs_of(values, out=pending)
+        if pending is None:
+            self._pending, self._pending_weight, self._pending_source = batch, w, weight
+            self._pending_values = 0
+        self._pending_values += batch_values
+
+    def _flush(self) -> None:
+        """Normalize the pending sum, weight it and add it to the limbs."""
+        pending, w = self._pending, self._pending_weight
+        if pending is None:
+            return
+        self._pending, self._pending_weight, self._pending_source, self._pending_values = None, None, None, 0
+        overflow, self._overflow = self._overflow, None
+        if overflow is not None and bool(overflow):
+            raise FeatureMapsError(_RANGE_ERROR)
+        _carry(pending)
+        if w is not None:
+            pending *= w[None, :]  # normalized limbs < 2**32 times weights < 2**31: no overflow
+            _carry(pending)
+        self._limbs += pending
+        _carry(self._limbs)
+
+    def _limbs_of(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the exact sum over the batch of ``values`` to ``out`` (new zeros by default), unnormalized.
+
+        Each value adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
+        values per channel can be summed before the limbs need a carry.
+        """
+        v = values.to(device=self._limbs.device, dtype=torch.float64)
+        if v.ndim == 1:
+            v = v[None]
+        if v.ndim != 2 or v.shape[1] != self.channels:
+            raise FeatureMapsError(
+                f"ExactSum.add got shape {tuple(values.shape)}; expected (batch, {self.channels})"
+            )
+        if out is None:
+            out = torch.zeros_like(self._limbs)
+        if v.numel() == 0:
+            return out
+        flat = out.view(-1)
+        if asynchronous(v.device):
+            if self._overflow is None:
+                self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
+            _add_limbs(v, flat, 0, self.channels, self._overflow)
+            return out
+        # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
+        step = max(1, _CHUNK // v.shape[0])
+        for start in range(0, self.channels, step):
+            _add_limbs(v[:, start : start + step], flat, start, self.channels)
+        return out
+
+    def merge(self, other: ExactSum) -> ExactSum:
+        """A new sum of both (exact, so associative and commutative).
+
+        Example:
+            >>> import torch
+            >>> a, b = ExactSum(1), ExactSum(1)
+            >>> a.add(torch.tensor([0.25], dtype=torch.float64)); b.add(torch.tensor([0.5], dtype=torch.float64))
+            >>> float(a.merge(b).fractions()[0])
+            0.75
+        """
+        if other.channels != self.channels:
+            raise FeatureMapsError(
+                f"cannot merge sums over {other.channels} channels into sums over {self.channels}"
+            )
+        out = ExactSum.__new__(ExactSum)
+        out.limbs = self.limbs + other.limbs.to(self.limbs.device)
+        _carry(out.limbs)
+        return out
+
+    def integers(self) -> list[int]:
+        """The sums times ``2**96``, as exact Python integers.
+
+        Example:
+            >>> import torch
+            >>> s = ExactSum(1); s.add(torch.tensor([-1.0], dtype=torch.float64))
+            >>> s.integers() == [-(2**96)]
+            True
+        """
+        limbs = self.limbs.cpu().numpy()
+        low = np.ascontiguousarray(limbs[:-1].T.astype("<u4"))  # every limb but the last is in [0, 2**32)
+        top = limbs[-1].tolist()
+        shift = LIMB_BITS * (LIMBS - 1)
+        return [int.from_bytes(low[c].tobytes(), "little") + (int(top[c]) << shift) for c in range(len(top))]
+
+    def fractions(self) -> list[Fraction]:
+        """The exact sums as :class:`fractions.Fraction`.
+
+        Example:
+            >>> import torch
+            >>> s = ExactSum(1); s.add(torch.tensor([3.0], dtype=torch.float64))
+            >>> s.fractions()
+            [Fraction(3, 1)]
+        """
+        return [Fraction(i, 1 << FRAC_BITS) for i in self.integers()]
+
+
+_RANGE_ERROR = (
+    "ExactSum.add got a value beyond the exact range (magnitude 2**240 or more); filter non-finite or huge "
+    "values before adding"
+)
+
+
+def _add_limbs(
+    v: torch.Tensor, out: torch.Tensor, start: int, channels: int, overflow: torch.Tensor | None = None
+) -> None:
+    """Add every value of ``v`` ``(batch, n)`` to the limbs of channels ``start:start+n`` of ``out``.
+
+    ``out`` is the flat view of a ``(limbs, channels)`` tensor. Values beyond
+    the exact range raise at once, or, with ``overflow`` (a boolean scalar on
+    the device), set it and are left out, so that nothing waits for the device.
+    """
+    mant, exp = torch.frexp(v)
+    mag = (mant * 2.0**53).to(torch.int64)  # exact and signed: |mant| < 1
+    pos = exp.to(torch.int64) + (FRAC_BITS - 53)  # bit position of the lowest mantissa bit
+    mag >>= (-pos).clamp_(min=0, max=63)  # below 2**-96: rounded down, the same wherever it is added
+    pos.clamp_(min=0)
+    limb = pos >> 5
+    beyond = limb > LIMBS - 4
+    if overflow is None:
+        if bool(beyond.any()):
+            raise FeatureMapsError(_RANGE_ERROR)
+    else:
+        overflow.logical_or_(beyond.any())
+        mag.masked_fill_(beyond, 0)
+        limb.clamp_(max=LIMBS - 4)
+    off = pos & (LIMB_BITS - 1)
+    lo = (mag & _LIMB_MASK) << off  # < 2**63
+    hi = (mag >> LIMB_BITS) << off  # |hi| < 2**52; arithmetic shifts keep the sign
+    index = limb * channels + torch.arange(start, start + v.shape[1], device=v.device, dtype=torch.int64)
+    out.index_add_(0, index.flatten(), (lo & _LIMB_MASK).flatten())
+    index += channels
+    out.index_add_(0, index.flatten(), ((lo >> LIMB_BITS) + (hi & _LIMB_MASK)).flatten())
+    index += channels
+    out.index_add_(0, index.flatten(), (hi >> LIMB_BITS).flatten())
+
+
+def _carry(limbs: torch.Tensor) -> None:
+    """Normalize ``(limbs, channels)`` in place: each in [0, 2**32) except the last, which keeps the sign.
+
+    All limbs carry at once; a carry can ripple (0xFFFFFFFF + 1), so repeat until none is left.
+    """
+    low, high = limbs[:-1], limbs[1:]
+    for _ in range(LIMBS):
+        carry = low >> LIMB_BITS  # floor division
+        if not bool(carry.any()):
+            return
+        low -= carry << LIMB_BITS
+        high += carry
+
+

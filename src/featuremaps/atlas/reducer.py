@@ -1,0 +1,164 @@
+"""The atlas's capture reducer: each layer's top-k and a few numbers per (image, channel), inside the hook.
+
+:class:`AtlasReducer` runs inside the capture engine's forward hook: it
+merges the batch into the layer's :class:`~.topk.TopK` (on the model's
+device; the spatial argmax is located only for the maps that may enter a
+top-k) and keeps the per-image moments and maximum; the feature map is
+dropped as soon as the hook returns. The top-k of all layers are committed
+together once the whole forward has run, so an interrupt in the middle of a
+forward leaves every state as it was after the last batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..datapass import asynchronous
+from ..errors import FeatureMapsError
+from ..maps import LayerInfo
+from .stats import per_image_moments
+from .topk import TopK, update_all
+
+__all__ = ["AtlasReducer", "Reduced"]
+
+
+def _candidate_argmax(flat: torch.Tensor, score: torch.Tensor, top: TopK) -> torch.Tensor:
+    """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
+
+    Only maps scoring at least their channel's current k-th best can enter a
+    top-k, so only theirs are located (finding an argmax costs a pass over the
+    map); the other entries are never read.
+    """
+    dev = top.device
+    s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
+    rows, chans = torch.nonzero(s >= top.score[:, -1], as_tuple=True)
+    out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
+    if rows.numel():
+        r, c = rows.to(flat.device), chans.to(flat.device)
+        if 3 * r.numel() > flat.shape[0] * flat.shape[1]:
+            # many maps may enter (the first batches): one pass over the whole batch costs less than
+            # copying a third of it out first
+            pos = flat.argmax(2)[r, c]  # the first maximum, as below
+        else:
+            pos = flat[r, c].argmax(1)
+        out[rows, chans] = pos.to(dev)
+    return out
+
+
+@dataclass
+class _Pending:
+    """One layer's part of the batch for its top-k, ``(batch, channels)`` each.
+
+    ``flat_index`` is the spatial argmax within the flattened map; with the
+    map's ``width`` it becomes ``(y, x)`` for all layers at once when the batch
+    is merged.
+    """
+
+    score: torch.Tensor
+    flat_index: torch.Tensor
+    width: int
+
+
+@dataclass
+class Reduced:
+    """One layer's numbers for the batch: per (image, channel) moments and maximum."""
+
+    info: LayerInfo
+    count: int  # positions per map
+    mean: torch.Tensor  # (B, C)
+    var: torch.Tensor
+    active: torch.Tensor
+    maximum: torch.Tensor
+
+
+class AtlasReducer:
+    """The capture reducer: merges a layer's top-k and keeps a few numbers per (image, channel).
+
+    Called inside the forward hook; the map is dropped when it returns, leaving
+    a few numbers per (image, channel): moments, maximum, score and the spatial
+    argmax of the maps that may enter a top-k (on the CPU only those are
+    located; on an accelerator all are, in the same kernel as the maximum). The
+    top-k and statistics of all layers are merged at the end of the forward.
+    """
+
+    name = "atlas"
+
+    def __init__(self, score: str, k: int, device: torch.device) -> None:
+        self.score = score
+        self.k = k
+        self.device = device
+        self.tops: dict[str, TopK] = {}
+        self.indices: torch.Tensor | None = None  # the dataset indices of the batch being run
+        self.batch: dict[str, Reduced] = {}
+        # the top-k after this batch, committed only once the whole forward has run (an
+        # interrupt during the forward then leaves every state as it was after the last batch)
+        self.pending: dict[str, _Pending] = {}
+        self._widths: tuple[tuple[tuple[int, int], ...], torch.Tensor] | None = None  # cached per-channel widths
+        self._buffer: torch.Tensor | None = None  # one map-sized scratch buffer, reused by every layer
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffer
+        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffer = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return buf
+
+    def __call__(self, t: torch.Tensor, info: LayerInfo) -> None:
+        if info.channels is None or t.ndim < 2:
+            return None
+        nsp = t.ndim - 2
+        if nsp > 2:
+            raise FeatureMapsError(
+                f"layer {info.name!r} has {nsp}-D maps {tuple(t.shape)}; the atlas supports images, sequences "
+                "and vectors (up to 2 spatial dimensions): select other layers"
+            )
+        flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        argmax: torch.Tensor | None = None
+        if not asynchronous(flat.device):
+            maximum = flat.amax(2)
+            mean, var, active = per_image_moments(flat, self._scratch(flat))
+        else:
+            # on an accelerator a pass over the map is cheap and a wait for the device is not: one
+            # kernel gives every map's maximum and its position, and nothing in this hook waits
+            maximum, argmax = flat.max(2)
+            mean, var, active = per_image_moments(flat)
+        if self.indices is not None:
+            top = self.tops.get(info.name)
+            if top is None:
+                top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
+            if top.channels == flat.shape[1]:
+                score = maximum if self.score == "max" else mean
+                located = _candidate_argmax(flat, score, top) if argmax is None else argmax.to(top.device)
+                self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
+        self.batch[info.name] = Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
+        return None
+
+    def commit(self) -> None:
+        """Merge the batch just run into the top-k of every layer (one sort for all their channels)."""
+        if self.pending and self.indices is not None:
+            names = list(self.pending)
+            parts = [self.pending[n] for n in names]
+            y, x = self._locate(parts)
+            sizes = [int(p.score.shape[1]) for p in parts]
+            update_all([self.tops[n] for n in names], [p.score for p in parts], self.indices,
+                       list(y.split(sizes, 1)), list(x.split(sizes, 1)))
+        self.pending = {}
+
+    def _locate(self, parts: list[_Pending]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, x)``, ``(batch, all channels)``, of every part's flat argmax: two operations for all layers."""
+        key = tuple((p.width, int(p.flat_index.shape[1])) for p in parts)
+        if self._widths is None or self._widths[0] != key:
+            # per channel, the row length; 1-D maps get one longer than any index: y = 0, x = index
+            width = torch.tensor([w or (1 << 62) for w, _ in key]).repeat_interleave(torch.tensor([c for _, c in key]))
+            self._widths = (key, width.to(parts[0].flat_index.device))
+        flat = torch.cat([p.flat_index for p in parts], 1)
+        return flat // self._widths[1], flat % self._widths[1]
+
+    def release(self) -> None:
+        """Drop the scratch buffer."""
+        self._buffer = None
+
