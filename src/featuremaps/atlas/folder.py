@@ -107,7 +107,14 @@ def _write_synthesized(atlas: Atlas, folder: Path) -> dict[tuple[int, int], str]
 
 
 def atlas_meta(atlas: Atlas) -> dict[str, Any]:
-    """The content of ``atlas.json``."""
+    """The content of ``atlas.json``.
+
+    Example:
+        >>> from featuremaps.atlas.atlas import _tiny_atlas
+        >>> meta = atlas_meta(_tiny_atlas())
+        >>> meta["format"], meta["images"], meta["layers"][0]["channels"]
+        ('featuremaps-atlas/1', ['a.png'], 2)
+    """
     return {
         "format": FORMAT, "model": atlas.model, "k": atlas.k, "score": atlas.score,
         "num_images": atlas.num_images, "input_size": list(atlas.input_size) if atlas.input_size else None,

@@ -38,7 +38,14 @@ def write_pages(
 def index_data(
     atlas: Atlas, have: dict[tuple[int, int], tuple[str, int, int]], synth: dict[tuple[int, int], str]
 ) -> dict[str, Any]:
-    """What ``index.html`` shows: the model, the options, and a row per layer with preview thumbnails."""
+    """What ``index.html`` shows: the model, the options, and a row per layer with preview thumbnails.
+
+    Example:
+        >>> from featuremaps.atlas.atlas import _tiny_atlas
+        >>> page = index_data(_tiny_atlas(), {}, {})
+        >>> page["title"], page["layers"][0]["rf"], page["layers"][0]["mean"]
+        ('Atlas of tiny', '1×1 px, stride 1 (chain)', '0.375')
+    """
     layers = []
     shown = 4 if synth else 6  # preview thumbnails per column: two columns with synthesized images
     for i, layer in enumerate(atlas.layer_table):
@@ -65,7 +72,15 @@ def layer_data(
     atlas: Atlas, i: int, layer: AtlasLayer, have: dict[tuple[int, int], tuple[str, int, int]],
     synth: dict[tuple[int, int], str], patch_size: int,
 ) -> dict[str, Any]:
-    """What ``layers/NNN.html`` shows: a card per channel (patches, synthesized image, statistics)."""
+    """What ``layers/NNN.html`` shows: a card per channel (patches, synthesized image, statistics).
+
+    Example:
+        >>> from featuremaps.atlas.atlas import _tiny_atlas
+        >>> atlas = _tiny_atlas()
+        >>> card = layer_data(atlas, 0, atlas.layer_table[0], {}, {}, 64)["channels"][1]
+        >>> card["examples"], card["active"]
+        ([{'name': 'a.png', 'index': 0, 'score': '2', 'y': 1, 'x': 0}], '25.0%')
+    """
     d = atlas.data[layer.name]
     st = d.stats
     channels = []

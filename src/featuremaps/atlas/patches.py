@@ -28,7 +28,16 @@ GRAY = (128, 128, 128)
 
 
 def patch_ext(layer: AtlasLayer, patch_size: int) -> str:
-    """PNG for small fields shown enlarged (blocky, compresses well), JPEG for photo-like crops."""
+    """PNG for small fields shown enlarged (blocky, compresses well), JPEG for photo-like crops.
+
+    Example:
+        >>> from featuremaps.atlas import AtlasLayer, ReceptiveField
+        >>> small = ReceptiveField(stride=(1.0, 1.0), offset=(0.0, 0.0), size=(5.0, 5.0))
+        >>> patch_ext(AtlasLayer("a", "a", "Conv2d", 1, (4, 4), None, small), 64)
+        'png'
+        >>> patch_ext(AtlasLayer("b", "b", "Conv2d", 1, (4, 4)), 64)  # field unknown: a photo-like crop
+        'jpg'
+    """
     rf = layer.receptive_field
     if rf is not None and rf.method != "global" and max(rf.size) * 2 <= patch_size:
         return "png"
@@ -36,7 +45,16 @@ def patch_ext(layer: AtlasLayer, patch_size: int) -> str:
 
 
 def crop(img: Any, box: tuple[int, int, int, int] | None, size: int | None) -> Any:
-    """Crop ``box`` out of ``img``, gray where it falls outside; resize to ``size`` (square)."""
+    """Crop ``box`` out of ``img``, gray where it falls outside; resize to ``size`` (square).
+
+    Example:
+        >>> img = Image.new("RGB", (4, 4), (255, 0, 0))
+        >>> part = crop(img, (-1, 2, 1, 4), None)  # (top, left, bottom, right): its top row is outside
+        >>> part.size, part.getpixel((0, 0)), part.getpixel((0, 1))
+        ((2, 2), (128, 128, 128), (255, 0, 0))
+        >>> crop(img, (-1, 2, 1, 4), 8).size
+        (8, 8)
+    """
     if box is None:
         out = img.convert("RGB")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,13 @@ __all__ = ["SynthesisResult", "tile_images", "to_images"]
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    """``(n, 3, h, w)`` pixels in ``[0, 1]`` as PIL RGB images (rounded to 8 bits)."""
+    """``(n, 3, h, w)`` pixels in ``[0, 1]`` as PIL RGB images (rounded to 8 bits).
+
+    Example:
+        >>> images = to_images(torch.full((2, 3, 4, 5), 0.5))
+        >>> len(images), images[0].size, images[0].getpixel((0, 0))
+        (2, (5, 4), (128, 128, 128))
+    """
     arr = (pixels.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arr]
 

@@ -68,7 +68,15 @@ class PendingRange:
 
 
 def parse_targets(targets: Any) -> tuple[list[tuple[Objective | PendingRange, str]], bool]:
-    """The targets as objectives (or pending expansions), each with the text that names it in errors."""
+    """The targets as objectives (or pending expansions), each with the text that names it in errors.
+
+    Also returns whether ``targets`` is one target giving one image.
+
+    Example:
+        >>> items, single = parse_targets(["conv:3", "conv:0-2"])
+        >>> [type(item).__name__ for item, _ in items], single
+        (['Channel', 'PendingRange'], False)
+    """
     single = isinstance(targets, (str, Objective))
     items = [targets] if single else targets
     if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
