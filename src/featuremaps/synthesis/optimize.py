@@ -289,8 +289,8 @@ def _final_values(setup: _Setup, objectives: list[Objective], param: ImageParam,
 
 
 def _probe(
-    model: nn.Module, items: Sequence[tuple[Objective | PendingRange, str]], size: tuple[int, int], device: torch.device,
-    mean: Sequence[float], std: Sequence[float],
+    model: nn.Module, items: Sequence[tuple[Objective | PendingRange, str]], size: tuple[int, int],
+    device: torch.device, mean: Sequence[float], std: Sequence[float],
 ) -> tuple[list[Objective], list[str], dict[str, tuple[int, ...]]]:
     """One forward at the requested size: channel counts for ``*``/ranges, map sizes, target checks."""
     keys = set()

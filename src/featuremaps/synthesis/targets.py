@@ -1,4 +1,4 @@
-"""Synthesis targets: the strings (``"LAYER:CHANNEL"``, ``"LAYER:A-B"``, ``"LAYER:*"``, ``"class:INDEX"``) and objectives.
+"""Synthesis targets: ``"LAYER:CHANNEL"``, ``"LAYER:A-B"``, ``"LAYER:*"``, ``"class:INDEX"`` or objectives.
 
 A target string is parsed once (:func:`parse_target`, :func:`parse_targets`);
 its layer must name exactly one module of the model (:func:`check_layers`);
