@@ -24,6 +24,7 @@ from .attribution import (
     ClassTarget,
     DetectionTarget,
     EigenCAM,
+    Faithfulness,
     GradCAM,
     GradCAMPlusPlus,
     GradientsDisabledError,
@@ -46,10 +47,12 @@ from .attribution import (
     faithfulness,
     get_cam,
     insertion_auc,
+    load_cams,
     pointing_game,
     register_cam,
     road,
     sanity_check,
+    save_cams,
 )
 from .capture import FeatureExtractor, get_feature_maps, parse_bytes
 from .concepts import ConceptExplanation, Concepts, discover_concepts, load_concepts
@@ -138,6 +141,9 @@ __all__ = [
     "ROADResult",
     "pointing_game",
     "faithfulness",
+    "Faithfulness",
+    "save_cams",
+    "load_cams",
     "sanity_check",
     "SanityResult",
     "channel_relevance",
