@@ -48,6 +48,7 @@ from .registry import cam_methods, create_cam, get_cam, register_cam, registered
 from .relevance import ChannelRelevance, channel_relevance
 from .result import CAMFile, CAMResult, load_cams, save_cams
 from .sanity import SanityResult, rank_correlation, sanity_check, ssim
+from .shared import cams
 from .targets import (
     CallableTarget,
     ClassTarget,
@@ -80,6 +81,7 @@ __all__ = [
     "cam_methods",
     "get_cam",
     "create_cam",
+    "cams",
     "register_cam",
     "unregister_cam",
     "registered",

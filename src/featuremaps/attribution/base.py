@@ -49,6 +49,7 @@ import copy
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 import torch
@@ -259,6 +260,14 @@ class BaseCAM:
             CAMLayerError: a layer with no spatial output, or one that did not run.
             TargetError: a target that does not fit the output or the batch.
         """
+        self._check_grad_mode()
+        if torch.is_inference_mode_enabled():  # the capture engine needs normal tensors
+            with torch.inference_mode(False), torch.no_grad():
+                return self.explain(x, target, forward_kwargs=forward_kwargs, size=size)
+        return self._finish(self._pass(x, target, forward_kwargs, self.uses_gradients), size)
+
+    # -- the two halves of a call (shared by several methods in fm.cams) ---------------
+    def _check_grad_mode(self) -> None:
         if self.uses_gradients and not torch.is_grad_enabled():
             free = [n for n, cls in registered().items() if not cls.uses_gradients]
             raise GradientsDisabledError(
@@ -266,14 +275,14 @@ class BaseCAM:
                 "torch.inference_mode()); call it outside that block, or use a gradient-free method "
                 f"({', '.join(free)})"
             )
-        if torch.is_inference_mode_enabled():  # the capture engine needs normal tensors
-            with torch.inference_mode(False), torch.no_grad():
-                return self.explain(x, target, forward_kwargs=forward_kwargs, size=size)
+
+    def _pass(self, x: torch.Tensor, target: TargetLike, forward_kwargs: Mapping[str, Any] | None,
+              grad_mode: bool) -> _Pass:
+        """The captured forward (and, with ``grad_mode``, the backward) of one call."""
         x = prepare_input(x, self.model)
         fkw = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in (forward_kwargs or {}).items()}
         n = int(x.shape[0])
         refs = self._resolve(x, fkw, target)
-        grad_mode = self.uses_gradients
         x_in = x.detach().requires_grad_(True) if grad_mode and x.is_floating_point() else x
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
@@ -292,17 +301,20 @@ class BaseCAM:
                 else:
                     with torch.no_grad():
                         scores = self._scores(tgt, output, n)
-        output = _detach(output)
-        scores = scores.detach()
-        self._last_names = [lm.name for lm in picked]
+        return _Pass(x.detach(), fkw, tgt, scores.detach(), _detach(output), picked, grads)
+
+    def _finish(self, p: _Pass, size: Sequence[int] | None) -> CAMResult:
+        """This method's maps from a pass: the override per layer, then the shared post-processing."""
+        x, n = p.x, int(p.x.shape[0])
+        self._last_names = [lm.name for lm in p.picked]
         layer_maps: dict[str, torch.Tensor] = {}
-        for lm, g in zip(picked, grads):
+        for lm, g in zip(p.picked, p.grads):
             spec = lm.info.layout_spec
             raw = lm.raw.detach()
             layer = LayerMap(raw, lm.info)
             a = _float(to_canonical(raw, spec))
-            gc = _float(to_canonical(g.detach(), spec)) if g is not None else None
-            ctx = LayerContext(layer, x.detach(), tgt, scores, output, fkw)
+            gc = _float(to_canonical(g.detach(), spec)) if g is not None and self.uses_gradients else None
+            ctx = LayerContext(layer, x, p.target, p.scores, p.output, p.forward_kwargs)
             with torch.no_grad():
                 layer_maps[lm.name] = self.combine(a, gc, ctx)
         spatial_nd = {m.ndim - 1 for m in layer_maps.values()}
@@ -323,9 +335,10 @@ class BaseCAM:
                 f"{type(self).__name__}: the heatmap of sample(s) {zero[:8]} is zero everywhere at layer(s) "
                 f"{', '.join(layer_maps)} (no positive evidence for the target there, or a zero gradient); "
                 "relu=False shows the negative evidence, another layer= may show more",
-                stacklevel=3,
+                stacklevel=4,
             )
-        return CAMResult(heat, layer_maps, tuple(layer_maps), self.name or type(self).__name__, tgt, scores, output)
+        name = self.name or type(self).__name__
+        return CAMResult(heat, layer_maps, tuple(layer_maps), name, p.target, p.scores, p.output)
 
     # -- internals -------------------------------------------------------------------
     def _target(self, target: TargetLike, output: Any, n: int) -> Target:
@@ -367,7 +380,7 @@ class BaseCAM:
                     f"the target does not depend on layer {lm.name!r} (its gradient is zero"
                     + ("" if gi is None else " for some samples") + "), so its gradient-based map is zero there; "
                     "choose a layer the target depends on",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             if gi is None:
                 grads[i] = torch.zeros_like(lm.raw)
@@ -461,7 +474,7 @@ class BaseCAM:
         warnings.warn(
             f"layer='auto': the target does not depend on any probed image layer (ending {names}); "
             f"using the last one, {cands[-1].name!r}",
-            stacklevel=5,
+            stacklevel=6,
         )
         return cands[-1]
 
@@ -525,6 +538,19 @@ class BaseCAM:
     def __repr__(self) -> str:
         layer = self.layer_names or ["auto"]
         return f"{type(self).__name__}(layer={layer}, normalize={self.normalize}, fuse={self.fuse!r})"
+
+
+@dataclass
+class _Pass:
+    """One captured forward (and backward): what every method's override reads."""
+
+    x: torch.Tensor
+    forward_kwargs: dict[str, Any]
+    target: Target
+    scores: torch.Tensor
+    output: Any
+    picked: list[LayerMap]
+    grads: list[torch.Tensor | None]
 
 
 class _NoTarget(Target):
