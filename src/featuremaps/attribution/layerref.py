@@ -46,6 +46,7 @@ def _output_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
         for v in obj:
             yield from _output_tensors(v, depth + 1)
 
+
 # --------------------------------------------------------------------------- layers
 
 
@@ -95,9 +96,6 @@ def _user_refs(model: nn.Module, layer: Any) -> list[_LayerRef]:
 
 def _is_type_tuple(obj: Any) -> bool:
     return isinstance(obj, tuple) and bool(obj) and all(isinstance(t, type) for t in obj)
-
-
-
 
 
 @dataclass

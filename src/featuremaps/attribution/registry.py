@@ -39,11 +39,10 @@ def register_cam(name: str, *aliases: str) -> Callable[[C], C]:
     and the report read; there is no second list.
 
     Example:
-        >>> from featuremaps.attribution import BaseCAM, register_cam, cam_methods
+        >>> from featuremaps.attribution import ActivationCAM, register_cam, cam_methods
         >>> @register_cam("meancam")
-        ... class MeanCAM(BaseCAM):
+        ... class MeanCAM(ActivationCAM):
         ...     '''Channel mean of the activations (no gradients).'''
-        ...     uses_gradients = False
         ...     def combine(self, a, g, ctx):
         ...         return a.mean(1)
         >>> "meancam" in cam_methods()
