@@ -223,3 +223,16 @@ def test_cams_take_instances_with_their_own_options_and_refuse_mismatched_ones()
         fm.cams(net, x, ["eigencam", "gradcam"], layer="1")
     with torch.no_grad():  # activation methods alone need no gradients
         assert fm.cams(net, x, ["eigencam", "cam"], layer="1")["cam"].heatmap.shape == (2, 12, 12)
+
+
+def test_cams_lenient_leaves_out_a_method_that_does_not_apply() -> None:
+    torch.manual_seed(0)
+    mlp_head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))  # not GAP + linear: CAM is undefined
+    x = _batch()[0]
+    with pytest.raises(AttributionError, match="global-average-pool"):
+        fm.cams(mlp_head, x, ["gradcam", "cam"], layer="1")
+    got = fm.cams(mlp_head, x, ["gradcam", "cam", "eigencam"], layer="1", lenient=True)
+    assert list(got) == ["gradcam", "eigencam"] and list(got.skipped) == ["cam"]
+    assert "global-average-pool" in str(got.skipped["cam"])
+    assert torch.equal(got["gradcam"].heatmap, GradCAM(mlp_head, layer="1")(x))

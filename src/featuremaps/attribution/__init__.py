@@ -48,7 +48,7 @@ from .registry import cam_methods, create_cam, get_cam, register_cam, registered
 from .relevance import ChannelRelevance, channel_relevance
 from .result import CAMFile, CAMResult, load_cams, save_cams
 from .sanity import SanityResult, rank_correlation, sanity_check, ssim
-from .shared import cams
+from .shared import CAMResults, cams
 from .targets import (
     CallableTarget,
     ClassTarget,
@@ -82,6 +82,7 @@ __all__ = [
     "get_cam",
     "create_cam",
     "cams",
+    "CAMResults",
     "register_cam",
     "unregister_cam",
     "registered",

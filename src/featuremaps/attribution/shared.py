@@ -23,10 +23,23 @@ from .registry import create_cam
 from .result import CAMResult
 from .targets import TargetLike
 
-__all__ = ["cams"]
+__all__ = ["cams", "CAMResults"]
 
 # what must agree between methods sharing one pass
 _CAPTURE_SETTINGS = ("_refs", "eval_mode", "layouts", "prefix_tokens", "output")
+
+
+class CAMResults(dict[str, CAMResult]):
+    """``{method name: CAMResult}`` from :func:`cams`, plus the methods it skipped.
+
+    Attributes:
+        skipped: ``{method name: error}`` of the methods that did not apply
+            (only with ``lenient=True``; empty otherwise).
+    """
+
+    def __init__(self, results: Mapping[str, CAMResult], skipped: Mapping[str, AttributionError]) -> None:
+        super().__init__(results)
+        self.skipped = dict(skipped)
 
 
 def cams(
@@ -38,8 +51,9 @@ def cams(
     layer: LayerSelector | str = "auto",
     forward_kwargs: Mapping[str, Any] | None = None,
     size: Sequence[int] | None = None,
+    lenient: bool = False,
     **options: Any,
-) -> dict[str, CAMResult]:
+) -> CAMResults:
     """The CAMs of several methods on the same layers, from one forward and at most one backward.
 
     Args:
@@ -53,12 +67,15 @@ def cams(
             :class:`~featuremaps.attribution.base.BaseCAM`).
         forward_kwargs: extra keyword arguments for the forward.
         size: the output spatial size (default: the input's).
+        lenient: a method that does not apply to this model or layer (e.g.
+            CAM without a global-average-pool + linear head) is left out and
+            its error kept in the result's ``skipped``, instead of raised.
         **options: :class:`~featuremaps.attribution.base.BaseCAM` options of
             the methods given by name (``normalize=``, ``fuse=``...).
 
     Returns:
-        ``{method name: CAMResult}`` in the order given, each equal to the
-        method's own ``explain(x, target)``.
+        ``{method name: CAMResult}`` (a :class:`CAMResults`) in the order
+        given, each equal to the method's own ``explain(x, target)``.
 
     Example:
         >>> import torch
@@ -89,6 +106,15 @@ def cams(
         m._check_grad_mode()
     if torch.is_inference_mode_enabled():  # the capture engine needs normal tensors
         with torch.inference_mode(False), torch.no_grad():
-            return cams(model, x, built, target, forward_kwargs=forward_kwargs, size=size)
+            return cams(model, x, built, target, forward_kwargs=forward_kwargs, size=size, lenient=lenient)
     shared = lead._pass(x, target, forward_kwargs, any(m.uses_gradients for m in built))
-    return {name: m._finish(shared, size) for name, m in zip(names, built)}
+    results: dict[str, CAMResult] = {}
+    skipped: dict[str, AttributionError] = {}
+    for name, m in zip(names, built):
+        try:
+            results[name] = m._finish(shared, size)
+        except AttributionError as exc:
+            if not lenient:
+                raise
+            skipped[name] = exc
+    return CAMResults(results, skipped)
