@@ -924,3 +924,39 @@ def test_cam_command_errors(cli_group, tmp_path, args, code, needle):
     assert needle in result.output
     if code == 1:
         assert result.output.strip().splitlines()[-1].startswith("Error: layer='_fc'")
+
+
+def test_save_cams_writes_what_the_cam_command_writes(cli_group, tmp_path, default):
+    """Given what the command computed (read back with load_cams), save_cams writes the same bytes."""
+    from click.testing import CliRunner
+
+    from safetensors import safe_open
+
+    from featuremaps.attribution import load_cams, save_cams
+
+    cli_dir = tmp_path / "cli"
+    args = ["cam", "--method", "gradcam++", "--metrics", "--metric-steps", "2"]
+    result = CliRunner().invoke(cli_group, [*args, "-o", str(cli_dir)])
+    assert result.exit_code == 0, result.output
+    saved = load_cams(cli_dir)
+    assert saved.methods == ["gradcam++"] and saved.target == 282 and saved.metrics is not None
+    _, preprocess = default
+    view = preprocess.view(str(fm.sample_image("cat")))
+    written = save_cams(
+        tmp_path / "lib", saved.results, model=saved.model, image=saved.image, target=saved.target,
+        class_name=saved.class_name, skipped=saved.skipped, view=view, alpha=0.5,
+        predictions=saved.predictions, metrics=saved.metrics,
+    )
+    names = ["cam_gradcampp.png", "cams.safetensors", "predictions.txt", "metrics.json"]
+    assert [p.name for p in written] == names
+    for name in names:
+        if name != "cams.safetensors":
+            assert (tmp_path / "lib" / name).read_bytes() == (cli_dir / name).read_bytes(), name
+    # safetensors writes its metadata in a random order (a Rust HashMap), so that file is compared by content
+    with safe_open(str(cli_dir / "cams.safetensors"), framework="pt") as a, \
+            safe_open(str(tmp_path / "lib" / "cams.safetensors"), framework="pt") as b:
+        assert a.metadata() == b.metadata() and a.keys() == b.keys()
+        for key in a.keys():  # noqa: SIM118 - safe_open has no __iter__
+            ta, tb = a.get_tensor(key), b.get_tensor(key)
+            assert ta.dtype == tb.dtype == torch.float32 and torch.equal(ta, tb), key
+    assert f"wrote {cli_dir / 'cam_gradcampp.png'}" in result.output

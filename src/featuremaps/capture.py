@@ -126,6 +126,9 @@ def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> A
     return obj
 
 
+move_to = _move  # public name for other packages: move tensors (in tuples, lists, dicts) to a device/dtype
+
+
 def _copy_tensors(obj: Any) -> Any:
     """``obj`` with every tensor in it (tuples, lists, dicts) replaced by a copy."""
     if isinstance(obj, torch.Tensor):

@@ -1,7 +1,16 @@
 """Attribution: which parts of the input a prediction depends on.
 
-CAM methods (one registry, one base class), targets, faithfulness metrics and
-sanity checks, all batched torch ops on the model's device.
+CAM methods (one registry, one base class and its three kinds), targets,
+faithfulness metrics and sanity checks, all batched torch ops on the model's
+device.
+
+Modules: :mod:`.base` (the base class), :mod:`.kinds` (gradient, activation,
+perturbation), :mod:`.gradient`, :mod:`.activation`, :mod:`.perturbation`
+(the methods), :mod:`.methods` (their registration), :mod:`.registry`,
+:mod:`.runtime`, :mod:`.postprocess`, :mod:`.layerref`, :mod:`.result`
+(results and the ``featuremaps-cam/1`` folder), :mod:`.outputs` and
+:mod:`.targets`, :mod:`.evaluator` and :mod:`.metrics` (faithfulness),
+:mod:`.imputation`, :mod:`.relevance`, :mod:`.sanity`.
 
 Example:
     >>> import torch
@@ -19,19 +28,10 @@ Example:
 from __future__ import annotations
 
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
-from .base import (
-    BaseCAM,
-    CAMResult,
-    LayerContext,
-    cam_methods,
-    create_cam,
-    get_cam,
-    minmax_per_image,
-    postprocess_cams,
-    register_cam,
-    resize_maps,
-    unregister_cam,
-)
+from .base import BaseCAM
+from .evaluator import Faithfulness
+from .kinds import ActivationCAM, GradientCAM, PerturbationCAM
+from .layerref import LayerContext
 from .methods import CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .metrics import (
     ROADResult,
@@ -43,8 +43,12 @@ from .metrics import (
     pointing_game,
     road,
 )
+from .postprocess import minmax_per_image, postprocess_cams, resize_maps
+from .registry import cam_methods, create_cam, get_cam, register_cam, registered, unregister_cam
 from .relevance import ChannelRelevance, channel_relevance
+from .result import CAMFile, CAMResult, load_cams, save_cams
 from .sanity import SanityResult, rank_correlation, sanity_check, ssim
+from .shared import CAMResults, cams
 from .targets import (
     CallableTarget,
     ClassTarget,
@@ -60,6 +64,9 @@ from .targets import (
 __all__ = [
     # methods
     "BaseCAM",
+    "GradientCAM",
+    "ActivationCAM",
+    "PerturbationCAM",
     "CAMResult",
     "LayerContext",
     "GradCAM",
@@ -74,11 +81,18 @@ __all__ = [
     "cam_methods",
     "get_cam",
     "create_cam",
+    "cams",
+    "CAMResults",
     "register_cam",
     "unregister_cam",
+    "registered",
     "postprocess_cams",
     "minmax_per_image",
     "resize_maps",
+    # saved results (the featuremaps-cam/1 folder)
+    "save_cams",
+    "load_cams",
+    "CAMFile",
     # targets
     "Target",
     "ClassTarget",
@@ -98,6 +112,7 @@ __all__ = [
     "ROADResult",
     "pointing_game",
     "faithfulness",
+    "Faithfulness",
     # which channels drove the decision
     "channel_relevance",
     "ChannelRelevance",

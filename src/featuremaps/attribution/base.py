@@ -1,4 +1,4 @@
-"""The shared machinery of the CAM methods: :class:`BaseCAM`, the registry, results.
+"""The shared machinery of the CAM methods: :class:`BaseCAM` and what it does on every call.
 
 A method is a subclass of :class:`BaseCAM` that overrides one small function
 (:meth:`BaseCAM.weights` or :meth:`BaseCAM.combine`) and registers itself by
@@ -32,30 +32,39 @@ Post-processing, ``convention="pgc"`` (pytorch-grad-cam's numbers):
 ``normalize=False`` skips both min-max steps, so maps keep the method's own
 scale and can be compared across images, layers and methods; ``relu=False``
 keeps negative evidence.
+
+The pieces live in sibling modules, re-exported here: the registry
+(:mod:`.registry`), the runtime helpers (:mod:`.runtime`), the
+post-processing (:mod:`.postprocess`), layer resolution (:mod:`.layerref`)
+and the result and its file format (:mod:`.result`). This module holds the
+base class; :mod:`.kinds` the three kinds of method built on it,
+:class:`~.kinds.GradientCAM`, :class:`~.kinds.ActivationCAM` and
+:class:`~.kinds.PerturbationCAM`: a method subclasses the kind it is, so the
+type says what it computes from.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import math
-import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NoReturn, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NoReturn
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..capture import FeatureExtractor, _move, model_device_dtype
-from ..layers import LayerSelector, resolve_layers
+from ..capture import FeatureExtractor
+from ..layers import LayerSelector
 from ..layout import INSIDE_ATTENTION, PARAMETRIZATION, module_context, to_canonical
 from ..maps import LayerMap
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
-from ._zoom import spline_zoom
+from .layerref import LayerContext, _has_extent, _LayerRef, _output_tensors, _user_refs
+from .postprocess import CONVENTIONS, FUSE_MODES, PGC_EPS, channel_sum, minmax_per_image, postprocess_cams, resize_maps
+from .registry import cam_methods, create_cam, get_cam, register_cam, registered, unregister_cam
+from .result import CAMResult
+from .runtime import flush_denormals, hookless, index_kwargs, prepare_input
 from .targets import OutputAdapter, Target, TargetLike, adapt_output, resolve_target
 
 __all__ = [
@@ -72,526 +81,33 @@ __all__ = [
     "channel_sum",
     "CONVENTIONS",
     "FUSE_MODES",
+    # re-exported from the sibling modules, where they live
+    "PGC_EPS",
+    "flush_denormals",
+    "hookless",
+    "index_kwargs",
+    "prepare_input",
+    "unregister_cam",
 ]
 
 log = logging.getLogger("featuremaps.attribution")
 
-CONVENTIONS = ("pgc",)
-FUSE_MODES = ("mean", "max")
-PGC_EPS = 1e-7
 AUTO_PROBE_LAYERS = 64
 # module names whose maps are the CAM targets of detectors and segmenters
 _BACKBONE_NAMES = frozenset({"backbone", "neck", "fpn"})
-
-C = TypeVar("C", bound="type[BaseCAM]")
-
-_REGISTRY: dict[str, type[BaseCAM]] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name.lower())
-
-
-def register_cam(name: str, *aliases: str) -> Callable[[C], C]:
-    """Class decorator: register a CAM method under ``name`` (and aliases).
-
-    The registry is what :func:`cam_methods`, the ``featuremaps cam`` command
-    and the report read; there is no second list.
-
-    Example:
-        >>> from featuremaps.attribution import BaseCAM, register_cam, cam_methods
-        >>> @register_cam("meancam")
-        ... class MeanCAM(BaseCAM):
-        ...     '''Channel mean of the activations (no gradients).'''
-        ...     uses_gradients = False
-        ...     def combine(self, a, g, ctx):
-        ...         return a.mean(1)
-        >>> "meancam" in cam_methods()
-        True
-        >>> _ = unregister_cam("meancam")
-    """
-
-    def deco(cls: C) -> C:
-        canonical = _key(name)
-        if canonical in _ALIASES and _ALIASES[canonical] != name:
-            raise AttributionError(f"a CAM method named {name!r} is already registered")
-        _REGISTRY[name] = cls
-        cls.name = name
-        for alias in (name, *aliases):
-            _ALIASES[_key(alias)] = name
-        return cls
-
-    return deco
-
-
-def unregister_cam(name: str) -> type[BaseCAM]:
-    """Remove a registered method (for tests and plugins); returns its class.
-
-    Example:
-        >>> from featuremaps.attribution import unregister_cam
-        >>> unregister_cam("no-such-method")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        featuremaps.attribution.AttributionError: unknown CAM method 'no-such-method'; ...
-    """
-    cls = get_cam(name)
-    real = cls.name
-    del _REGISTRY[real]
-    for alias in [a for a, target in _ALIASES.items() if target == real]:
-        del _ALIASES[alias]
-    return cls
-
-
-def cam_methods() -> list[str]:
-    """The names of the registered CAM methods, in registration order.
-
-    Example:
-        >>> from featuremaps.attribution import cam_methods
-        >>> cam_methods()[:3]
-        ['gradcam', 'gradcam++', 'xgradcam']
-    """
-    return list(_REGISTRY)
-
-
-def get_cam(name: str) -> type[BaseCAM]:
-    """The class registered under ``name`` (case, ``-``, ``_`` and spaces ignored).
-
-    Example:
-        >>> from featuremaps.attribution import get_cam
-        >>> get_cam("Grad-CAM").__name__, get_cam("score_cam").__name__
-        ('GradCAM', 'ScoreCAM')
-    """
-    real = _ALIASES.get(_key(str(name)))
-    if real is None:
-        import difflib
-
-        close = difflib.get_close_matches(_key(str(name)), list(_ALIASES), n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(sorted({_ALIASES[c] for c in close}))}?)" if close else ""
-        raise AttributionError(f"unknown CAM method {name!r}{hint}; choose one of {', '.join(cam_methods())}")
-    return _REGISTRY[real]
-
-
-def create_cam(name: str, model: nn.Module, **options: Any) -> BaseCAM:
-    """Build the method registered under ``name`` for ``model``.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from featuremaps.attribution import create_cam
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-        >>> create_cam("gradcam", net, layer="1")(torch.rand(2, 3, 8, 8)).shape
-        torch.Size([2, 8, 8])
-    """
-    return get_cam(name)(model, **options)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _flushing_denormals() -> bool:
-    """Whether the CPU currently flushes denormal floats to zero (there is no getter)."""
-    tiny = torch.tensor([1e-39], dtype=torch.float32)
-    return bool((tiny * 1.0)[0] == 0)
-
-
-@contextlib.contextmanager
-def flush_denormals(enabled: bool = True) -> Iterator[None]:
-    """Flush denormal floats to zero on the CPU inside the block; the previous setting is restored.
-
-    Masked and perturbed inputs (mostly zeros) drive activations into the
-    denormal range, where CPU arithmetic is several times slower; only values
-    below 1.2e-38 (float32) change.
-
-    Example:
-        >>> import torch
-        >>> with flush_denormals():
-        ...     float(torch.tensor([1e-39]) * 1.0)
-        0.0
-    """
-    if not enabled or _flushing_denormals() or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
-@contextlib.contextmanager
-def hookless(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Run forwards with the model's state handled like the capture engine, but no hooks.
-
-    Used for the masked forwards of Score-CAM and Ablation-CAM and for the
-    metrics: the engine sets eval mode and restores every flag afterwards,
-    and as nothing is selected no hook is ever registered. On the CPU,
-    denormals are flushed to zero meanwhile (see :func:`flush_denormals`).
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Dropout()).train()
-        >>> with hookless(net):
-        ...     net.training
-        False
-        >>> net.training
-        True
-    """
-    device = model_device_dtype(model)[0]
-    on_cpu = device is None or device.type == "cpu"
-    if next(iter(model.children()), None) is None:  # no submodules: the engine needs some
-        flag = model.training
-        if eval_mode:
-            model.training = False
-        try:
-            with flush_denormals(on_cpu):
-                yield
-        finally:
-            model.training = flag
-        return
-    with FeatureExtractor(model, layers=[], eval_mode=eval_mode), flush_denormals(on_cpu):
-        yield
-
-
-def prepare_input(x: Any, model: nn.Module, what: str = "x") -> torch.Tensor:
-    """Check ``x`` is a batch and move it to the model's device and dtype.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> prepare_input(torch.zeros(1, 3, 4, 4, dtype=torch.float64), nn.Conv2d(3, 1, 1)).dtype
-        torch.float32
-    """
-    if not isinstance(x, torch.Tensor):
-        raise AttributionError(
-            f"{what} must be a torch.Tensor batch (N, C, ...), got {type(x).__name__}; "
-            "preprocess images first, e.g. x = preprocess(image)"
-        )
-    if x.ndim < 2:
-        raise AttributionError(f"{what} has shape {tuple(x.shape)}; pass a batch with a leading sample axis (N, ...)")
-    x = _move(x, *model_device_dtype(model))
-    if x.is_inference():  # inference-mode tensors cannot take part in autograd
-        with torch.inference_mode(False):
-            x = x.clone()
-    return x
-
-
-def index_kwargs(kwargs: Mapping[str, Any], rows: torch.Tensor, n: int) -> dict[str, Any]:
-    """Select ``rows`` of every per-sample tensor (first axis ``n``) in forward kwargs.
-
-    Example:
-        >>> import torch
-        >>> index_kwargs({"mask": torch.arange(3), "flag": True}, torch.tensor([2, 0]), 3)["mask"].tolist()
-        [2, 0]
-    """
-    out: dict[str, Any] = {}
-    for k, v in kwargs.items():
-        if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n:
-            out[k] = v[rows.to(v.device)]
-        else:
-            out[k] = v
-    return out
-
-
-def minmax_per_image(cam: torch.Tensor, eps: float = PGC_EPS) -> torch.Tensor:
-    """pytorch-grad-cam's per-image scaling: ``c -= min; c /= (eps + max(c))``.
-
-    Constant maps become all zeros (never NaN).
-
-    Example:
-        >>> import torch
-        >>> minmax_per_image(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
-        [[[0.0, 1.0]], [[0.0, 0.0]]]
-    """
-    flat = cam.reshape(cam.shape[0], -1)
-    flat = flat - flat.amin(dim=1, keepdim=True)
-    flat = flat / (eps + flat.amax(dim=1, keepdim=True))
-    return flat.reshape(cam.shape)
-
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def resize_maps(
-    cams: torch.Tensor, size: Sequence[int] | None, *, align_corners: bool = False, convention: str | None = None
-) -> torch.Tensor:
-    """Resize ``(N, *spatial)`` maps to ``size`` (linear / bilinear / trilinear).
-
-    ``align_corners=False`` matches OpenCV's ``INTER_LINEAR`` (what
-    pytorch-grad-cam uses for 2D maps). With ``convention="pgc"``, 3D maps
-    are zoomed with a cubic B-spline as pytorch-grad-cam's
-    ``scipy.ndimage.zoom`` does (it can overshoot [0, 1] near sharp edges,
-    as the reference's maps do).
-
-    Example:
-        >>> import torch
-        >>> resize_maps(torch.zeros(2, 7, 7), (224, 224)).shape
-        torch.Size([2, 224, 224])
-        >>> v = torch.zeros(1, 3, 3, 3); v[0, 1, 1, 1] = 1.0
-        >>> float(resize_maps(v, (5, 5, 5), convention="pgc")[0, 2, 2, 2])   # the spline passes through it
-        1.0
-    """
-    if size is None or tuple(cams.shape[1:]) == tuple(size):
-        return cams
-    if any(int(s) < 1 for s in size):
-        raise AttributionError(
-            f"size={tuple(size)} must be positive in every dimension; pass the input's spatial size, "
-            "e.g. (224, 224), or None"
-        )
-    mode = _MODES.get(len(size))
-    if mode is None or cams.ndim - 1 != len(size):
-        raise AttributionError(
-            f"cannot resize maps of spatial shape {tuple(cams.shape[1:])} to {tuple(size)}; "
-            "pass size= with as many dimensions as the maps"
-        )
-    if convention == "pgc" and len(size) == 3:
-        return spline_zoom(cams, size)
-    return F.interpolate(cams[:, None], size=tuple(int(s) for s in size), mode=mode, align_corners=align_corners)[:, 0]
-
-
-def postprocess_cams(
-    cams: Sequence[torch.Tensor],
-    size: Sequence[int] | None,
-    *,
-    relu: bool = True,
-    normalize: bool = True,
-    fuse: str = "mean",
-    convention: str = "pgc",
-) -> torch.Tensor:
-    """The shared post-processing of per-layer maps (see the module docstring).
-
-    Args:
-        cams: one ``(N, *spatial)`` map per layer, at feature resolution.
-        size: the output spatial size (``None``: keep the maps' size, which
-            must then agree between layers).
-        relu: clamp negative values at 0 (before scaling and before fusing).
-        normalize: per-image min-max per layer and after fusing.
-        fuse: ``"mean"`` (pytorch-grad-cam) or ``"max"`` across layers.
-        convention: ``"pgc"`` (see the module docstring).
-
-    Returns:
-        ``(N, *size)`` maps.
-
-    Example:
-        >>> import torch
-        >>> cam = torch.tensor([[[-1.0, 0.0], [1.0, 3.0]]])
-        >>> postprocess_cams([cam], None).mul(100).round().tolist()
-        [[[0.0, 0.0], [33.0, 100.0]]]
-        >>> postprocess_cams([cam], (4, 4), normalize=False).amax().item()
-        3.0
-    """
-    if fuse not in FUSE_MODES:
-        raise AttributionError(f"fuse={fuse!r}; choose one of {', '.join(FUSE_MODES)}")
-    scaled = []
-    for c in cams:
-        if relu:
-            c = c.clamp_min(0)
-        if normalize:
-            c = minmax_per_image(c)
-        scaled.append(resize_maps(c, size, convention=convention))
-    shapes = {tuple(c.shape) for c in scaled}
-    if len(shapes) != 1:
-        raise AttributionError(
-            f"the layers give maps of different shapes {sorted(shapes)} and no common size; "
-            "pass size= (the input's spatial size) to fuse them"
-        )
-    stack = torch.stack(scaled, dim=1)
-    if relu:
-        stack = stack.clamp_min(0)
-    fused = stack.mean(dim=1) if fuse == "mean" else stack.amax(dim=1)
-    if normalize:
-        fused = minmax_per_image(fused)
-    return fused
-
-
-def channel_sum(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """``sum_c weights[:, c] * maps[:, c]``, accumulated in float64.
-
-    ``weights`` is ``(N, C)`` (one weight per channel) or ``(N, C, *spatial)``
-    (element-wise). The float64 accumulation makes the result exactly
-    constant wherever the inputs are (float32 reductions round differently at
-    different positions, and the per-image min-max would blow that noise up
-    to a full-range map).
-
-    Example:
-        >>> import torch
-        >>> channel_sum(torch.tensor([[2.0, -1.0]]), torch.ones(1, 2, 3, 3)).unique().tolist()
-        [1.0]
-    """
-    w = weights.to(torch.float64)
-    if w.ndim == 2:
-        w = w.reshape(*w.shape, *([1] * (maps.ndim - 2)))
-    return (w * maps.to(torch.float64)).sum(dim=1).to(maps.dtype)
-
-
-def _has_extent(lm: LayerMap) -> bool:
-    info = lm.info
-    return (
-        info.reduction is None
-        and info.layout_spec.is_spatial
-        and math.prod(info.spatial) > 1
-        and lm.raw.is_floating_point()
-    )
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _output_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif depth < 4 and isinstance(obj, Mapping):
-        for v in obj.values():
-            yield from _output_tensors(v, depth + 1)
-    elif depth < 4 and isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _output_tensors(v, depth + 1)
-
-
-# --------------------------------------------------------------------------- layers
-
-
-@dataclass(frozen=True)
-class _LayerRef:
-    """A target layer: a module, optionally one call of it and one tensor of its output."""
-
-    module: str
-    call: int | None = None
-    path: str | None = None
-
-    @property
-    def selector(self) -> str:
-        return self.module if self.call is None else f"{self.module}:{self.call}"
-
-    def __str__(self) -> str:
-        s = self.module
-        if self.call:
-            s += f":{self.call}"
-        return s + (self.path or "")
-
-
-_PATH_RE = re.compile(r"^(.*?)((?:\[[^\[\]]*\])+)$")
-
-
-def _user_refs(model: nn.Module, layer: Any) -> list[_LayerRef]:
-    items = list(layer) if isinstance(layer, (list, tuple)) and not _is_type_tuple(layer) else [layer]
-    if not items:
-        raise CAMLayerError("layer=[] selects nothing; pass a layer name, a module, a list of them, or 'auto'")
-    refs: list[_LayerRef] = []
-    for item in items:
-        path: str | None = None
-        if isinstance(item, str):
-            if item == "auto":
-                raise CAMLayerError("layer='auto' cannot be combined with other layers; pass it alone")
-            m = _PATH_RE.match(item)
-            if m and m.group(1):
-                item, path = m.group(1), m.group(2)
-        sel = resolve_layers(model, item)
-        for name, calls in sel.calls.items():
-            call = max(calls) if calls else None
-            ref = _LayerRef(name, call, path)
-            if ref not in refs:
-                refs.append(ref)
-    return refs
-
-
-def _is_type_tuple(obj: Any) -> bool:
-    return isinstance(obj, tuple) and bool(obj) and all(isinstance(t, type) for t in obj)
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class LayerContext:
-    """What a method's override may use besides the activations and gradients.
-
-    Attributes:
-        layer: the captured :class:`~featuremaps.maps.LayerMap` (detached).
-        x: the input batch, on the model's device.
-        target: the resolved :class:`~featuremaps.attribution.targets.Target`.
-        scores: the target scores of the unperturbed forward, ``(N,)``.
-        output: the adapted model output of the unperturbed forward (detached).
-        forward_kwargs: extra keyword arguments of the model's forward.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from featuremaps.attribution import BaseCAM
-        >>> class FirstChannel(BaseCAM):          # a method sees the context in combine()
-        ...     uses_gradients = False
-        ...     def combine(self, a, g, ctx):
-        ...         assert ctx.layer.info.module_type == "Conv2d" and ctx.n == 2
-        ...         return a[:, 0]
-        >>> net = nn.Sequential(nn.Conv2d(3, 2, 1))
-        >>> FirstChannel(net, layer="0")(torch.rand(2, 3, 4, 4), target=lambda out: out.sum((1, 2, 3))).shape
-        torch.Size([2, 4, 4])
-    """
-
-    layer: LayerMap
-    x: torch.Tensor
-    target: Target
-    scores: torch.Tensor
-    output: Any
-    forward_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        """The batch size."""
-        return int(self.x.shape[0])
-
-
-@dataclass
-class CAMResult:
-    """Everything one CAM call computed.
-
-    Attributes:
-        heatmap: the final map, ``(N, *size)`` (the input's spatial size).
-        layer_maps: per layer, the method's map at feature resolution before
-            ReLU and scaling (the raw, comparable values).
-        layers: the names of the layers used (capture keys, e.g. ``"layer4"``).
-        method: the registered method name.
-        target: the resolved target.
-        scores: the target score of each sample on the unperturbed input.
-        output: the adapted model output (detached).
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from featuremaps.attribution import GradCAM
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-        >>> res = GradCAM(net, layer="1").explain(torch.rand(2, 3, 8, 8), target=1)
-        >>> res.heatmap.shape, res.layers, res.classes.tolist()
-        (torch.Size([2, 8, 8]), ('1',), [1, 1])
-    """
-
-    heatmap: torch.Tensor
-    layer_maps: dict[str, torch.Tensor]
-    layers: tuple[str, ...]
-    method: str
-    target: Target
-    scores: torch.Tensor
-    output: Any = None
-
-    @property
-    def classes(self) -> torch.Tensor | None:
-        """The explained class of each sample, when the target is a class (else ``None``)."""
-        c = self.target.classes
-        if c is None:
-            return None
-        return c.expand(self.heatmap.shape[0]) if c.ndim == 0 else c
-
-    def __repr__(self) -> str:
-        return (
-            f"CAMResult({self.method}, heatmap={tuple(self.heatmap.shape)}, layers={list(self.layers)}, "
-            f"target={self.target!r})"
-        )
-
-
-# --------------------------------------------------------------------------- base class
-
-
 class BaseCAM:
     """The base class of every CAM method; subclasses override one small function.
+
+    A method subclasses its kind (:class:`~featuremaps.attribution.kinds.GradientCAM`,
+    :class:`~featuremaps.attribution.kinds.ActivationCAM` or
+    :class:`~featuremaps.attribution.kinds.PerturbationCAM`), which sets
+    :attr:`kind` and :attr:`uses_gradients`.
 
     Args:
         model: any ``nn.Module``; its state is restored after every call and
@@ -636,6 +152,12 @@ class BaseCAM:
     #: options for pictures shown to people (the report, the ``cam`` command) where the
     #: reference's convention is arbitrary, e.g. Eigen-CAM's SVD sign
     picture_options: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a subclass that turns gradients off without naming its kind computes from activations
+        if "uses_gradients" in vars(cls) and "kind" not in vars(cls) and not cls.uses_gradients and cls.kind == "gradient":
+            cls.kind = "activation"
 
     def __init__(
         self,
@@ -738,21 +260,29 @@ class BaseCAM:
             CAMLayerError: a layer with no spatial output, or one that did not run.
             TargetError: a target that does not fit the output or the batch.
         """
+        self._check_grad_mode()
+        if torch.is_inference_mode_enabled():  # the capture engine needs normal tensors
+            with torch.inference_mode(False), torch.no_grad():
+                return self.explain(x, target, forward_kwargs=forward_kwargs, size=size)
+        return self._finish(self._pass(x, target, forward_kwargs, self.uses_gradients), size)
+
+    # -- the two halves of a call (shared by several methods in fm.cams) ---------------
+    def _check_grad_mode(self) -> None:
         if self.uses_gradients and not torch.is_grad_enabled():
-            free = [n for n, cls in _REGISTRY.items() if not cls.uses_gradients]
+            free = [n for n, cls in registered().items() if not cls.uses_gradients]
             raise GradientsDisabledError(
                 f"{type(self).__name__} needs gradients but they are disabled (torch.no_grad() or "
                 "torch.inference_mode()); call it outside that block, or use a gradient-free method "
                 f"({', '.join(free)})"
             )
-        if torch.is_inference_mode_enabled():  # the capture engine needs normal tensors
-            with torch.inference_mode(False), torch.no_grad():
-                return self.explain(x, target, forward_kwargs=forward_kwargs, size=size)
+
+    def _pass(self, x: torch.Tensor, target: TargetLike, forward_kwargs: Mapping[str, Any] | None,
+              grad_mode: bool) -> _Pass:
+        """The captured forward (and, with ``grad_mode``, the backward) of one call."""
         x = prepare_input(x, self.model)
         fkw = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in (forward_kwargs or {}).items()}
         n = int(x.shape[0])
         refs = self._resolve(x, fkw, target)
-        grad_mode = self.uses_gradients
         x_in = x.detach().requires_grad_(True) if grad_mode and x.is_floating_point() else x
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
@@ -771,17 +301,20 @@ class BaseCAM:
                 else:
                     with torch.no_grad():
                         scores = self._scores(tgt, output, n)
-        output = _detach(output)
-        scores = scores.detach()
-        self._last_names = [lm.name for lm in picked]
+        return _Pass(x.detach(), fkw, tgt, scores.detach(), _detach(output), picked, grads)
+
+    def _finish(self, p: _Pass, size: Sequence[int] | None) -> CAMResult:
+        """This method's maps from a pass: the override per layer, then the shared post-processing."""
+        x, n = p.x, int(p.x.shape[0])
+        self._last_names = [lm.name for lm in p.picked]
         layer_maps: dict[str, torch.Tensor] = {}
-        for lm, g in zip(picked, grads):
+        for lm, g in zip(p.picked, p.grads):
             spec = lm.info.layout_spec
             raw = lm.raw.detach()
             layer = LayerMap(raw, lm.info)
             a = _float(to_canonical(raw, spec))
-            gc = _float(to_canonical(g.detach(), spec)) if g is not None else None
-            ctx = LayerContext(layer, x.detach(), tgt, scores, output, fkw)
+            gc = _float(to_canonical(g.detach(), spec)) if g is not None and self.uses_gradients else None
+            ctx = LayerContext(layer, x, p.target, p.scores, p.output, p.forward_kwargs)
             with torch.no_grad():
                 layer_maps[lm.name] = self.combine(a, gc, ctx)
         spatial_nd = {m.ndim - 1 for m in layer_maps.values()}
@@ -802,9 +335,10 @@ class BaseCAM:
                 f"{type(self).__name__}: the heatmap of sample(s) {zero[:8]} is zero everywhere at layer(s) "
                 f"{', '.join(layer_maps)} (no positive evidence for the target there, or a zero gradient); "
                 "relu=False shows the negative evidence, another layer= may show more",
-                stacklevel=3,
+                stacklevel=4,
             )
-        return CAMResult(heat, layer_maps, tuple(layer_maps), self.name or type(self).__name__, tgt, scores, output)
+        name = self.name or type(self).__name__
+        return CAMResult(heat, layer_maps, tuple(layer_maps), name, p.target, p.scores, p.output)
 
     # -- internals -------------------------------------------------------------------
     def _target(self, target: TargetLike, output: Any, n: int) -> Target:
@@ -846,7 +380,7 @@ class BaseCAM:
                     f"the target does not depend on layer {lm.name!r} (its gradient is zero"
                     + ("" if gi is None else " for some samples") + "), so its gradient-based map is zero there; "
                     "choose a layer the target depends on",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             if gi is None:
                 grads[i] = torch.zeros_like(lm.raw)
@@ -940,7 +474,7 @@ class BaseCAM:
         warnings.warn(
             f"layer='auto': the target does not depend on any probed image layer (ending {names}); "
             f"using the last one, {cands[-1].name!r}",
-            stacklevel=5,
+            stacklevel=6,
         )
         return cands[-1]
 
@@ -1004,6 +538,19 @@ class BaseCAM:
     def __repr__(self) -> str:
         layer = self.layer_names or ["auto"]
         return f"{type(self).__name__}(layer={layer}, normalize={self.normalize}, fuse={self.fuse!r})"
+
+
+@dataclass
+class _Pass:
+    """One captured forward (and backward): what every method's override reads."""
+
+    x: torch.Tensor
+    forward_kwargs: dict[str, Any]
+    target: Target
+    scores: torch.Tensor
+    output: Any
+    picked: list[LayerMap]
+    grads: list[torch.Tensor | None]
 
 
 class _NoTarget(Target):

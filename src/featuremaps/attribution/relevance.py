@@ -37,8 +37,10 @@ from ..layers import LayerSelector
 from ..layout import to_canonical
 from ..maps import LayerInfo
 from ._errors import AttributionError
-from .base import BaseCAM, LayerContext, hookless, index_kwargs
-from .methods import _substituted
+from .kinds import GradientCAM
+from .layerref import LayerContext
+from .perturbation import _substituted
+from .runtime import hookless, index_kwargs
 from .targets import OutputAdapter, Target, TargetLike, adapt_output
 
 __all__ = ["ChannelRelevance", "channel_relevance", "ORDERS"]
@@ -47,7 +49,7 @@ __all__ = ["ChannelRelevance", "channel_relevance", "ORDERS"]
 ORDERS = ("relevance", "random", "least")
 
 
-class _GradientTimesActivation(BaseCAM):
+class _GradientTimesActivation(GradientCAM):
     """Gradient x activation per channel (kept), summed over channels for the map (not a registered method)."""
 
     def __init__(self, model: nn.Module, layer: Any, **options: Any) -> None:
@@ -56,9 +58,7 @@ class _GradientTimesActivation(BaseCAM):
         self.gradients: dict[str, torch.Tensor] = {}
         self.contexts: dict[str, LayerContext] = {}
 
-    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
-        if gradients is None:  # pragma: no cover - the base class always passes them to gradient methods
-            raise AttributionError("channel relevance needs gradients")
+    def gradient_map(self, activations: torch.Tensor, gradients: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         product = gradients * activations
         self.products[ctx.layer.name] = product
         self.gradients[ctx.layer.name] = gradients

@@ -30,7 +30,9 @@ from torch import nn
 from .._table import Table
 from ..layers import LayerSelector, resolve_layers
 from ._errors import AttributionError
-from .base import BaseCAM, create_cam, minmax_per_image
+from .base import BaseCAM
+from .postprocess import minmax_per_image
+from .registry import create_cam
 from .targets import TargetLike
 
 __all__ = ["SanityResult", "sanity_check", "rank_correlation", "ssim", "average_ranks", "randomize_"]
