@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,9 +15,10 @@ from torch import nn
 from .._atomic import atomic_path
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
+from ..pages import render_page, script_json, source_hash
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 
-__all__ = ["Report", "report", "render_report", "DEFAULT_CAM_METHODS"]
+__all__ = ["Report", "report", "render_report", "render_html", "source_hash", "DEFAULT_CAM_METHODS"]
 
 #: CAM methods shown by default: the gradient-based ones, which cost one
 #: backward each, Eigen-CAM and plain CAM (skipped for models without a
@@ -117,31 +114,8 @@ def _predictions(output: Any, preprocess: Any, k: int) -> list[dict[str, Any]]:
     return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 
-def source_hash(text: str) -> str:
-    """The CSP source expression for an inline ``<style>`` or ``<script>`` with this exact text.
-
-    Example:
-        >>> source_hash("")
-        'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='
-    """
-    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
-
-
-def _json_for_script(data: Any) -> str:
-    """JSON safe to embed inside a <script> element (no '</script>', no U+2028)."""
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return (
-        text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    )
-
-
-def _asset(name: str) -> str:
-    return resources.files("featuremaps.report").joinpath(name).read_text(encoding="utf-8")
-
-
 def render_html(data: dict[str, Any]) -> str:
-    """Render the page from its data with the package's one template (autoescaped).
+    """Render the page from its data with the report's template (autoescaped; see :mod:`featuremaps.pages`).
 
     Example:
         >>> meta = {"title": "<b>x</b>", "model": "m", "image": "i", "input": [3, 8, 8], "layers_total": 0,
@@ -151,28 +125,10 @@ def render_html(data: dict[str, Any]) -> str:
         >>> "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
         True
     """
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = env.from_string(_asset("template.html"))
-    script = _asset("report.js")
-    style = _asset("report.css")
-    payload = _json_for_script(data)
-    csp = (
-        "default-src 'none'; img-src data: blob:; "
-        f"style-src '{source_hash(style)}'; script-src '{source_hash(script)}'; "
-        "base-uri 'none'; form-action 'none'"
+    return render_page(
+        "report.html", meta=data["meta"], predictions=data["predictions"], photo=data["photo"],
+        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), payload=script_json(data),
     )
-    return template.render(
-        meta=data["meta"], predictions=data["predictions"], photo=data["photo"], csp=csp,
-        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), style=_markup(style), script=_markup(script), payload=_markup(payload),
-    )
-
-
-def _markup(text: str) -> Any:
-    from markupsafe import Markup
-
-    return Markup(text)
 
 
 def report(
