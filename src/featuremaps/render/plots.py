@@ -12,10 +12,11 @@ import numpy as np
 
 from featuremaps.render._common import as_shape, ensure_ndim, lift_ndim, resolve_index, take_sample, to_numpy
 from featuremaps.render._output import RenderedImage
-from featuremaps.render.colormap import DEFAULT_OVERLAY_CMAP, default_nan_color, resolve_lut
+from featuremaps.render.colormap import default_nan_color, resolve_lut
 from featuremaps.render.figure import figure
 from featuremaps.render.grid import ChannelSpec, channel_grid, select_channels
-from featuremaps.render.overlay import overlay_array
+from featuremaps.render.overlay import overlay_array, overlay_cmap
+from featuremaps.render.scale import ColorScale
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,9 +55,12 @@ def plot_overlay(
 ) -> Figure:
     """:func:`overlay` drawn as a Figure with a colorbar of the heatmap's scale."""
     rgb, info = overlay_array(image, heatmap, **overlay_options)
-    cmap = overlay_options.get("cmap") or ("RdBu_r" if info.diverging else DEFAULT_OVERLAY_CMAP)
+    scale = overlay_options.get("color_scale") or ColorScale(
+        cmap=overlay_options.get("cmap"), nan_color=overlay_options.get("nan_color")
+    )
+    cmap = overlay_cmap(scale, info)
     lut = resolve_lut(cmap)
-    nan = overlay_options.get("nan_color") or default_nan_color(cmap, lut)
+    nan = scale.nan_color or default_nan_color(cmap, lut)
     r, g, b = (int(v) for v in nan)
     rendered = RenderedImage(rgb, info, cmap if isinstance(cmap, str) else "custom", (r, g, b), lut)
     return figure(rendered, ax=ax, title=title, colorbar=colorbar, dpi=dpi)
