@@ -92,7 +92,7 @@ def load_image(
         (3, 2)
     """
     check_limit(max_pixels)
-    if medical.is_nifti_path(source):
+    if isinstance(source, (str, os.PathLike)) and medical.is_nifti_path(source):
         from ..volume import nifti_picture  # lazy: NIfTI volumes need torch, which io does not import otherwise
 
         return nifti_picture(source, window)

@@ -62,7 +62,7 @@ class ColorScale:
     vmax: float | None = None
     percentiles: tuple[float, float] = _PERCENTILES
     cmap: Any = None
-    nan_color: tuple[int, int, int] | None = None
+    nan_color: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORM_MODES:
