@@ -34,7 +34,7 @@ from featuremaps.errors import FeatureMapsError
 
 import atlas_helper
 
-REPORT_CSS = resources.files("featuremaps.report").joinpath("report.css").read_text(encoding="utf-8")
+REPORT_CSS = resources.files("featuremaps.pages").joinpath("static/report.css").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -82,7 +82,7 @@ from .synthesis import SynthesisError, SynthesisResult, synthesize
 from .tensorboard import log_to_tensorboard
 from .visualize import Visualization, overlay, plot_histograms, plot_stats, render_map, visualize
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "__version__",

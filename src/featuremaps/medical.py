@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageLoadError
+from .io.arrays import tensor_to_array
+from .io.decode import decode, exif_upright, open_path, open_stream, quote, unsupported
 
 __all__ = ["WINDOW_PRESETS", "ImageMeta", "Window", "image_meta", "window_values"]
 
@@ -292,22 +294,23 @@ def is_medical_source(source: object) -> bool:
     return False
 
 
+def is_nifti_path(source: object) -> bool:
+    """Whether ``source`` is the path of a NIfTI file (``.nii``, ``.nii.gz``), which :mod:`featuremaps.volume` reads."""
+    return isinstance(source, (str, os.PathLike)) and os.fsdecode(os.fspath(source)).lower().endswith(_NIFTI_SUFFIXES)
+
+
 def _is_dicom_head(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def load_medical_image(source: Any, *, window: Window = None, max_pixels: int | None = None) -> Image.Image:
     """The body of :func:`featuremaps.load_image` for DICOM, NIfTI and windowed greyscale inputs."""
-    from . import io as fio
-
     pydicom = sys.modules.get("pydicom")
     if pydicom is not None and isinstance(source, pydicom.Dataset):
         return _dicom_picture(source, "(DICOM dataset)", window, max_pixels)
     if isinstance(source, (str, os.PathLike)):
         text = os.fsdecode(os.fspath(source))
-        label = fio._quote(text)
-        if text.lower().endswith(_NIFTI_SUFFIXES):
-            return _nifti_picture(text, label, window)
+        label = quote(text)
         if is_medical_source(source):
             return _dicom_picture(_read_dicom(text, label), label, window, max_pixels)
         return _greyscale_picture(_raw_values(_raw_image(source, max_pixels), label), label, window)
@@ -315,36 +318,32 @@ def load_medical_image(source: Any, *, window: Window = None, max_pixels: int | 
         return _dicom_picture(_read_dicom(io.BytesIO(bytes(source)), "from bytes"), "from bytes", window, max_pixels)
     if hasattr(source, "read") and is_medical_source(source):
         name = getattr(source, "name", None)
-        label = fio._quote(os.fsdecode(name)) if isinstance(name, (str, bytes)) else "(file object)"
+        label = quote(os.fsdecode(name)) if isinstance(name, (str, bytes)) else "(file object)"
         return _dicom_picture(_read_dicom(source, label), label, window, max_pixels)
     if isinstance(source, np.ndarray):
         return _greyscale_picture(_array_values(source, "array"), "array", window)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(source, torch.Tensor):
-        arr = fio._tensor_to_array(source, "tensor")
+        arr = tensor_to_array(source, "tensor")
         return _greyscale_picture(_array_values(arr, "tensor"), "tensor", window)
     if isinstance(source, (Image.Image, bytes, bytearray, memoryview)) or hasattr(source, "read"):
         label = "(PIL image)" if isinstance(source, Image.Image) else "(image)"
         return _greyscale_picture(_raw_values(_raw_image(source, max_pixels), label), label, window)
-    return fio.load_image(source)  # the generic error for unsupported types
+    raise unsupported(source)
 
 
 def _raw_image(source: Any, max_pixels: int | None) -> Image.Image:
     """A path, bytes, stream or PIL image decoded at its full bit depth, upright (io's own steps)."""
-    from . import io as fio
-
     if isinstance(source, Image.Image):
-        fio._decode(source, "(PIL image)", max_pixels)
-        return fio._exif_upright(source)
+        decode(source, "(PIL image)", max_pixels)
+        return exif_upright(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return fio._exif_upright(fio._open_stream(io.BytesIO(bytes(source)), "from bytes", max_pixels))
+        return exif_upright(open_stream(io.BytesIO(bytes(source)), "from bytes", max_pixels))
     if isinstance(source, (str, os.PathLike)):
-        text = os.fsdecode(os.fspath(source))
-        if not Path(text).is_file():
-            return fio.load_image(source)  # io's message for a missing file or a folder
-        with open(text, "rb") as fh:
-            return fio._exif_upright(fio._open_stream(fh, fio._quote(text), max_pixels))
-    return fio._exif_upright(fio._open_stream(source, "(file object)", max_pixels))
+        fh, label = open_path(source)  # io's message for a missing file, a folder or an empty file
+        with fh:
+            return exif_upright(open_stream(fh, label, max_pixels))
+    return exif_upright(open_stream(source, "(file object)", max_pixels))
 
 
 def _array_values(arr: np.ndarray, label: str) -> np.ndarray:
@@ -568,21 +567,6 @@ def _colour_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
     if rgb.dtype == np.uint8 or bits <= 8:
         return rgb.astype(np.uint8)
     return to_8bit(rgb.astype(np.float64) / float((1 << bits) - 1))
-
-
-# --------------------------------------------------------------------------- NIfTI
-
-
-def _nifti_picture(path: str, label: str, window: Window) -> Image.Image:
-    from .volume import load_volume
-
-    vol = load_volume(path)
-    if vol.data.shape[1] != 1:
-        raise ImageLoadError(
-            f"cannot read image {label}: it is a 3-D volume of {vol.data.shape[1]} slices; use "
-            "fm.load_volume(path) and pick a slice, e.g. fm.load_volume(path).slice(k, window=...)"
-        )
-    return vol.slice(0, window=window)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from ._atomic import atomic_path
 from .errors import RenderError
 from .layers import LayerSelector
 from .maps import FeatureMaps, LayerMap
+from .pages import render_page
 from .render import GridImage, channel_grid, global_range, strips, vector_strip, volume_mip, volume_montage
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class Visualization(Mapping[str, GridImage]):
                 progress(name)
         index = out / "index.html"
         with atomic_path(index) as tmp:
-            tmp.write_text(_index_html(rows), encoding="utf-8")
+            tmp.write_text(render_page("maps_index.html", rows=rows), encoding="utf-8")
         return index
 
     def figure(self, *, ncols: int = 2, width: float = 12.0) -> Figure:

@@ -30,12 +30,13 @@ import torch
 from PIL import Image
 
 from .errors import ImageLoadError
+from .io.decode import quote
 from .medical import (
     MEDICAL_EXTRA, ImageMeta, Window, _picture, dicom_pixels, file_window, modality_values, require_pydicom,
     to_8bit, windowed,
 )
 
-__all__ = ["Volume", "load_volume"]
+__all__ = ["Volume", "load_volume", "nifti_picture"]
 
 _AXES = ("S", "P", "L")  # what D, H, W run toward
 
@@ -350,3 +351,18 @@ def _dicom_multiframe(path: Path, label: str) -> Volume:
 
 def _modality(ds: Any) -> str | None:
     return str(getattr(ds, "Modality", "") or "") or None
+
+
+def nifti_picture(path: str | os.PathLike[str], window: Window = None) -> Image.Image:
+    """The picture :func:`featuremaps.load_image` gives for a NIfTI file: its only slice, windowed.
+
+    A file of several slices is refused with the fix (load the volume, pick a slice).
+    """
+    label = quote(os.fsdecode(os.fspath(path)))
+    vol = load_volume(path)
+    if vol.data.shape[1] != 1:
+        raise ImageLoadError(
+            f"cannot read image {label}: it is a 3-D volume of {vol.data.shape[1]} slices; use "
+            "fm.load_volume(path) and pick a slice, e.g. fm.load_volume(path).slice(k, window=...)"
+        )
+    return vol.slice(0, window=window)

@@ -28,10 +28,12 @@ from featuremaps.render.colormap import (
     apply_colormap,
     colormap_lut,
 )
-from featuremaps.render.figure import figure, plot_grid, plot_lines, plot_overlay
+from featuremaps.render.figure import figure
 from featuremaps.render.grid import ORDERS, GridImage, channel_grid, select_channels
 from featuremaps.render.normalize import NORM_MODES, NormInfo, apply_norm, global_range, norm_range, normalize
 from featuremaps.render.overlay import image_to_rgb, overlay, overlay_array
+from featuremaps.render.plots import plot_grid, plot_lines, plot_overlay
+from featuremaps.render.scale import ColorScale
 from featuremaps.render.volumes import strips, vector_strip, volume_mip, volume_montage
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "norm_range",
     "apply_norm",
     "global_range",
+    "ColorScale",
     # colormaps
     "DEFAULT_CMAP",
     "DEFAULT_DIVERGING_CMAP",

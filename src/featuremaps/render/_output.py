@@ -18,8 +18,6 @@ stored inside the notebook.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from featuremaps.io.encode import PNG_COMPRESS_LEVEL, encode_png, pdf_bytes, svg_bytes
+from featuremaps.io.save import save_image
 from featuremaps.render._common import Color
+from featuremaps.render.figure import figure as _figure
 from featuremaps.render.normalize import NormInfo
 
 if TYPE_CHECKING:
@@ -38,50 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RenderedImage", "encode_png", "svg_bytes", "pdf_bytes", "PNG_COMPRESS_LEVEL"]
 
-#: zlib level used for PNG files (see the module docstring for why 1).
-PNG_COMPRESS_LEVEL = 1
 #: zlib level used for PNGs embedded in notebooks, where size outlives speed.
 _REPR_COMPRESS_LEVEL = 6
-
-def _to_pil(array: npt.NDArray[np.uint8]) -> Image.Image:
-    from PIL import Image
-
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
-def encode_png(array: npt.NDArray[np.uint8], compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """PNG bytes of an ``(H, W, 3)`` or ``(H, W)`` uint8 array."""
-    buf = io.BytesIO()
-    _to_pil(array).save(buf, format="PNG", compress_level=int(compress_level))
-    return buf.getvalue()
-
-
-def svg_bytes(array: npt.NDArray[np.uint8], compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """An SVG file holding the ``(H, W, 3)`` uint8 pixels as an embedded PNG, drawn with sharp pixels."""
-    h, w = array.shape[:2]
-    data = base64.b64encode(encode_png(array, compress_level)).decode("ascii")
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n'
-        f'  <image width="{w}" height="{h}" style="image-rendering:pixelated" '
-        f'href="data:image/png;base64,{data}"/>\n'
-        "</svg>\n"
-    ).encode("ascii")
-
-
-def pdf_bytes(array: npt.NDArray[np.uint8]) -> bytes:
-    """A PDF file holding the ``(H, W, 3)`` uint8 pixels losslessly, one pixel to one point."""
-    # Pillow writes RGB PDFs as JPEG (lossy); matplotlib embeds the pixels
-    # losslessly. One image pixel = one PDF point.
-    from matplotlib.figure import Figure
-
-    h, w = array.shape[:2]
-    fig = Figure(figsize=(w / 72.0, h / 72.0), dpi=72)
-    fig.figimage(array, xo=0, yo=0, origin="upper", resize=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="pdf", dpi=72)
-    return buf.getvalue()
-
 
 @dataclass(frozen=True, eq=False)
 class RenderedImage:
@@ -119,7 +78,9 @@ class RenderedImage:
 
     def to_pil(self) -> Image.Image:
         """The picture as an RGB ``PIL.Image.Image``."""
-        return _to_pil(self.array)
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(self.array))
 
     def to_png(self, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
         """PNG-encoded bytes."""
@@ -137,8 +98,6 @@ class RenderedImage:
         quality: int = 95,
     ) -> Path:
         """Write the picture to a PNG/JPEG/SVG/PDF/... file; see :func:`featuremaps.io.save_image`."""
-        from featuremaps.io import save_image
-
         return save_image(self.array, path, format=format, compress_level=compress_level, quality=quality)
 
     def figure(
@@ -150,6 +109,4 @@ class RenderedImage:
         dpi: int = 100,
     ) -> Figure:
         """A matplotlib Figure with this picture and a colorbar; see :func:`featuremaps.render.figure`."""
-        from featuremaps.render.figure import figure
-
-        return figure(self, ax=ax, title=title, colorbar=colorbar, dpi=dpi)
+        return _figure(self, ax=ax, title=title, colorbar=colorbar, dpi=dpi)

@@ -40,6 +40,7 @@ from featuremaps.render.colormap import (
     resolve_lut,
 )
 from featuremaps.render.normalize import NormInfo, apply_norm, count_nonfinite, norm_range
+from featuremaps.render.scale import ColorScale
 
 __all__ = ["GridImage", "channel_grid", "select_channels", "ORDERS", "ChannelSpec"]
 
@@ -417,6 +418,7 @@ def channel_grid(
     pad_color: Sequence[int] | None = None,
     scale: int | None = None,
     labels: bool = False,
+    color_scale: ColorScale | None = None,
 ) -> GridImage:
     """Tile the channels of 2-D feature maps into one coloured mosaic.
 
@@ -451,6 +453,9 @@ def channel_grid(
             (keeping the canvas within 4096 px).
         labels: Draw each tile's channel index (and its value range when it
             fits) in a band above the tile.
+        color_scale: ``norm``, ``vmin``, ``vmax``, ``percentiles``, ``cmap``
+            and ``nan_color`` as one :class:`~featuremaps.render.ColorScale`
+            (instead of those keywords).
 
     Returns:
         A :class:`GridImage` (``.array``, ``.to_pil()``, ``.save(path)``, ``.figure()``).
@@ -460,6 +465,42 @@ def channel_grid(
         >>> (g.rows, g.cols, g.array.shape)
         (8, 8, (73, 73, 3))
     """
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="auto")
+    a, samples = _grid_samples(x, sample, ncols)
+    n_samples, n_channels, h, w = a.shape
+    idx = select_channels(a, channels, order, channel_axis=1)
+    shown = a if (idx.size == n_channels and np.array_equal(idx, np.arange(n_channels))) else a[:, idx]
+    info = shown_scale(shown, a, cs, map_dims=2)
+    values = apply_norm(shown, info).reshape(-1, h, w)
+
+    text: list[str] | None = None
+    if labels:
+        if n_samples > 1:
+            names = [f"{s}:{c}" for s in samples for c in idx]
+        else:
+            names = [str(c) for c in idx]
+        text = range_labels(names, shown.reshape(-1, h, w))
+    tile_indices = np.tile(idx, n_samples)
+    return build_grid(
+        values,
+        info=info,
+        cmap=pick_cmap(cs.cmap, info),
+        nan_color=cs.nan_color,
+        pad=pad,
+        pad_color=pad_color,
+        scale=scale,
+        ncols=ncols,
+        shape=(n_samples, idx.size) if n_samples > 1 else None,
+        labels=text,
+        indices=tile_indices,
+        samples=samples,
+        kind="channel",
+    )
+
+
+def _grid_samples(x: Any, sample: int | str, ncols: int | None) -> tuple[npt.NDArray[Any], tuple[int, ...]]:
+    """The ``(N, C, H, W)`` maps to draw (one sample, or all for ``sample="all"``) and their sample indices."""
     shape = as_shape(x)
     ensure_ndim(
         shape,
@@ -480,47 +521,23 @@ def channel_grid(
         if ncols is not None:
             raise RenderError("ncols cannot be combined with sample='all' (one row per sample); drop ncols")
     else:
-        a = to_numpy(take_sample(x, sample, ndim_batched=4))
-        a = lift_ndim(a, 4)
+        a = lift_ndim(to_numpy(take_sample(x, sample, ndim_batched=4)), 4)
         samples = (resolve_index(sample, shape[0], what="sample", name="sample") if len(shape) == 4 else 0,)
-    n_samples, n_channels, h, w = a.shape
     if a.size == 0:
         raise RenderError(f"x has shape {shape} with an empty axis; nothing to draw")
+    return a, samples
 
-    idx = select_channels(a, channels, order, channel_axis=1)
-    shown = a if (idx.size == n_channels and np.array_equal(idx, np.arange(n_channels))) else a[:, idx]
-    if norm == "channel":
-        info = norm_range(shown, "channel", vmin=vmin, vmax=vmax, map_dims=2)
-    else:
-        scope = norm_range(a, norm, vmin=vmin, vmax=vmax, percentiles=percentiles)
-        if shown is a:
-            info = scope
-        else:
-            n_nan, n_inf = count_nonfinite(shown)
-            info = NormInfo(scope.mode, scope.vmin, scope.vmax, n_nan, n_inf, scope.diverging)
-    values = apply_norm(shown, info).reshape(-1, h, w)
-    cm = pick_cmap(cmap, info)
 
-    text: list[str] | None = None
-    if labels:
-        if n_samples > 1:
-            names = [f"{s}:{c}" for s in samples for c in idx]
-        else:
-            names = [str(c) for c in idx]
-        text = range_labels(names, shown.reshape(-1, h, w))
-    tile_indices = np.tile(idx, n_samples)
-    return build_grid(
-        values,
-        info=info,
-        cmap=cm,
-        nan_color=nan_color,
-        pad=pad,
-        pad_color=pad_color,
-        scale=scale,
-        ncols=ncols,
-        shape=(n_samples, idx.size) if n_samples > 1 else None,
-        labels=text,
-        indices=tile_indices,
-        samples=samples,
-        kind="channel",
-    )
+def shown_scale(shown: npt.NDArray[Any], scope: npt.NDArray[Any], scale: ColorScale, *, map_dims: int) -> NormInfo:
+    """The scale of the drawn maps ``shown``: their own per map for ``"channel"``, else that of ``scope``.
+
+    A shared scale is computed over ``scope`` (all channels, not only the shown ones); the NaN/Inf counts are
+    those of ``shown``.
+    """
+    if scale.norm == "channel":
+        return norm_range(shown, "channel", vmin=scale.vmin, vmax=scale.vmax, map_dims=map_dims)
+    info = norm_range(scope, scale.norm, vmin=scale.vmin, vmax=scale.vmax, percentiles=scale.percentiles)
+    if shown is scope:
+        return info
+    n_nan, n_inf = count_nonfinite(shown)
+    return NormInfo(info.mode, info.vmin, info.vmax, n_nan, n_inf, info.diverging)

@@ -191,34 +191,7 @@ def norm_range(
     n_nan, n_inf = count_nonfinite(a)
 
     if mode == "channel":
-        md = _default_map_dims(a.ndim) if map_dims is None else int(map_dims)
-        if not 0 <= md <= a.ndim:
-            raise RenderError(f"map_dims={map_dims} must be between 0 and the input's {a.ndim} dimensions")
-        axes = tuple(range(a.ndim - md, a.ndim))
-        fin = np.isfinite(a) if (n_nan or n_inf) else None
-        if a.size == 0:
-            raise RenderError(f"cannot normalize an empty array of shape {a.shape}")
-        if fin is None:
-            mins = a.min(axis=axes).astype(np.float64)
-            maxs = a.max(axis=axes).astype(np.float64)
-        else:
-            mins = np.min(a, axis=axes, where=fin, initial=np.inf).astype(np.float64)
-            maxs = np.max(a, axis=axes, where=fin, initial=-np.inf).astype(np.float64)
-            empty = ~np.isfinite(mins)
-            mins[empty] = np.nan
-            maxs[empty] = np.nan
-        if lo_user is not None and hi_user is not None and hi_user < lo_user:
-            raise RenderError(f"vmax ({hi_user:g}) must be >= vmin ({lo_user:g}) for norm='channel'")
-        if lo_user is not None:
-            mins = np.full_like(mins, lo_user)
-            maxs = np.fmax(maxs, mins)  # a map entirely below vmin is flat at the bottom
-        if hi_user is not None:
-            maxs = np.full_like(maxs, hi_user)
-            mins = np.fmin(mins, maxs)  # a map entirely above vmax is flat at the top
-        finite_mins = mins[np.isfinite(mins)]
-        overall_lo = float(finite_mins.min()) if finite_mins.size else float("nan")
-        overall_hi = float(maxs[np.isfinite(maxs)].max()) if finite_mins.size else float("nan")
-        return NormInfo("channel", overall_lo, overall_hi, n_nan, n_inf, False, mins, maxs)
+        return _channel_range(a, lo_user, hi_user, map_dims, n_nan, n_inf)
 
     if mode == "global" and not both_nan and (lo_user is None or hi_user is None):
         raise RenderError(
@@ -234,6 +207,55 @@ def norm_range(
         mn, mx = _finite_minmax(a)
         mode = "symmetric" if (mn < 0.0 < mx) else "layer"
 
+    lo, hi = _shared_range(a, mode, lo_user, hi_user, percentiles, n_nan + n_inf)
+    # One explicit bound beyond the data's other end: the scale collapses onto it.
+    if hi < lo:
+        if lo_user is not None:
+            hi = lo
+        else:
+            lo = hi
+    return NormInfo(mode, lo, hi, n_nan, n_inf, mode == "symmetric")
+
+
+def _channel_range(
+    a: npt.NDArray[Any], lo_user: float | None, hi_user: float | None, map_dims: int | None, n_nan: int, n_inf: int
+) -> NormInfo:
+    """``norm="channel"``: one scale per map (the trailing ``map_dims`` axes), within the user's bounds."""
+    md = _default_map_dims(a.ndim) if map_dims is None else int(map_dims)
+    if not 0 <= md <= a.ndim:
+        raise RenderError(f"map_dims={map_dims} must be between 0 and the input's {a.ndim} dimensions")
+    axes = tuple(range(a.ndim - md, a.ndim))
+    fin = np.isfinite(a) if (n_nan or n_inf) else None
+    if a.size == 0:
+        raise RenderError(f"cannot normalize an empty array of shape {a.shape}")
+    if fin is None:
+        mins = np.asarray(a.min(axis=axes), dtype=np.float64)
+        maxs = np.asarray(a.max(axis=axes), dtype=np.float64)
+    else:  # arrays even when every axis is reduced (one map), so the empty maps can be marked
+        mins = np.asarray(np.min(a, axis=axes, where=fin, initial=np.inf), dtype=np.float64)
+        maxs = np.asarray(np.max(a, axis=axes, where=fin, initial=-np.inf), dtype=np.float64)
+        empty = ~np.isfinite(mins)
+        mins[empty] = np.nan
+        maxs[empty] = np.nan
+    if lo_user is not None and hi_user is not None and hi_user < lo_user:
+        raise RenderError(f"vmax ({hi_user:g}) must be >= vmin ({lo_user:g}) for norm='channel'")
+    if lo_user is not None:
+        mins = np.full_like(mins, lo_user)
+        maxs = np.fmax(maxs, mins)  # a map entirely below vmin is flat at the bottom
+    if hi_user is not None:
+        maxs = np.full_like(maxs, hi_user)
+        mins = np.fmin(mins, maxs)  # a map entirely above vmax is flat at the top
+    finite_mins = mins[np.isfinite(mins)]
+    overall_lo = float(finite_mins.min()) if finite_mins.size else float("nan")
+    overall_hi = float(maxs[np.isfinite(maxs)].max()) if finite_mins.size else float("nan")
+    return NormInfo("channel", overall_lo, overall_hi, n_nan, n_inf, False, mins, maxs)
+
+
+def _shared_range(
+    a: npt.NDArray[Any], mode: str, lo_user: float | None, hi_user: float | None, percentiles: tuple[float, float],
+    n_nonfinite: int,
+) -> tuple[float, float]:
+    """The low and high ends of one shared scale by ``mode`` (``"auto"`` already resolved), before collapsing."""
     lo: float
     hi: float
     if mode == "none":
@@ -247,7 +269,7 @@ def norm_range(
             lo, hi = lo_user, hi_user
         else:
             flat = a.ravel()
-            if n_nan or n_inf:
+            if n_nonfinite:
                 flat = flat[np.isfinite(flat)]
             if flat.size == 0:
                 lo = hi = float("nan")
@@ -267,13 +289,7 @@ def norm_range(
         mn, mx = _finite_minmax(a)
         lo = mn if lo_user is None else lo_user
         hi = mx if hi_user is None else hi_user
-    # One explicit bound beyond the data's other end: the scale collapses onto it.
-    if hi < lo:
-        if lo_user is not None:
-            hi = lo
-        else:
-            lo = hi
-    return NormInfo(mode, lo, hi, n_nan, n_inf, mode == "symmetric")
+    return lo, hi
 
 
 def _step(a: FloatArray, level: Any, flat_value: np.float32) -> FloatArray:

@@ -31,6 +31,7 @@ from featuremaps.render.colormap import (
     to_index,
 )
 from featuremaps.render.normalize import NormInfo, normalize
+from featuremaps.render.scale import ColorScale
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -167,6 +168,13 @@ def _contour(mask: npt.NDArray[np.bool_], width: int) -> npt.NDArray[np.bool_]:
     return edge
 
 
+def overlay_cmap(scale: ColorScale, info: NormInfo) -> Any:
+    """An overlay's colormap: the scale's, else ``"RdBu_r"`` for a symmetric scale, else the overlay default."""
+    if scale.cmap is not None:
+        return scale.cmap
+    return DEFAULT_DIVERGING_CMAP if info.diverging else DEFAULT_OVERLAY_CMAP
+
+
 def overlay_array(
     image: Any,
     heatmap: Any,
@@ -182,6 +190,7 @@ def overlay_array(
     contour_color: Sequence[int] = (255, 255, 255),
     contour_width: int = 1,
     nan_color: Sequence[int] | None = None,
+    color_scale: ColorScale | None = None,
 ) -> tuple[npt.NDArray[np.uint8], NormInfo]:
     """Blend a coloured heatmap over an image; returns the pixels and the scale.
 
@@ -196,13 +205,14 @@ def overlay_array(
         raise RenderError(f"alpha={alpha!r} must be between 0 (image only) and 1 (heatmap only)")
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise RenderError(f"threshold={threshold!r} is on the normalized scale and must be between 0 and 1")
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="layer")
     rgb = image_to_rgb(image)
     heat = to_numpy(_heatmap_2d(heatmap), name="heatmap")
-    values, info = normalize(heat, norm, vmin=vmin, vmax=vmax, percentiles=percentiles)
-    if cmap is None:
-        cmap = DEFAULT_DIVERGING_CMAP if info.diverging else DEFAULT_OVERLAY_CMAP
+    values, info = normalize(heat, cs.norm, vmin=cs.vmin, vmax=cs.vmax, percentiles=cs.percentiles)
+    cmap = overlay_cmap(cs, info)
     lut = resolve_lut(cmap)
-    nan_rgb = check_color(nan_color, name="nan_color") or default_nan_color(cmap, lut)
+    nan_rgb = check_color(cs.nan_color, name="nan_color") or default_nan_color(cmap, lut)
 
     up = upsample(values, rgb.shape[:2])
     bad = np.isnan(up)
@@ -239,6 +249,7 @@ def overlay(
     contour_color: Sequence[int] = (255, 255, 255),
     contour_width: int = 1,
     nan_color: Sequence[int] | None = None,
+    color_scale: ColorScale | None = None,
 ) -> Image.Image:
     """Draw a heatmap (CAM, feature map, saliency) over an image.
 
@@ -260,6 +271,9 @@ def overlay(
         contour_color: RGB of the outline.
         contour_width: Outline width in pixels.
         nan_color: RGB for NaN/Inf heatmap values (default: absent from the colormap).
+        color_scale: ``cmap``, ``norm``, ``vmin``, ``vmax``, ``percentiles``
+            and ``nan_color`` as one :class:`~featuremaps.render.ColorScale`
+            (instead of those keywords; its ``norm`` is used as given).
 
     Returns:
         An RGB ``PIL.Image.Image`` of exactly the image's size.
@@ -285,5 +299,6 @@ def overlay(
         contour_color=contour_color,
         contour_width=contour_width,
         nan_color=nan_color,
+        color_scale=color_scale,
     )
     return Image.fromarray(out)

@@ -39,8 +39,10 @@ from featuremaps.render.grid import (
     pick_cmap,
     range_labels,
     select_channels,
+    shown_scale,
 )
 from featuremaps.render.normalize import NormInfo, apply_norm, count_nonfinite, norm_range
+from featuremaps.render.scale import ColorScale
 
 __all__ = ["strips", "vector_strip", "volume_montage", "volume_mip", "VOLUME_AXES"]
 
@@ -60,26 +62,6 @@ def _resolve_axis(axis: int | str) -> int:
             raise RenderError(f"axis={axis!r} is not a volume axis; use 0/1/2 or 'depth', 'height', 'width'")
         return VOLUME_AXES[key]
     return resolve_index(axis, 3, what="volume axi", name="axis")
-
-
-def _scope_info(
-    shown: npt.NDArray[np.float32],
-    scope: npt.NDArray[np.float32],
-    norm: str,
-    *,
-    vmin: float | None,
-    vmax: float | None,
-    percentiles: tuple[float, float],
-    map_dims: int,
-) -> NormInfo:
-    """Per-map scales from ``shown`` for ``"channel"``; otherwise the scale of ``scope``."""
-    if norm == "channel":
-        return norm_range(shown, "channel", vmin=vmin, vmax=vmax, map_dims=map_dims)
-    info = norm_range(scope, norm, vmin=vmin, vmax=vmax, percentiles=percentiles)
-    if shown is scope:
-        return info
-    n_nan, n_inf = count_nonfinite(shown)
-    return NormInfo(info.mode, info.vmin, info.vmax, n_nan, n_inf, info.diverging)
 
 
 def _strip_grid(
@@ -141,6 +123,7 @@ def strips(
     pad: int = 1,
     pad_color: Sequence[int] | None = None,
     labels: bool = False,
+    color_scale: ColorScale | None = None,
 ) -> GridImage:
     """Render 1-D maps ``(N, C, L)`` as one heat strip per channel, stacked top to bottom.
 
@@ -161,6 +144,8 @@ def strips(
         pad: Separator width in pixels.
         pad_color: Separator RGB.
         labels: Channel index (and value range when it fits) above each strip.
+        color_scale: ``norm`` to ``nan_color`` as one :class:`~featuremaps.render.ColorScale` (instead of
+            those keywords).
 
     Returns:
         A :class:`GridImage` with ``rows = number of channels``, ``cols = 1``,
@@ -172,6 +157,8 @@ def strips(
         >>> g.array.shape
         (25, 202, 3)
     """
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="auto")
     shape = as_shape(x)
     ensure_ndim(shape, (1, 2, 3), name="x", expected="(N, C, L), (C, L) or (L,) sequence maps",
                 hint="Use channel_grid() for (N, C, H, W) maps.")
@@ -182,10 +169,10 @@ def strips(
     s = resolve_index(sample, shape[0], what="sample", name="sample") if len(shape) == 3 else 0
     idx = select_channels(a, channels, order, channel_axis=0)
     shown = a if np.array_equal(idx, np.arange(a.shape[0])) else a[idx]
-    info = _scope_info(shown, a, norm, vmin=vmin, vmax=vmax, percentiles=percentiles, map_dims=1)
+    info = shown_scale(shown, a, cs, map_dims=1)
     return _strip_grid(
-        shown, info, names=[str(c) for c in idx], indices=idx, samples=(s,), kind="strip", cmap=cmap,
-        nan_color=nan_color, height=height, xscale=xscale, pad=pad, pad_color=pad_color, labels=labels,
+        shown, info, names=[str(c) for c in idx], indices=idx, samples=(s,), kind="strip", cmap=cs.cmap,
+        nan_color=cs.nan_color, height=height, xscale=xscale, pad=pad, pad_color=pad_color, labels=labels,
     )
 
 
@@ -203,11 +190,14 @@ def vector_strip(
     pad: int = 1,
     pad_color: Sequence[int] | None = None,
     labels: bool = False,
+    color_scale: ColorScale | None = None,
 ) -> GridImage:
     """Render vectors ``(N, C)`` (pooled features, logits) as one strip per sample.
 
     Each strip has one cell per channel; ``norm="channel"`` scales every sample
     on its own, the other modes share one scale across the batch.
+        color_scale: ``norm`` to ``nan_color`` as one :class:`~featuremaps.render.ColorScale` (instead of
+            those keywords).
 
     Returns:
         A :class:`GridImage` with ``rows = N``, ``cols = 1``, ``kind = "sample"``.
@@ -217,17 +207,19 @@ def vector_strip(
         >>> vector_strip(torch.rand(2, 512), xscale=1, height=4).array.shape
         (11, 514, 3)
     """
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="auto")
     shape = as_shape(x)
     ensure_ndim(shape, (1, 2), name="x", expected="(N, C) or (C,) vectors", hint="Use strips() for (N, C, L) maps.")
     a = to_numpy(x)
     a = lift_ndim(a, 2)
     if a.size == 0:
         raise RenderError(f"x has shape {shape} with an empty axis; nothing to draw")
-    info = _scope_info(a, a, norm, vmin=vmin, vmax=vmax, percentiles=percentiles, map_dims=1)
+    info = shown_scale(a, a, cs, map_dims=1)
     n = a.shape[0]
     return _strip_grid(
         a, info, names=[f"sample {i}" for i in range(n)], indices=np.arange(n, dtype=np.int64),
-        samples=tuple(range(n)), kind="sample", cmap=cmap, nan_color=nan_color, height=height,
+        samples=tuple(range(n)), kind="sample", cmap=cs.cmap, nan_color=cs.nan_color, height=height,
         xscale=xscale, pad=pad, pad_color=pad_color, labels=labels,
     )
 
@@ -274,6 +266,7 @@ def volume_montage(
     pad_color: Sequence[int] | None = None,
     scale: int | None = None,
     labels: bool = False,
+    color_scale: ColorScale | None = None,
 ) -> GridImage:
     """Render one channel of a volume as a montage of slices along an axis.
 
@@ -300,6 +293,8 @@ def volume_montage(
         pad_color: Separator RGB.
         scale: Integer upscale of every slice (default: enlarge small slices).
         labels: Slice index (and value range when it fits) above each tile.
+        color_scale: ``norm`` to ``nan_color`` as one :class:`~featuremaps.render.ColorScale` (instead of
+            those keywords).
 
     Returns:
         A :class:`GridImage` with ``kind = "slice"`` and ``indices`` the slice indices.
@@ -310,24 +305,26 @@ def volume_montage(
         >>> g.indices.tolist(), (g.tile_h, g.tile_w)
         ([0, 1, 2, 3, 4, 5], (8, 5))
     """
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="auto")
     a, s = _volume_sample(x, sample)
     ax = _resolve_axis(axis)
     c = resolve_index(channel, a.shape[0], what="channel", name="channel")
     vol = a[c]
     idx = _resolve_slices(slices, vol.shape[ax])
     tiles = np.ascontiguousarray(np.moveaxis(vol, ax, 0)[idx])
-    if norm == "channel":  # this channel's whole volume: one scale for all its slices
-        scale_info = norm_range(vol, "layer", vmin=vmin, vmax=vmax)
+    if cs.norm == "channel":  # this channel's whole volume: one scale for all its slices
+        scale_info = norm_range(vol, "layer", vmin=cs.vmin, vmax=cs.vmax)
         mode = "channel"
     else:
-        scale_info = norm_range(a, norm, vmin=vmin, vmax=vmax, percentiles=percentiles)
+        scale_info = norm_range(a, cs.norm, vmin=cs.vmin, vmax=cs.vmax, percentiles=cs.percentiles)
         mode = scale_info.mode
     n_nan, n_inf = count_nonfinite(tiles)
     info = NormInfo(mode, scale_info.vmin, scale_info.vmax, n_nan, n_inf, scale_info.diverging)
     values = apply_norm(tiles, info)
     text = range_labels([f"{ax_name(ax)}{i}" for i in idx], tiles) if labels else None
     return build_grid(
-        values, info=info, cmap=pick_cmap(cmap, info), nan_color=nan_color, pad=pad, pad_color=pad_color,
+        values, info=info, cmap=pick_cmap(cs.cmap, info), nan_color=cs.nan_color, pad=pad, pad_color=pad_color,
         scale=scale, ncols=ncols, labels=text, indices=idx, samples=(s,), kind="slice",
     )
 
@@ -355,6 +352,7 @@ def volume_mip(
     pad_color: Sequence[int] | None = None,
     scale: int | None = None,
     labels: bool = False,
+    color_scale: ColorScale | None = None,
 ) -> GridImage:
     """Maximum intensity projection of each channel's volume along an axis, as a channel grid.
 
@@ -379,6 +377,8 @@ def volume_mip(
         pad_color: Separator RGB.
         scale: Integer upscale.
         labels: Channel labels.
+        color_scale: ``norm`` to ``nan_color`` as one :class:`~featuremaps.render.ColorScale` (instead of
+            those keywords).
 
     Returns:
         A :class:`GridImage` of ``(C, ...)`` projections (``kind = "channel"``).
@@ -391,9 +391,11 @@ def volume_mip(
     a, s = _volume_sample(x, sample)
     ax = _resolve_axis(axis)
     proj = np.fmax.reduce(a, axis=ax + 1)
+    cs = ColorScale.of(color_scale, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles, cmap=cmap,
+                       nan_color=nan_color, default_norm="auto")
     grid = channel_grid(
-        proj, channels=channels, order=order, norm=norm, vmin=vmin, vmax=vmax, percentiles=percentiles,
-        cmap=cmap, nan_color=nan_color, ncols=ncols, pad=pad, pad_color=pad_color, scale=scale, labels=labels,
+        proj, channels=channels, order=order, color_scale=cs, ncols=ncols, pad=pad, pad_color=pad_color,
+        scale=scale, labels=labels,
     )
     return replace(grid, samples=(s,))
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import hashlib
-import json
+import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,11 +14,22 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from ..errors import FeatureMapsError
-from ..layers import LayerSelector
+from .._channels import channel_error
+from .._version import __version__
+from ..atlas import load_atlas
+from ..capture import get_feature_maps
+from ..errors import FeatureMapsError, LayerNotFoundError
+from ..io import load_image, sample_image
+from ..layers import LayerSelector, closest_names
+from ..medical import describe, image_meta
+from ..models import _resized_size, load_model, preprocess_for, top_classes
+from ..pages import render_page, script_json, source_hash
+from ..synthesis import synthesize as synth
+from .cams import cam_section
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
+from .drivers import driver_section
 
-__all__ = ["Report", "report", "render_report", "DEFAULT_CAM_METHODS"]
+__all__ = ["Report", "report", "render_report", "render_html", "source_hash", "DEFAULT_CAM_METHODS"]
 
 #: CAM methods shown by default: the gradient-based ones, which cost one
 #: backward each, Eigen-CAM and plain CAM (skipped for models without a
@@ -74,8 +82,6 @@ class Report:
 
 
 def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
-    from ..models import load_model, preprocess_for
-
     if model is None or isinstance(model, (str, os.PathLike)):
         spec = "efficientnet_lite0" if model is None else model
         loaded = load_model(spec)
@@ -89,16 +95,12 @@ def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
 
 
 def _scan_line(img: Any, prep: Any) -> str:
-    from ..medical import describe, image_meta
-
     meta = image_meta(img)
     if meta is None:
         return ""
     card = getattr(prep, "card", None)
     scale = 1.0
     if card is not None:
-        from ..models import _resized_size
-
         new_w, _ = _resized_size(img.width, img.height, card.resize, *card.input_size)
         scale = img.width / new_w
     return describe(meta, scale)
@@ -111,37 +113,12 @@ def _image_name(image: Any) -> str:
 
 
 def _predictions(output: Any, preprocess: Any, k: int) -> list[dict[str, Any]]:
-    from ..models import top_classes
-
     top = top_classes(output, getattr(preprocess, "card", None), k)
     return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 
-def source_hash(text: str) -> str:
-    """The CSP source expression for an inline ``<style>`` or ``<script>`` with this exact text.
-
-    Example:
-        >>> source_hash("")
-        'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='
-    """
-    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
-
-
-def _json_for_script(data: Any) -> str:
-    """JSON safe to embed inside a <script> element (no '</script>', no U+2028)."""
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return (
-        text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    )
-
-
-def _asset(name: str) -> str:
-    return resources.files("featuremaps.report").joinpath(name).read_text(encoding="utf-8")
-
-
 def render_html(data: dict[str, Any]) -> str:
-    """Render the page from its data with the package's one template (autoescaped).
+    """Render the page from its data with the report's template (autoescaped; see :mod:`featuremaps.pages`).
 
     Example:
         >>> meta = {"title": "<b>x</b>", "model": "m", "image": "i", "input": [3, 8, 8], "layers_total": 0,
@@ -151,28 +128,10 @@ def render_html(data: dict[str, Any]) -> str:
         >>> "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
         True
     """
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = env.from_string(_asset("template.html"))
-    script = _asset("report.js")
-    style = _asset("report.css")
-    payload = _json_for_script(data)
-    csp = (
-        "default-src 'none'; img-src data: blob:; "
-        f"style-src '{source_hash(style)}'; script-src '{source_hash(script)}'; "
-        "base-uri 'none'; form-action 'none'"
+    return render_page(
+        "report.html", meta=data["meta"], predictions=data["predictions"], photo=data["photo"],
+        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), payload=script_json(data),
     )
-    return template.render(
-        meta=data["meta"], predictions=data["predictions"], photo=data["photo"], csp=csp,
-        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), style=_markup(style), script=_markup(script), payload=_markup(payload),
-    )
-
-
-def _markup(text: str) -> Any:
-    from markupsafe import Markup
-
-    return Markup(text)
 
 
 def report(
@@ -241,10 +200,6 @@ def report(
         >>> import featuremaps as fm
         >>> fm.report(top_k=16).save("cat-report.html")   # doctest: +SKIP
     """
-    from ..capture import get_feature_maps
-    from .._channels import channel_error
-    from ..io import load_image, sample_image
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     net, prep, model_name = _as_model(model, preprocess)
@@ -252,24 +207,9 @@ def report(
     img = load_image(src)
     x = prep(img)
     view = prep.view(img) if hasattr(prep, "view") else img
-    try:
-        maps = get_feature_maps(net, x, layers=layers, max_bytes=max_bytes)
-    except Exception as exc:  # a 1-channel model given RGB (or the reverse): say so, with the fix
-        clear = channel_error(exc, net, x, prep)
-        if clear is None:
-            raise
-        raise clear from exc
+    maps = _capture(net, x, prep, layers, max_bytes)
     timings["capture"] = time.perf_counter() - t0
-    options = ReportOptions(max_tile=max_tile, top_k=top_k)
-    total = len(maps)
-    done = [0]
-
-    def tick(name: str) -> None:
-        done[0] += 1
-        if progress is not None:
-            progress("layers", done[0], total)
-
-    encoded = encode_layers(maps, options, tick)
+    encoded = encode_layers(maps, ReportOptions(max_tile=max_tile, top_k=top_k), _ticker(progress, len(maps)))
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
     if atlas is not None:
@@ -279,37 +219,11 @@ def report(
         _add_synthesized(net, prep, maps, encoded, synthesize, synth_steps, synth_size, progress)
         timings["synthesis"] = time.perf_counter() - t1
     del maps
-    cams = None
-    if cam_methods:
-        from .cams import cam_section
-
-        t1 = time.perf_counter()
-        lenient = tuple(cam_methods) == DEFAULT_CAM_METHODS  # defaults a model cannot use are skipped
-        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient)
-        timings["cams"] = time.perf_counter() - t1
-    driving = None
-    if drivers and predictions:
-        from .drivers import driver_section
-
-        t1 = time.perf_counter()
-        picked = cams["layer"].split(", ") if cams else []
-        driving = driver_section(net, x, predictions, picked[0] if len(picked) == 1 else cam_layer, encoded, drivers)
-        timings["drivers"] = time.perf_counter() - t1
-    meta = {
-        "title": title or f"featuremaps: {model_name} on {_image_name(src)}",
-        "model": model_name,
-        "image": _image_name(src),
-        "input": list(x.shape[1:]),
-        "layers_total": len(encoded),
-        "channels": sum(len(d["shown"]) for d in encoded),
-        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "version": _version(),
-    }
-    scan = _scan_line(img, prep)
-    if scan:
-        meta["scan"] = scan  # a DICOM or windowed picture: modality, window, pixel size
+    cams, driving = _explanations(
+        net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
+    )
     data = {
-        "meta": meta,
+        "meta": _meta(title, model_name, src, img, prep, x, encoded),
         "photo": photo_data_uri(view, max_side=photo_size),
         "predictions": predictions,
         "layers": encoded,
@@ -318,15 +232,76 @@ def report(
         "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
     }
     html = render_html(data)
-    seconds = time.perf_counter() - t0
-    timings["total"] = seconds
+    timings["total"] = seconds = time.perf_counter() - t0
     return Report(data=data, html=html, seconds=seconds, timings=timings)
+
+
+def _explanations(
+    net: nn.Module, x: torch.Tensor, view: Any, predictions: list[dict[str, Any]], encoded: list[dict[str, Any]],
+    cam_methods: Sequence[str] | None, cam_layer: Any, metrics: bool, drivers: int,
+    progress: Callable[[str, int, int], None] | None, timings: dict[str, float],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The CAM section, then "what drove this prediction" on the CAM's layer (each timed into ``timings``)."""
+    cams = None
+    if cam_methods:
+        t1 = time.perf_counter()
+        lenient = tuple(cam_methods) == DEFAULT_CAM_METHODS  # defaults a model cannot use are skipped
+        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient)
+        timings["cams"] = time.perf_counter() - t1
+    driving = None
+    if drivers and predictions:
+        t1 = time.perf_counter()
+        picked = cams["layer"].split(", ") if cams else []
+        driving = driver_section(net, x, predictions, picked[0] if len(picked) == 1 else cam_layer, encoded, drivers)
+        timings["drivers"] = time.perf_counter() - t1
+    return cams, driving
+
+
+def _capture(net: nn.Module, x: torch.Tensor, prep: Any, layers: LayerSelector, max_bytes: int | str | None) -> Any:
+    """The maps of ``layers``; a channel-count mismatch (RGB to a 1-channel model) is said with its fix."""
+    try:
+        return get_feature_maps(net, x, layers=layers, max_bytes=max_bytes)
+    except Exception as exc:
+        clear = channel_error(exc, net, x, prep)
+        if clear is None:
+            raise
+        raise clear from exc
+
+
+def _ticker(progress: Callable[[str, int, int], None] | None, total: int) -> Callable[[str], None]:
+    """A per-layer callback that reports ``progress("layers", done, total)``."""
+    done = [0]
+
+    def tick(name: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress("layers", done[0], total)
+
+    return tick
+
+
+def _meta(
+    title: str | None, model_name: str, src: Any, img: Any, prep: Any, x: torch.Tensor, encoded: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The page's header: title, model, image, input shape, counts, time, version (and the scan, if any)."""
+    meta = {
+        "title": title or f"featuremaps: {model_name} on {_image_name(src)}",
+        "model": model_name,
+        "image": _image_name(src),
+        "input": list(x.shape[1:]),
+        "layers_total": len(encoded),
+        "channels": sum(len(d["shown"]) for d in encoded),
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+    }
+    scan = _scan_line(img, prep)
+    if scan:
+        meta["scan"] = scan  # a DICOM or windowed picture: modality, window, pixel size
+    return meta
 
 
 def _add_atlas_links(encoded: list[dict[str, Any]], atlas: str | os.PathLike[str], href: str | None) -> None:
     """Give each layer the atlas has an ``atlas`` link base (the page adds ``#c<channel>``)."""
-    from ..atlas import load_atlas
-
     loaded = load_atlas(atlas)
     base = (href if href is not None else Path(atlas).as_posix()).rstrip("/")
     known = set(loaded.layers())
@@ -341,10 +316,7 @@ def _add_synthesized(
     steps: int, size: int, progress: Callable[[str, int, int], None] | None,
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
-    from ..synthesis import synthesize as synth
-    from ..visualize import _select
-
-    wanted = set(_select(maps, layers))  # the usual "no captured map matches ... closest" error
+    wanted = set(_captured(maps, layers))
     chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
@@ -369,7 +341,15 @@ def render_report(*args: Any, **kwargs: Any) -> str:
     return report(*args, **kwargs).html
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
+def _captured(maps: Any, layers: LayerSelector) -> list[str]:
+    """The captured layers that ``layers`` (names or globs) names; none is an error naming the closest."""
+    if layers is None:
+        return list(maps)
+    patterns = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[arg-type]
+    names = [n for n in maps if any(n == p or fnmatch.fnmatchcase(n, str(p)) for p in patterns)]
+    if not names:
+        close = closest_names(str(patterns[0]), list(maps))
+        raise LayerNotFoundError(
+            f"no captured map matches {layers!r}" + (f"; closest: {', '.join(close)}" if close else "")
+        )
+    return names

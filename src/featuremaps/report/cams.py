@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attribution import AttributionError, average_drop, create_cam, deletion_auc, get_cam, insertion_auc
 from .data import png_data_uri
 
 __all__ = ["cam_section", "SCORE_LABELS"]
@@ -61,16 +62,41 @@ def cam_section(
         >>> sec["layer"], list(sec["classes"][0]["maps"])
         ('1', ['gradcam'])
     """
-    from ..attribution import AttributionError, average_drop, create_cam, deletion_auc, get_cam, insertion_auc
-
     if not predictions:
         return None
     methods = list(dict.fromkeys(get_cam(m).name for m in methods))  # aliases -> registered names
     classes = [p["index"] for p in predictions]
+    total = len(methods) + (1 if metrics else 0)
+    heat, layer_names, skipped = _run_methods(model, x, classes, methods, layer, lenient, progress, total)
+    methods = [m for m in methods if m in heat]
+    if not methods:
+        return None
+    scores: dict[str, dict[str, float]] = {}
+    if metrics:
+        scores = _faithfulness(model, x, classes[0], heat, methods, metric_steps)
+        if progress is not None:
+            progress("CAM methods", total, total)
+    out_classes, coincide = _class_entries(predictions, heat, methods, scores)
+    where = ", ".join(layer_names)
+    return {
+        "layer": where,
+        "methods": list(methods),
+        "classes": out_classes,
+        "note": f"Target layer {where}; maps are min-max scaled per image (pytorch-grad-cam conventions)"
+        + ("; Eigen-CAM's sign follows the activations (the reference's is arbitrary)." if "eigencam" in heat else "."),
+        "hint": _hint(bool(scores), metric_steps, coincide, skipped),
+        "skipped": skipped,
+    }
+
+
+def _run_methods(
+    model: nn.Module, x: torch.Tensor, classes: list[int], methods: list[str], layer: Any, lenient: bool,
+    progress: Callable[[str, int, int], None] | None, total: int,
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Each method once on a batch of one input copy per class: the heatmaps, the layers explained, the skipped."""
     xb = x.expand(len(classes), *x.shape[1:])
     heat: dict[str, torch.Tensor] = {}
     layer_names: list[str] = []
-    total = len(methods) + (1 if metrics else 0)
     skipped: list[str] = []
     for i, method in enumerate(methods):
         # "auto" is resolved by the first method that runs; the others reuse its layers (no second probe)
@@ -89,31 +115,38 @@ def cam_section(
             layer = layer_names  # one probe: every method explains the same layer
         if progress is not None:
             progress("CAM methods", i + 1, total)
-    methods = [m for m in methods if m in heat]
-    if not methods:
-        return None
-    scores: dict[str, dict[str, float]] = {}
-    if metrics and heat:
-        # identical maps (e.g. Grad-CAM and CAM on a GAP + linear head) are scored once
-        unique = [m for m in methods if _same_as(heat, methods, m, 0) is None]
-        stack = torch.stack([heat[m][0] for m in unique])  # (M, H, W): each distinct top-class map
-        xm = x.expand(len(unique), *x.shape[1:])
-        tm = [classes[0]] * len(unique)
-        values = {
-            "deletion_auc": deletion_auc(model, xm, stack, tm, steps=metric_steps),
-            "insertion_auc": insertion_auc(model, xm, stack, tm, steps=metric_steps),
-            "average_drop": average_drop(model, xm, stack, tm, reduction="none"),
-        }
-        for method in methods:
-            root = method
-            while root not in unique:  # follow "same as" back to a scored map
-                root = _same_as(heat, methods, root, 0) or root
-            j = unique.index(root)
-            scores[method] = {
-                label: float(values[key][j]) for key, label in SCORE_LABELS.items() if key in values
-            }
-        if progress is not None:
-            progress("CAM methods", total, total)
+    return heat, layer_names, skipped
+
+
+def _faithfulness(
+    model: nn.Module, x: torch.Tensor, target: int, heat: dict[str, torch.Tensor], methods: list[str], steps: int
+) -> dict[str, dict[str, float]]:
+    """The top class's faithfulness scores per method, all methods in one batched evaluation."""
+    # identical maps (e.g. Grad-CAM and CAM on a GAP + linear head) are scored once
+    unique = [m for m in methods if _same_as(heat, methods, m, 0) is None]
+    stack = torch.stack([heat[m][0] for m in unique])  # (M, H, W): each distinct top-class map
+    xm = x.expand(len(unique), *x.shape[1:])
+    tm = [target] * len(unique)
+    values = {
+        "deletion_auc": deletion_auc(model, xm, stack, tm, steps=steps),
+        "insertion_auc": insertion_auc(model, xm, stack, tm, steps=steps),
+        "average_drop": average_drop(model, xm, stack, tm, reduction="none"),
+    }
+    scores = {}
+    for method in methods:
+        root = method
+        while root not in unique:  # follow "same as" back to a scored map
+            root = _same_as(heat, methods, root, 0) or root
+        j = unique.index(root)
+        scores[method] = {label: float(values[key][j]) for key, label in SCORE_LABELS.items() if key in values}
+    return scores
+
+
+def _class_entries(
+    predictions: list[dict[str, Any]], heat: dict[str, torch.Tensor], methods: list[str],
+    scores: dict[str, dict[str, float]],
+) -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
+    """Per class, each method's map as a PNG (noting a map equal to an earlier method's), and those pairs."""
     out_classes = []
     coincide: set[tuple[str, str]] = set()
     for k, p in enumerate(predictions):
@@ -130,12 +163,16 @@ def cam_section(
                 entry["scores"] = scores[method]
             maps[method] = entry
         out_classes.append({"index": p["index"], "name": p["name"], "p": p["p"], "maps": maps})
-    where = ", ".join(layer_names)
+    return out_classes, coincide
+
+
+def _hint(scored: bool, steps: int, coincide: set[tuple[str, str]], skipped: list[str]) -> str:
+    """The section's explanation: what the scores mean, why maps may coincide, what was not applicable."""
     hint = (
         "Faithfulness scores are for the top class (probability of that class): deletion removes the most "
-        f"relevant pixels first ({metric_steps} steps), insertion restores them into a blurred image, "
+        f"relevant pixels first ({steps} steps), insertion restores them into a blurred image, "
         "average drop is the confidence lost when only the heatmap's pixels are kept."
-        if scores else "Faithfulness scores were not computed (metrics=False)."
+        if scored else "Faithfulness scores were not computed (metrics=False)."
     )
     if coincide:
         pairs = ", ".join(f"{b} = {a}" for a, b in sorted(coincide))
@@ -146,15 +183,7 @@ def cam_section(
         )
     if skipped:
         hint += " Not applicable to this model: " + "; ".join(skipped) + "."
-    return {
-        "layer": where,
-        "methods": list(methods),
-        "classes": out_classes,
-        "note": f"Target layer {where}; maps are min-max scaled per image (pytorch-grad-cam conventions)"
-        + ("; Eigen-CAM's sign follows the activations (the reference's is arbitrary)." if "eigencam" in heat else "."),
-        "hint": hint,
-        "skipped": skipped,
-    }
+    return hint
 
 
 def _same_as(heat: dict[str, torch.Tensor], methods: Sequence[str], method: str, k: int) -> str | None:

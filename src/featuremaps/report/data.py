@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..maps import FeatureMaps, LayerMap
+from ..render import colormap_lut
 
 __all__ = ["ReportOptions", "encode_layer", "layer_stage", "photo_data_uri", "png_data_uri", "colormap_table"]
 
@@ -213,6 +214,4 @@ def colormap_table(names: Sequence[str]) -> dict[str, str]:
         >>> len(colormap_table(["viridis"])["viridis"])
         1536
     """
-    from ..render import colormap_lut
-
     return {n: colormap_lut(n).tobytes().hex() for n in names}

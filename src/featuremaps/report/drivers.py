@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attribution import channel_relevance
 from .data import png_data_uri
 
 __all__ = ["driver_section"]
@@ -43,8 +44,6 @@ def driver_section(
         >>> sec["layer"], [len(c["channels"]) for c in sec["classes"]]
         ('1', [2])
     """
-    from ..attribution import channel_relevance
-
     if not predictions or k <= 0:
         return None
     classes = [int(p["index"]) for p in predictions]
