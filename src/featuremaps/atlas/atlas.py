@@ -368,13 +368,12 @@ class Atlas:
             >>> atlas.synthesized("1", 1).size, atlas.synthesis
             ((16, 16), {'steps': 2, 'size': 16})
         """
-        from ..models import LoadedModel
+        from ..models import resolve
         from ..synthesis import Channel, SynthesisError
         from ..synthesis import synthesize as synth
         from ._distributed import DEFAULT_TIMEOUT, _dist, check_in, check_timeout
 
-        if isinstance(model, LoadedModel):
-            model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
+        model, preprocess = resolve(model, preprocess).known()
         steps, size = check_synthesis(steps, size)
         wait = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
         if self.input_size is None:

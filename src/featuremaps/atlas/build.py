@@ -440,14 +440,9 @@ def build_atlas(
         (8, 8)
     """
     from ..capture import FeatureExtractor
-    from ..models import LoadedModel, preprocess_for
+    from ..models import resolve
 
-    if isinstance(model, LoadedModel):
-        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
-    if preprocess is None:
-        preprocess = preprocess_for(model)  # a model from fm.load_model: its own preprocessing
+    model, preprocess = resolve(model, preprocess).known()  # a model from fm.load_model: its own preprocessing
     if score not in ("max", "mean"):
         raise FeatureMapsError(f"score={score!r} is not a score; use 'max' (spatial maximum) or 'mean'")
     if not isinstance(k, int) or k < 1:

@@ -54,6 +54,7 @@ from ..capture import FeatureExtractor, _move, model_device_dtype
 from ..layers import LayerSelector, resolve_layers
 from ..layout import INSIDE_ATTENTION, PARAMETRIZATION, module_context, to_canonical
 from ..maps import LayerMap
+from ..models import as_batch
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
 from ._zoom import spline_zoom
 from .targets import OutputAdapter, Target, TargetLike, adapt_output, resolve_target
@@ -260,6 +261,7 @@ def prepare_input(x: Any, model: nn.Module, what: str = "x") -> torch.Tensor:
         >>> prepare_input(torch.zeros(1, 3, 4, 4, dtype=torch.float64), nn.Conv2d(3, 1, 1)).dtype
         torch.float32
     """
+    x = as_batch(model, x)  # an image as users hold it: preprocessed with the model's card, else the default
     if not isinstance(x, torch.Tensor):
         raise AttributionError(
             f"{what} must be a torch.Tensor batch (N, C, ...), got {type(x).__name__}; "

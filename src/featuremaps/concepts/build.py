@@ -288,13 +288,10 @@ def discover_concepts(
         >>> len(concepts.top_examples(0))
         8
     """
-    from ..models import LoadedModel, preprocess_for
+    from ..models import resolve
     from .._outdir import check_output_folder
 
-    if isinstance(model, LoadedModel):
-        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    model, preprocess = resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
     if method != "nmf":
         raise FeatureMapsError(f"method={method!r} is not a concept method; use 'nmf'")
     if layer is None or (isinstance(layer, str) and layer in ("", "auto")):
@@ -315,8 +312,6 @@ def discover_concepts(
     if receptive not in ("auto", "chain", "gradient", "none"):
         raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
     timeout = check_timeout(timeout)
-    if preprocess is None:
-        preprocess = preprocess_for(model)
     rank, world = _dist()
     if out is not None and rank == 0:
         check_output_folder(out)  # before any work

@@ -74,18 +74,10 @@ class Report:
 
 
 def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
-    from ..models import load_model, preprocess_for
+    from ..models import resolve
 
-    if model is None or isinstance(model, (str, os.PathLike)):
-        spec = "efficientnet_lite0" if model is None else model
-        loaded = load_model(spec)
-        return loaded.model, preprocess or loaded.preprocess, str(spec)
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a model spec string, got {type(model).__name__}")
-    if preprocess is None:  # its own (a model from load_model), else ImageNet's; the model is left as it is
-        preprocess = preprocess_for(model, guess=True)
-    card = getattr(preprocess, "card", None)
-    return model, preprocess, getattr(card, "name", None) or type(model).__name__
+    loaded = resolve("efficientnet_lite0" if model is None else model, preprocess, notice=True)
+    return loaded.model, loaded.preprocess, loaded.name
 
 
 def _scan_line(img: Any, prep: Any) -> str:
@@ -97,9 +89,9 @@ def _scan_line(img: Any, prep: Any) -> str:
     card = getattr(prep, "card", None)
     scale = 1.0
     if card is not None:
-        from ..models import _resized_size
+        from ..models import resized_size
 
-        new_w, _ = _resized_size(img.width, img.height, card.resize, *card.input_size)
+        new_w, _ = resized_size(img.width, img.height, card.resize, *card.input_size)
         scale = img.width / new_w
     return describe(meta, scale)
 
@@ -242,7 +234,7 @@ def report(
         >>> fm.report(top_k=16).save("cat-report.html")   # doctest: +SKIP
     """
     from ..capture import get_feature_maps
-    from .._channels import channel_error
+    from ..models import channel_error
     from ..io import load_image, sample_image
 
     t0 = time.perf_counter()

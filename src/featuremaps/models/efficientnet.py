@@ -14,7 +14,7 @@ Any input size therefore works and matches the original TensorFlow model.
 
 Example:
     >>> import torch
-    >>> from featuremaps._efficientnet import efficientnet_lite0
+    >>> from featuremaps.models.efficientnet import efficientnet_lite0
     >>> net = efficientnet_lite0().eval()
     >>> net(torch.zeros(1, 3, 224, 224)).shape
     torch.Size([1, 1000])
