@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Generic, TypeVar, Union
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ __all__ = ["LoadedModel", "as_batch", "as_inputs", "load_model", "preprocess_for
 
 #: A preprocessing: a :class:`Preprocess`, or any function ``image -> (N, C, H, W) tensor``.
 PreprocessLike = Union[Preprocess, Callable[[Any], torch.Tensor]]
+P = TypeVar("P", bound=Callable[[Any], torch.Tensor])
 
 # The card of every model load_model made, so that a model unpacked from its preprocessing
 # (``model, preprocess = fm.load_model()``) and passed on alone still gets its own
@@ -61,7 +62,7 @@ _WHAT_TO_PASS = (
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class LoadedModel(Generic[P]):
     """A model and what featuremaps knows about it; unpacks as ``model, preprocess = ...``.
 
     Attributes:
@@ -83,7 +84,7 @@ class LoadedModel:
     """
 
     model: nn.Module
-    preprocess: PreprocessLike
+    preprocess: P
     card: ModelCard | None = None
     name: str = ""
     channels: int | None = None
@@ -112,7 +113,7 @@ class LoadedModel:
         """The class names in output order, or None when unknown."""
         return self.card.class_names if self.card is not None else None
 
-    def known(self) -> tuple[nn.Module, PreprocessLike | None]:
+    def known(self) -> tuple[nn.Module, P | None]:
         """``(model, preprocess)``, with None for a preprocessing that is only the stated default.
 
         Example:
@@ -178,7 +179,7 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     trust_pickle: bool = False,
-) -> LoadedModel:
+) -> LoadedModel[Preprocess]:
     """Resolve a model spec into an eval-mode model and its preprocessing.
 
     Args:
@@ -245,13 +246,7 @@ def load_model(
     return LoadedModel(model, Preprocess(card, device=target), name=card.name)
 
 
-# The card of every model load_model made, so that a model unpacked from its preprocessing
-# (``model, preprocess = fm.load_model()``) and passed on alone still gets its own
-# normalization and class names, not a guess. Weak: a model forgotten is dropped here too.
-_CARDS: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
-
-
-def resolve(model: Any, preprocess: PreprocessLike | None = None, *, notice: bool = False) -> LoadedModel:
+def resolve(model: Any, preprocess: PreprocessLike | None = None, *, notice: bool = False) -> LoadedModel[Any]:
     """The model and its preprocessing, the one way every entry point finds them.
 
     Args:
