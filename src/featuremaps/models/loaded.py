@@ -5,11 +5,12 @@ What this module guarantees:
 * Every entry point turns its ``model`` (and ``preprocess=``) into a
   :class:`LoadedModel` with :func:`resolve`: the preprocessing given, else
   the card :func:`load_model` made for that model, else the stated default
-  (input channels read from the first layer, 224 px, ImageNet statistics
-  for 3 channels), said once per model in one notice line.
+  (input channels read from the first layer, resize 256 and crop 224,
+  ImageNet statistics for 3 channels), said once per model in one warning
+  line when an image is preprocessed with it.
 * The card of a model :func:`load_model` made is found again from the model
   alone (``model, pre = fm.load_model(...)``; ``fm.report(model, img)``):
-  a weak map, written by :func:`load_model` and read only by :func:`resolve`.
+  a weak map, written by :func:`load_model` and read only in this module.
 * Inputs are taken as users hold them (:func:`as_batch`): a path, a PIL
   image, an HxWxC array, a CxHxW tensor or a list of them is preprocessed;
   an ``(N, C, H, W)`` tensor passes unchanged; anything else given to a
@@ -49,7 +50,7 @@ P = TypeVar("P", bound=Callable[[Any], torch.Tensor])
 # The card of every model load_model made, so that a model unpacked from its preprocessing
 # (``model, preprocess = fm.load_model()``) and passed on alone still gets its own
 # normalization and class names, not a guess. Weak: a model forgotten is dropped here too.
-# Written by load_model, read by resolve (and load_model(model)); nowhere else.
+# Written by load_model, read by resolve (and by load_model(model), as_batch); nowhere else.
 _CARDS: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
 
 # Models whose default preprocessing was already announced (one notice per model).
