@@ -171,6 +171,11 @@ def test_what_is_not_an_image_is_a_one_line_error_at_every_entry_point(bad) -> N
         assert "\n" not in message, entry
         assert type(bad).__name__ in message, (entry, message)  # what was passed
         assert "image path" in message and "(N, C, H, W)" in message, (entry, message)  # what to pass
+    with pytest.raises(ImageLoadError) as info:  # the report reads its one image with fm.load_image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fm.report(model, bad, metrics=False)
+    assert "\n" not in str(info.value) and type(bad).__name__ in str(info.value) and "path" in str(info.value)
 
 
 def test_a_model_that_takes_text_gets_its_text() -> None:
