@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 import featuremaps
-from featuremaps._efficientnet import Conv2dSame, efficientnet_lite0, same_padding
+from featuremaps.models.efficientnet import Conv2dSame, efficientnet_lite0, same_padding
 from featuremaps.errors import ModelLoadError, UnsafeModelError
 from featuremaps.models import (
     IMAGENET_MEAN,

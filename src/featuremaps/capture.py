@@ -54,6 +54,7 @@ from .errors import CaptureError, MemoryBudgetError
 from .layers import LayerSelector, Selection, resolve_layers
 from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
 from .maps import FeatureMaps, LayerInfo
+from .models import as_inputs
 from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
 
 __all__ = ["FeatureExtractor", "get_feature_maps", "parse_bytes"]
@@ -361,6 +362,7 @@ class FeatureExtractor:
                 "keep_graph=True needs gradients but they are disabled (torch.no_grad / inference_mode); "
                 "call it outside that block"
             )
+        args = as_inputs(self.model, args)  # an image as users hold it: preprocessed (models.as_batch)
         if self.move_inputs:
             device, dtype = model_device_dtype(self.model)
             args = _move(args, device, dtype)
@@ -612,7 +614,8 @@ def get_feature_maps(
 
     Args:
         model: the model.
-        *args: the forward's inputs (moved to the model's device and dtype).
+        *args: the forward's inputs (moved to the model's device and dtype); an image as users hold
+            it is preprocessed (see :func:`featuremaps.models.as_batch`; ``preprocess=`` overrides).
         layers: see :data:`featuremaps.layers.LayerSelector`; by default every
             leaf layer with a spatial output.
         **options: :class:`FeatureExtractor` options, plus ``forward_kwargs``
@@ -630,5 +633,6 @@ def get_feature_maps(
         [('0', 'NCHW', (1, 8, 15, 15)), ('1', 'NCHW', (1, 8, 15, 15))]
     """
     forward_kwargs = options.pop("forward_kwargs", None) or {}
+    args = as_inputs(model, args, options.pop("preprocess", None))
     with FeatureExtractor(model, layers, **options) as fx:
         return fx(*args, **forward_kwargs)

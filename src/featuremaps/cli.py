@@ -201,7 +201,7 @@ def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle
     import os
 
     from . import models
-    from ._channels import check_channels
+    from .models import check_channels
 
     if ":" in model_spec and not Path(model_spec).exists() and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # module:factory finds modules in the current folder (never shadowing)
@@ -214,7 +214,6 @@ def _load(model_spec: str, weights: str | None, device: str | None, trust_pickle
     if any(k in opts for k in keys):
         prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device,
                                  **{k: opts[k] for k in keys if k in opts})
-        models._CARDS[loaded.model] = prep.card
         loaded = models.LoadedModel(loaded.model, prep)
     check_channels(loaded.model, _probe(loaded.preprocess.card.channels), loaded.preprocess)
     return loaded

@@ -12,6 +12,7 @@ from torch import nn
 
 from ._table import Table
 from .errors import LayerNotFoundError
+from .models import PreprocessLike, as_batch
 
 __all__ = ["LayerSelector", "Selection", "resolve_layers", "list_layers", "closest_names"]
 
@@ -277,6 +278,7 @@ def list_layers(
     *,
     layers: LayerSelector = "*",
     leaves_only: bool = False,
+    preprocess: PreprocessLike | None = None,
 ) -> Table:
     """A table of the model's layers: name, type, output shape, layout, parameters.
 
@@ -288,9 +290,10 @@ def list_layers(
 
     Args:
         model: the model.
-        x: an optional input batch.
+        x: an optional input: a batch, or an image as users hold it (see :func:`featuremaps.models.as_batch`).
         layers: a selector restricting the rows (default: all modules).
         leaves_only: only modules without children.
+        preprocess: the preprocessing for an image ``x`` (default: the model's card, else the stated default).
 
     Returns:
         A :class:`~featuremaps._table.Table` (prints as text, renders as HTML
@@ -313,6 +316,7 @@ def list_layers(
             rows.append([name, type(module).__name__, None, None, _count_params(module)])
         return Table(["name", "type", "output shape", "layout", "params"], rows)
 
+    x = as_batch(model, x, preprocess)
     from .capture import FeatureExtractor  # local import: capture imports this module
 
     import warnings

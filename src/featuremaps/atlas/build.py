@@ -66,7 +66,7 @@ from ..datapass import (
 )
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector, resolve_layers
-from ..models import LoadedModel, preprocess_for
+from ..models import resolve
 from .atlas import Atlas, AtlasLayer
 from .checkpoint import discard_checkpoint, load_checkpoint, save_checkpoint
 from .data import LayerData
@@ -183,13 +183,7 @@ def build_atlas(
 
 def _model_and_preprocess(model: Any, preprocess: Any) -> tuple[nn.Module, Any]:
     """The ``nn.Module`` and its preprocessing (a LoadedModel's own, else the one the model was loaded with)."""
-    if isinstance(model, LoadedModel):
-        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
-    if preprocess is None:
-        preprocess = preprocess_for(model)  # a model from fm.load_model: its own preprocessing
-    return model, preprocess
+    return resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
 
 
 def _check_options(

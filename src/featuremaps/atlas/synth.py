@@ -20,7 +20,7 @@ import torch
 from .._progress import Progress, ProgressArg, reporter
 from ..datapass import DEFAULT_TIMEOUT, check_in, check_timeout, comm_device, gather_json, rank_world
 from ..errors import FeatureMapsError
-from ..models import LoadedModel
+from ..models import resolve
 from ..synthesis import Channel, SynthesisError, synthesize
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ def synthesize_channels(
 
     Progress is reported (rank 0) as the ``"synthesis"`` stage, in steps over all layers.
     """
-    if isinstance(model, LoadedModel):
-        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
+    model, preprocess = resolve(model, preprocess).known()
     steps, size = check_synthesis(steps, size)
     wait = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
     if atlas.input_size is None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..capture import FeatureExtractor, model_device_dtype, move_to
+from ..models import as_batch
 from ._errors import AttributionError
 
 __all__ = ["flush_denormals", "hookless", "prepare_input", "index_kwargs"]
@@ -94,6 +95,7 @@ def prepare_input(x: Any, model: nn.Module, what: str = "x") -> torch.Tensor:
         >>> prepare_input(torch.zeros(1, 3, 4, 4, dtype=torch.float64), nn.Conv2d(3, 1, 1)).dtype
         torch.float32
     """
+    x = as_batch(model, x)  # an image as users hold it: preprocessed with the model's card, else the default
     if not isinstance(x, torch.Tensor):
         raise AttributionError(
             f"{what} must be a torch.Tensor batch (N, C, ...), got {type(x).__name__}; "

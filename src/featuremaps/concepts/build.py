@@ -53,7 +53,7 @@ from ..datapass import (
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..maps import LayerInfo
-from ..models import LoadedModel, preprocess_for
+from ..models import resolve
 from .concepts import Concepts, concept_maps
 from .nmf import PositionSample, nmf
 
@@ -289,14 +289,9 @@ def discover_concepts(
         >>> len(concepts.top_examples(0))
         8
     """
-    if isinstance(model, LoadedModel):
-        model, preprocess = model.model, preprocess if preprocess is not None else model.preprocess
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a LoadedModel, got {type(model).__name__}")
+    model, preprocess = resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
     _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive)
     timeout = check_timeout(timeout)
-    if preprocess is None:
-        preprocess = preprocess_for(model)
     rank, world = rank_world()
     if out is not None and rank == 0:
         check_output_folder(out)  # before any work

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from .._channels import channel_error
 from .._version import __version__
 from ..atlas import load_atlas
 from ..capture import get_feature_maps
@@ -22,7 +21,7 @@ from ..errors import FeatureMapsError, LayerNotFoundError
 from ..io import load_image, sample_image
 from ..layers import LayerSelector, closest_names
 from ..medical import describe, image_meta
-from ..models import _resized_size, load_model, preprocess_for, top_classes
+from ..models import channel_error, resized_size, resolve, top_classes
 from ..pages import render_page, script_json, source_hash
 from ..synthesis import synthesize as synth
 from .cams import cam_section
@@ -82,16 +81,8 @@ class Report:
 
 
 def _as_model(model: Any, preprocess: Any) -> tuple[nn.Module, Any, str]:
-    if model is None or isinstance(model, (str, os.PathLike)):
-        spec = "efficientnet_lite0" if model is None else model
-        loaded = load_model(spec)
-        return loaded.model, preprocess or loaded.preprocess, str(spec)
-    if not isinstance(model, nn.Module):
-        raise FeatureMapsError(f"model must be an nn.Module or a model spec string, got {type(model).__name__}")
-    if preprocess is None:  # its own (a model from load_model), else ImageNet's; the model is left as it is
-        preprocess = preprocess_for(model, guess=True)
-    card = getattr(preprocess, "card", None)
-    return model, preprocess, getattr(card, "name", None) or type(model).__name__
+    loaded = resolve("efficientnet_lite0" if model is None else model, preprocess, notice=True)
+    return loaded.model, loaded.preprocess, loaded.name
 
 
 def _scan_line(img: Any, prep: Any) -> str:
@@ -101,7 +92,7 @@ def _scan_line(img: Any, prep: Any) -> str:
     card = getattr(prep, "card", None)
     scale = 1.0
     if card is not None:
-        new_w, _ = _resized_size(img.width, img.height, card.resize, *card.input_size)
+        new_w, _ = resized_size(img.width, img.height, card.resize, *card.input_size)
         scale = img.width / new_w
     return describe(meta, scale)
 

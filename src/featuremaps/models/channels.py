@@ -14,19 +14,16 @@ What this module guarantees:
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from .card import ModelCard
 
-if TYPE_CHECKING:
-    from .models import ModelCard
+__all__ = ["GREY_MEAN", "GREY_STD", "channel_error", "check_channels", "fit_card", "input_channels", "takes_images"]
 
 #: ImageNet's mean and std averaged over RGB: the guess for a grey (or N-channel) model.
 GREY_MEAN = 0.449
@@ -51,6 +48,22 @@ def input_channels(model: nn.Module) -> int | None:
             if name.endswith("weight") and param.ndim == 4:
                 return int(param.shape[1])
     return None
+
+
+def takes_images(model: nn.Module) -> bool:
+    """Whether ``model``'s first convolution is 2-D (a picture model), read as :func:`input_channels` reads it.
+
+    Example:
+        >>> from torch import nn
+        >>> takes_images(nn.Sequential(nn.Conv2d(1, 8, 3))), takes_images(nn.Sequential(nn.Conv1d(1, 8, 3)))
+        (True, False)
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+    if isinstance(model, torch.jit.ScriptModule):
+        return any(name.endswith("weight") and p.ndim == 4 for name, p in model.named_parameters())
+    return False
 
 
 def fit_card(card: ModelCard, model: nn.Module) -> ModelCard:
@@ -115,30 +128,3 @@ def _mismatch(wanted: int, have: int, preprocess: Any) -> ModelLoadError:
         f"preprocess=fm.Preprocess(channels={wanted}, size=..., mean=..., std=...) with the "
         f"normalization the model was trained with (CLI: --channels {wanted} --mean ... --std ...)"
     )
-
-
-def read_classes(classes: Sequence[str] | str | os.PathLike[str]) -> tuple[str, ...]:
-    """Class names from a sequence, or from a text file with one name per line (blank lines skipped).
-
-    Example:
-        >>> read_classes(["normal", "pneumonia"])
-        ('normal', 'pneumonia')
-    """
-    if isinstance(classes, (str, os.PathLike)):
-        path = Path(classes)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise ModelLoadError(
-                f"classes file {str(path)!r} not found; pass a text file with one class name per line"
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"cannot read classes file {str(path)!r}: {exc}") from exc
-        names = tuple(line.strip() for line in text.splitlines() if line.strip())
-        if not names:
-            raise ModelLoadError(f"classes file {str(path)!r} holds no names; put one class name per line")
-        return names
-    names = tuple(str(c) for c in classes)
-    if not names:
-        raise ModelLoadError("classes is empty; pass class names in output order, or leave it out")
-    return names

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from ._common import _build, _suggest
+from .card import ModelCard
+from .weights import _load_state_dict, _torch_load, _unwrap_state_dict, _weights_kind
 
 #: In the 0-1 pixel scale: (p - 0.5) / (0.5 / 1024) = (2 p - 1) * 1024, XRV's [-1024, 1024] range.
 XRV_MEAN = 0.5
@@ -40,12 +44,14 @@ def _xrv(spec: str) -> Any:
         ) from None
 
 
-def xrv_card(model: nn.Module, name: str, source: str) -> Any:
+def xrv_card(model: nn.Module, name: str, source: str) -> ModelCard | None:
     """The card of an XRV model (its pathologies, resolution and [-1024, 1024] range); None for others."""
-    from .models import ModelCard
-
     if not type(model).__module__.startswith("torchxrayvision"):
         return None
+    return _card(model, name, source)
+
+
+def _card(model: nn.Module, name: str, source: str) -> ModelCard:
     labels = getattr(model, "pathologies", None) or getattr(model, "targets", None)
     size = int(getattr(model, "input_resolution", 224) or 224)
     names = tuple(str(v) for v in labels) if labels else None
@@ -56,21 +62,19 @@ def xrv_card(model: nn.Module, name: str, source: str) -> Any:
     )
 
 
-def load_xrv(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, Any]:
+def load_xrv(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, ModelCard]:
     """Build ``xrv:NAME`` (a DenseNet-121 weight name of torchxrayvision) and load the weights file into it."""
-    from . import models
-
     name = spec.partition(":")[2]
     xrv = _xrv(spec)
     urls: dict[str, Any] = dict(xrv.models.model_urls)
     densenets = sorted(k for k in urls if k.startswith("densenet"))
     if name not in urls or not name.startswith("densenet"):
-        hint = models._suggest(name, densenets)
+        hint = _suggest(name, densenets)
         raise ModelLoadError(
             f"unknown torchxrayvision DenseNet {name!r} in spec {spec!r}{hint}; use one of {', '.join(densenets)} "
             "(other XRV models: build them with torchxrayvision and pass the module)"
         )
-    kind = models._weights_kind(weights)
+    kind = _weights_kind(weights)
     if kind != "path":
         raise ModelLoadError(
             f"model spec {spec!r} needs weights=PATH: the weights file torchxrayvision downloaded for {name!r} "
@@ -78,15 +82,15 @@ def load_xrv(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bo
         )
     entry = urls[name]
     labels = list(entry["labels"])
-    model: Any = models._build(lambda: xrv.models.DenseNet(weights=None, num_classes=len(labels)), spec)
-    path = models.Path(os.fspath(weights)).expanduser()  # type: ignore[arg-type]
+    model: Any = _build(lambda: xrv.models.DenseNet(weights=None, num_classes=len(labels)), spec)
+    path = Path(os.fspath(weights)).expanduser()  # type: ignore[arg-type]
     if not path.is_file():
         raise ModelLoadError(f"weights file {str(path)!r} for model {spec!r} not found; check the path")
-    state = models._unwrap_state_dict(models._torch_load(path, trust_pickle, spec), str(path))
+    state = _unwrap_state_dict(_torch_load(path, trust_pickle, spec), str(path))
     state.pop("op_threshs", None)  # XRV sets the thresholds itself, below
-    models._load_state_dict(model, state, spec, str(path))
+    _load_state_dict(model, state, spec, str(path))
     model.pathologies = model.targets = labels
     if entry.get("op_threshs") is not None:
         model.op_threshs = torch.tensor(entry["op_threshs"])
     model.input_resolution = int(entry.get("input_resolution", 224))
-    return model, xrv_card(model, name, spec)
+    return model, _card(model, name, spec)
