@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import FeatureExtractor, _move, model_device_dtype
-from ..layers import LayerSelector, resolve_layers
+from ..layers import LayerSelector, select
 from ..layout import INSIDE_ATTENTION, PARAMETRIZATION, module_context, to_canonical
 from ..maps import LayerMap
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
@@ -469,33 +469,12 @@ class _LayerRef:
         return s + (self.path or "")
 
 
-_PATH_RE = re.compile(r"^(.*?)((?:\[[^\[\]]*\])+)$")
-
-
 def _user_refs(model: nn.Module, layer: Any) -> list[_LayerRef]:
-    items = list(layer) if isinstance(layer, (list, tuple)) and not _is_type_tuple(layer) else [layer]
-    if not items:
+    if isinstance(layer, (list, tuple)) and not layer:
         raise CAMLayerError("layer=[] selects nothing; pass a layer name, a module, a list of them, or 'auto'")
-    refs: list[_LayerRef] = []
-    for item in items:
-        path: str | None = None
-        if isinstance(item, str):
-            if item == "auto":
-                raise CAMLayerError("layer='auto' cannot be combined with other layers; pass it alone")
-            m = _PATH_RE.match(item)
-            if m and m.group(1):
-                item, path = m.group(1), m.group(2)
-        sel = resolve_layers(model, item)
-        for name, calls in sel.calls.items():
-            call = max(calls) if calls else None
-            ref = _LayerRef(name, call, path)
-            if ref not in refs:
-                refs.append(ref)
-    return refs
-
-
-def _is_type_tuple(obj: Any) -> bool:
-    return isinstance(obj, tuple) and bool(obj) and all(isinstance(t, type) for t in obj)
+    if isinstance(layer, (list, tuple)) and any(isinstance(i, str) and i == "auto" for i in layer):
+        raise CAMLayerError("layer='auto' cannot be combined with other layers; pass it alone")
+    return [_LayerRef(r.name, r.call, r.key) for r in select(model, layer)]  # the grammar of featuremaps.layers
 
 
 # --------------------------------------------------------------------------- results

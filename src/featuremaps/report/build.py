@@ -342,9 +342,9 @@ def _add_synthesized(
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
     from ..synthesis import synthesize as synth
-    from ..visualize import _select
+    from ..visualize import selected_names
 
-    wanted = set(_select(maps, layers))  # the usual "no captured map matches ... closest" error
+    wanted = set(selected_names(maps, layers))  # the usual "no captured map matches ... closest" error
     chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
