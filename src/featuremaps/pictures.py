@@ -43,7 +43,7 @@ def is_map(x: Any) -> bool:
 
 def _tensor_of(x: Any) -> torch.Tensor | np.ndarray:
     if is_map(x):
-        return x.tensor  # type: ignore[no-any-return]
+        return x.tensor
     if isinstance(x, (torch.Tensor, np.ndarray)):
         return x
     raise TypeError(
