@@ -6,27 +6,27 @@ the report, the atlas, ``layouts=`` keys) and :meth:`FeatureMaps.select
 a selector into one :class:`Selection`: the chosen modules, each optionally
 narrowed to one call and one tensor of its output. The grammar:
 
-=============================  ===============================================================
-selector                       selects
-=============================  ===============================================================
-``None``                       every leaf layer whose output is spatial (decided by the
-                               capture, from the output's layout); on captured maps: all
-``"layer1.0.conv1"``           the module of that exact dotted name (every call, every tensor)
-``"name:1"``                   only its second call (calls count from 0)
-``"name[0]"``, ``"name[logits]"``  one tensor of a tuple / dict / dataclass output (after an
-                               exact name, optionally ``"name:1[0]"``)
-``"*conv*"``, ``"layer[12].*"``  a glob (``fnmatch``, case-sensitive) over module names
-``"re:^blocks\\.\\d+$"``       a regular expression (``re.search``) over module names
-``"all"``                      every leaf layer, spatial or not; on captured maps: all
-``"blocks"``                   the block outputs (:func:`block_names`), unless a module is
-                               named ``blocks`` (timm's ViTs): a name always means that module
-``nn.Conv2d``, a tuple of      every module of that type (on captured maps: the recorded
-types                          class name)
-a module instance              that module (only against a model)
-``f(name, module) -> bool``    a predicate (on captured maps it gets ``(name, LayerMap)``)
-a :class:`Selection`           itself
-a list of these                their union, in model (or capture) order
-=============================  ===============================================================
+=========================================  =================================================================
+selector                                   selects
+=========================================  =================================================================
+``None``                                   every leaf layer whose output is spatial (decided by the capture,
+                                           from the output's layout); on captured maps: every map
+``"layer1.0.conv1"``                       the module of that exact dotted name (every call, every tensor)
+``"name:1"``                               only its second call (calls count from 0)
+``"name[0]"``, ``"name[logits]"``          one tensor of a tuple / dict / dataclass output, after an exact
+                                           name (``"name:1[0]"``: of its second call)
+``"*conv*"``, ``"layer[12].*"``            a glob (``fnmatch``, case-sensitive) over module names
+``"re:^blocks\\.\\d+$"``                   a regular expression (``re.search``) over module names
+``"all"``                                  every leaf layer, spatial or not; on captured maps: every map
+``"blocks"``                               the block outputs (:func:`block_names`), unless a module is named
+                                           ``blocks`` (timm's ViTs): a name always means that module
+``nn.Conv2d``, ``(nn.Conv2d, nn.Linear)``  every module of these types (on captured maps: by the recorded
+                                           class name, as subclasses are not known there)
+a module instance                          that module (only against a model)
+``f(name, module) -> bool``                a predicate (on captured maps it gets ``(name, LayerMap)``)
+a :class:`Selection`                       itself
+a list of these                            their union, in model (or capture) order
+=========================================  =================================================================
 
 On captured maps a glob or regex also matches the whole captured key
 (``"blocks.3:1[0]"``), and a name means every map its module produced. A
