@@ -303,7 +303,10 @@ class _Resolver:
 
     def result(self, spatial_only: bool) -> Selection:
         refs = sorted(self.chosen, key=lambda r: (self.chosen[r], -1 if r.call is None else r.call, r.key or ""))
-        kept = [r for r in refs if not any(_wider(o, r) for o in refs)]
+        same: dict[str, list[LayerRef]] = {}
+        for r in refs:
+            same.setdefault(r.name, []).append(r)
+        kept = [r for r in refs if len(same[r.name]) == 1 or not any(_wider(o, r) for o in same[r.name])]
         return Selection(tuple(kept), spatial_only, frozenset(self.explicit))
 
     # -- the grammar ---------------------------------------------------------------------
