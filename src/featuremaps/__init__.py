@@ -69,7 +69,8 @@ from .errors import (
     UnsafeModelError,
 )
 from .io import image_to_array, load_image, sample_image, sample_images, save_image
-from .layers import list_layers, resolve_layers
+from .layers import resolve_layers
+from .listing import list_layers
 from .medical import WINDOW_PRESETS, ImageMeta, image_meta
 from .volume import Volume, load_volume
 from .layout import LayoutSpec, infer_layout, to_canonical, token_grid

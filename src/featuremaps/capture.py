@@ -35,29 +35,30 @@ It guarantees:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import fnmatch
 import functools
 import itertools
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ._capture_state import CURRENT, FunctionGuard, InplaceGuard, ModelUse, Run, storage_key
-from .errors import CaptureError, MemoryBudgetError
-from .layers import LayerSelector, Selection, resolve_layers
+from ._outputs import copy_tensors, first_tensor, iter_tensors, move_to, replace_with_clones
+from .errors import CaptureError, LayerNotFoundError, MemoryBudgetError
+from .layers import LayerSelector, Selection, select
 from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
 from .maps import FeatureMaps, LayerInfo
 from .models import as_inputs
 from .reducers import Reducer, ReducerLike, get_reducer, reducer_name
 
 __all__ = ["FeatureExtractor", "get_feature_maps", "parse_bytes"]
+
+_move = move_to  # the name featuremaps.attribution imports
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -107,77 +108,6 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dty
         if first is None:
             first = t
     return (first.device, None) if first is not None else (None, None)
-
-
-def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if device is not None and obj.device != device:
-            # from pinned memory (DataLoader(pin_memory=True)) the copy need not wait for the device
-            pinned = obj.device.type == "cpu" and device.type == "cuda" and obj.is_pinned()
-            obj = obj.to(device, non_blocking=pinned)
-        if obj.is_floating_point() and dtype is not None and obj.dtype != dtype:
-            obj = obj.to(dtype)
-        return obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_move(v, device, dtype) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device, dtype) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _move(v, device, dtype) for k, v in obj.items()}
-    return obj
-
-
-move_to = _move  # public name for other packages: move tensors (in tuples, lists, dicts) to a device/dtype
-
-
-def _copy_tensors(obj: Any) -> Any:
-    """``obj`` with every tensor in it (tuples, lists, dicts) replaced by a copy."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_copy_tensors(v) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_copy_tensors(v) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _copy_tensors(v) for k, v in obj.items()}
-    return obj
-
-
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        for v in obj:
-            found = _first_tensor(v)
-            if found is not None:
-                return found
-    if isinstance(obj, Mapping):
-        for v in obj.values():
-            found = _first_tensor(v)
-            if found is not None:
-                return found
-    return None
-
-
-def _iter_tensors(obj: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(path, tensor)`` for every tensor in a (nested) module output."""
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-        return
-    if depth >= 4:
-        return
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        for name in obj._fields:
-            yield from _iter_tensors(getattr(obj, name), f"{path}[{name}]", depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _iter_tensors(v, f"{path}[{i}]", depth + 1)
-    elif isinstance(obj, Mapping):  # dicts and Hugging Face ModelOutput
-        for k, v in obj.items():
-            yield from _iter_tensors(v, f"{path}[{k}]", depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from _iter_tensors(getattr(obj, f.name), f"{path}[{f.name}]", depth + 1)
 
 
 # --------------------------------------------------------------------------- extractor
@@ -248,7 +178,9 @@ class FeatureExtractor:
             mode; if that is training mode its buffers (BatchNorm statistics)
             are restored afterwards.
         layouts: declare layouts that inference cannot know, as
-            ``{glob_of_names: layout}``, e.g. ``{"encoder.*": "NTD"}``.
+            ``{selector: layout}``, e.g. ``{"encoder.*": "NTD"}`` (each key
+            in the grammar of :mod:`featuremaps.layers`; the first that
+            selects a map decides).
         prefix_tokens: the number of prefix tokens of token outputs (CLS,
             registers), if the automatic search should not decide.
         move_inputs: move floating inputs to the model's device and dtype.
@@ -288,7 +220,7 @@ class FeatureExtractor:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.selection: Selection = resolve_layers(model, layers)
+        self.selection: Selection = select(model, layers)
         self.reducer: Reducer | None = get_reducer(reduce)
         self.max_bytes = parse_bytes(max_bytes) if max_bytes is not None else None
         if over_budget != "error":
@@ -300,6 +232,7 @@ class FeatureExtractor:
         self.keep_graph = keep_graph
         self.eval_mode = eval_mode
         self.layouts = dict(layouts or {})
+        self._declared = [(_declared_selection(model, key), layout) for key, layout in self.layouts.items()]
         self.prefix_tokens = prefix_tokens
         self.move_inputs = move_inputs
         self._local = threading.local()  # the last output, per thread
@@ -365,9 +298,9 @@ class FeatureExtractor:
         args = as_inputs(self.model, args)  # an image as users hold it: preprocessed (models.as_batch)
         if self.move_inputs:
             device, dtype = model_device_dtype(self.model)
-            args = _move(args, device, dtype)
-            kwargs = _move(kwargs, device, dtype)
-        first = _first_tensor((args, kwargs))
+            args = move_to(args, device, dtype)
+            kwargs = move_to(kwargs, device, dtype)
+        first = first_tensor((args, kwargs))
         lead = args[0] if args and isinstance(args[0], (list, tuple)) else first
         in_batch, in_spatial = input_geometry(self.model, lead)
         input_shape = tuple(first.shape) if first is not None else None
@@ -379,8 +312,8 @@ class FeatureExtractor:
         buffers = use.begin_call(self)
         try:
             for attempt in range(2):
-                call_args, call_kwargs = _copy_tensors(pristine) if guarded else pristine
-                inputs = (storage_key(t) for _, t in _iter_tensors((call_args, call_kwargs)))
+                call_args, call_kwargs = copy_tensors(pristine) if guarded else pristine
+                inputs = (storage_key(t) for _, t in iter_tensors((call_args, call_kwargs)))
                 fixed = use.state.fixed.union(k for k in inputs if k)
                 run = Run(self, in_spatial, fixed, guarded, in_batch)
                 token = CURRENT.set(run)
@@ -454,7 +387,7 @@ class FeatureExtractor:
 
     # -- hooks --------------------------------------------------------------
     def _make_hook(self, name: str, module: nn.Module) -> Callable[..., Any]:
-        calls_filter = self.selection.calls.get(name)
+        selection = self.selection
         module_type = type(module).__name__
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> Any:
@@ -463,31 +396,27 @@ class FeatureExtractor:
                 return None  # another extractor's forward (or a plain forward): not ours to capture
             call = run.calls.get(name, 0)
             run.calls[name] = call + 1
-            if calls_filter is not None and call not in calls_filter:
+            if not selection.covers(name, call):
                 return None
             base = name if call == 0 else f"{name}:{call}"
             replaced: dict[str, torch.Tensor] = {}
-            for path, t in _iter_tensors(output):
+            for path, t in iter_tensors(output):
+                if not selection.covers(name, call, path):
+                    continue  # another tensor of the output than the one selected ("name[key]")
                 kept = self._capture(run, base + path, name, call, path, module_type, mod, t)
                 if kept and self.keep_graph and t.requires_grad:
                     replaced[path] = t
             if replaced:
-                return _replace_with_clones(output, replaced)
+                return replace_with_clones(output, replaced)
             return None
 
         return hook
 
     def _layout_for(
-        self, name: str, path: str, module: nn.Module, shape: tuple[int, ...], in_spatial: tuple[int, ...] | None,
-        in_batch: int | None = None,
+        self, name: str, call: int, path: str, module: nn.Module, shape: tuple[int, ...],
+        in_spatial: tuple[int, ...] | None, in_batch: int | None = None,
     ) -> _Layout:
-        declared = None
-        if self.layouts:
-            full = name + path
-            for pattern, layout in self.layouts.items():
-                if pattern == full or pattern == name or fnmatch.fnmatchcase(full, pattern):
-                    declared = layout
-                    break
+        declared = next((layout for sel, layout in self._declared if sel.covers(name, call, path)), None)
         context = self._contexts.get(name)
         if context is None:
             context = self._contexts[name] = module_context(self.model, name)
@@ -499,7 +428,7 @@ class FeatureExtractor:
         t: torch.Tensor,
     ) -> bool:
         shape = tuple(t.shape)
-        lay = self._layout_for(name, path, module, shape, run.in_spatial, run.in_batch)
+        lay = self._layout_for(name, call, path, module, shape, run.in_spatial, run.in_batch)
         spec = lay.spec
         if self.selection.spatial_only and not spec.is_spatial:
             return False
@@ -559,43 +488,19 @@ class FeatureExtractor:
         )
 
 
+def _declared_selection(model: nn.Module, key: str) -> Selection:
+    """The layers a ``layouts=`` key selects (an error names the key)."""
+    try:
+        return select(model, key)
+    except LayerNotFoundError as exc:
+        raise LayerNotFoundError(f"layouts= key {key!r}: {exc}") from None
+
+
 def _has_torchscript(module: nn.Module) -> bool:
     """Whether a module is scripted or holds a scripted function (code a function mode cannot see)."""
     if isinstance(module, torch.jit.ScriptModule):
         return True
     return any(isinstance(v, torch.jit.ScriptFunction) for v in vars(module).values())
-
-
-def _replace_with_clones(output: Any, replaced: dict[str, torch.Tensor]) -> Any:
-    """Give the rest of the forward clones of the captured tensors (graph mode).
-
-    The captured tensor stays the exact graph node the module produced, so an
-    in-place op later in the forward cannot rebase it, and gradients w.r.t.
-    it are the gradients w.r.t. the module output. Tensors, tuples, lists,
-    namedtuples, dicts and dataclasses (Hugging Face ``ModelOutput``) are
-    rebuilt; in other containers the tensor stays shared, and a later write
-    to it is an error (see :class:`~featuremaps._capture_state.InplaceGuard`).
-    """
-
-    def swap(path: str, v: Any) -> Any:
-        return v.clone() if isinstance(v, torch.Tensor) and path in replaced else v
-
-    if isinstance(output, torch.Tensor):
-        return output.clone() if "" in replaced else None
-    if isinstance(output, tuple) and hasattr(output, "_fields"):
-        return type(output)(*(swap(f"[{n}]", v) for n, v in zip(output._fields, output)))
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        changes = {f.name: swap(f"[{f.name}]", getattr(output, f.name)) for f in dataclasses.fields(output)
-                   if f"[{f.name}]" in replaced}
-        try:
-            return dataclasses.replace(output, **changes)
-        except (TypeError, ValueError):  # a field without init: leave it shared
-            return None
-    if isinstance(output, (list, tuple)):
-        return type(output)(swap(f"[{i}]", v) for i, v in enumerate(output))
-    if type(output) in (dict, collections.OrderedDict):
-        return type(output)((k, swap(f"[{k}]", v)) for k, v in output.items())
-    return None
 
 
 def get_feature_maps(

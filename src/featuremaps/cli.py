@@ -316,7 +316,7 @@ def layers_cmd(
 
     Output shapes come from one forward pass on IMAGE (default: the shipped cat photo).
     """
-    from .layers import list_layers
+    from .listing import list_layers
 
     model, preprocess = _load(model_spec, weights, device, trust_pickle)
     selector = _parse_layers(layer_patterns) or "*"

@@ -1,67 +1,204 @@
-"""Finding layers: selection by name, glob, regex, type or predicate, and ``list_layers``."""
+"""Which layers: the one selector grammar, resolved against a model or against captured maps.
+
+Every ``layers=`` / ``layer=`` argument (capture, the CAMs, ``visualize``,
+the report, the atlas, ``layouts=`` keys) and :meth:`FeatureMaps.select
+<featuremaps.maps.FeatureMaps.select>` go through :func:`select`, which turns
+a selector into one :class:`Selection`: the chosen modules, each optionally
+narrowed to one call and one tensor of its output. The grammar:
+
+=========================================  =================================================================
+selector                                   selects
+=========================================  =================================================================
+``None``                                   every leaf layer whose output is spatial (decided by the capture,
+                                           from the output's layout); on captured maps: every map
+``"layer1.0.conv1"``                       the module of that exact dotted name (every call, every tensor)
+``"name:1"``                               only its second call (calls count from 0)
+``"name[0]"``, ``"name[logits]"``          one tensor of a tuple / dict / dataclass output, after an exact
+                                           name (``"name:1[0]"``: of its second call)
+``"*conv*"``, ``"layer[12].*"``            a glob (``fnmatch``, case-sensitive) over module names
+``"re:^blocks\\.\\d+$"``                   a regular expression (``re.search``) over module names
+``"all"``                                  every leaf layer, spatial or not; on captured maps: every map
+``"blocks"``                               the block outputs (:func:`block_names`), unless a module is named
+                                           ``blocks`` (timm's ViTs): a name always means that module
+``nn.Conv2d``, ``(nn.Conv2d, nn.Linear)``  every module of these types (on captured maps: by the recorded
+                                           class name, as subclasses are not known there)
+a module instance                          that module (only against a model)
+``f(name, module) -> bool``                a predicate (on captured maps it gets ``(name, LayerMap)``)
+a :class:`Selection`                       itself
+a list of these                            their union, in model (or capture) order
+=========================================  =================================================================
+
+On captured maps a glob or regex also matches the whole captured key
+(``"blocks.3:1[0]"``), and a name means every map its module produced. A
+selector that matches nothing is a one-line :class:`~featuremaps.errors.LayerNotFoundError`
+naming it and the closest names; an empty list selects nothing.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
 from torch import nn
 
-from ._table import Table
 from .errors import LayerNotFoundError
-from .models import PreprocessLike, as_batch
 
-__all__ = ["LayerSelector", "Selection", "resolve_layers", "list_layers", "closest_names"]
+__all__ = [
+    "LayerSelector", "LayerRef", "Selection", "select", "resolve_layers", "block_names", "closest_names",
+    "is_leaf", "split_key",
+]
 
 LayerSelector = Union[
     None,
     str,
     type,
     nn.Module,
-    Callable[[str, nn.Module], bool],
+    Callable[[str, Any], bool],
+    "Selection",
     Sequence[Any],
 ]
-"""What ``layers=`` accepts everywhere:
-
-* ``None``: every leaf layer whose output is spatial (decided during the
-  forward, from the output's layout);
-* ``"layer1.0.conv1"``: an exact dotted name; ``"name:1"`` only its second call;
-* ``"*conv*"`` / ``"layer[12].*"``: a glob (``fnmatch``, case-sensitive);
-* ``"re:^blocks\\.\\d+$"``: a regular expression (``re.search``);
-* ``"all"``: every leaf layer, spatial or not;
-* ``"blocks"``: the block outputs (see :func:`block_names`), unless a module
-  is named ``blocks`` (timm's ViTs): a name always means that module;
-* ``nn.Conv2d`` (or a tuple of types): every module of that type;
-* a module instance of the model;
-* a predicate ``f(name, module) -> bool``;
-* a list of any of these (union, in model order).
-"""
+"""What ``layers=`` accepts everywhere: see the table of :mod:`featuremaps.layers`."""
 
 _GLOB_CHARS = set("*?[")
+_REF = re.compile(r"(?P<name>[^\[\]]*?)(?::(?P<call>\d+))?(?P<key>(?:\[[^\[\]]*\])*)")
 
 
-@dataclass
-class Selection:
-    """The resolved layers: names in model order, their modules, call filters.
+def _key_covers(wanted: str | None, path: str | None) -> bool:
+    """Whether the output key ``wanted`` covers ``path`` (the tensor itself or one inside it); ``None`` covers all."""
+    if wanted is None or path is None:
+        return True
+    return path == wanted or path.startswith(wanted + "[")
+
+
+def split_key(key: str) -> tuple[str, int, str]:
+    """Split a captured key into ``(module name, call index, output key)``.
+
+    Example:
+        >>> split_key("blocks.3:1[0][logits]"), split_key("conv")
+        (('blocks.3', 1, '[0][logits]'), ('conv', 0, ''))
+    """
+    head, bracket, rest = key.partition("[")
+    base, sep, call = head.rpartition(":")
+    if sep and call.isdigit():
+        return base, int(call), bracket + rest
+    return head, 0, bracket + rest
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One selected layer: a module, optionally one call of it and one tensor of its output.
 
     Attributes:
-        modules: name -> module, in the order of ``model.named_modules()``.
-        calls: name -> set of call indices to keep (``None`` keeps every call).
-        spatial_only: keep only outputs with a spatial layout (default selection).
-        explicit: names the caller asked for by exact name (warned about if they never run).
+        name: the module's dotted name in the model.
+        module: the module (``None`` when selected from captured maps).
+        call: which call (0 = the first); ``None``: every call.
+        key: the output key (``"[0]"``, ``"[logits]"``) in a tuple / dict output; ``None``: every tensor.
+
+    Example:
+        >>> ref = LayerRef("layer4.1.relu", call=1)
+        >>> str(ref), ref.selector, ref.covers("layer4.1.relu", 1), ref.covers("layer4.1.relu", 0)
+        ('layer4.1.relu:1', 'layer4.1.relu:1', True, False)
     """
 
-    modules: dict[str, nn.Module]
-    calls: dict[str, frozenset[int] | None]
+    name: str
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
+    call: int | None = None
+    key: str | None = None
+
+    @property
+    def selector(self) -> str:
+        """The selector text that selects exactly this again (``"name:0"`` keeps the call)."""
+        return self.name + (f":{self.call}" if self.call is not None else "") + (self.key or "")
+
+    def __str__(self) -> str:
+        """As the capture names the map (``:k`` only from the second call on)."""
+        return self.name + (f":{self.call}" if self.call else "") + (self.key or "")
+
+    def covers(self, name: str, call: int | None = None, key: str | None = None) -> bool:
+        """Whether a map of module ``name``, call ``call``, output key ``key`` is part of this (``None``: any)."""
+        return (
+            name == self.name
+            and (self.call is None or call is None or call == self.call)
+            and _key_covers(self.key, key)
+        )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The resolved layers: an immutable, ordered tuple of :class:`LayerRef`.
+
+    Iterate it for the refs; ``names`` gives the module names, ``modules``
+    name -> module, and :meth:`matches` says whether a captured map belongs
+    to it.
+
+    Attributes:
+        refs: the selected layers in model order (capture order when selected from maps).
+        spatial_only: keep only outputs with a spatial layout (the default selection, ``None``).
+        explicit: module names asked for by name or instance (warned about if they never run).
+
+    Example:
+        >>> from torch import nn
+        >>> sel = select(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1)), ["2", "0:1"])
+        >>> sel.names, [str(r) for r in sel], sel.matches("0:1", "Conv2d"), sel.matches("0")
+        (('0', '2'), ['0:1', '2'], True, False)
+    """
+
+    refs: tuple[LayerRef, ...] = ()
     spatial_only: bool = False
     explicit: frozenset[str] = frozenset()
+    _by_name: dict[str, tuple[LayerRef, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        by_name: dict[str, list[LayerRef]] = {}
+        for ref in self.refs:
+            by_name.setdefault(ref.name, []).append(ref)
+        object.__setattr__(self, "_by_name", {n: tuple(r) for n, r in by_name.items()})
 
-def _named(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if n != ""]
+    def __iter__(self) -> Iterator[LayerRef]:
+        return iter(self.refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The selected module names, each once, in order."""
+        return tuple(self._by_name)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """Module name -> module, in order (empty for a selection made from captured maps)."""
+        return {n: refs[0].module for n, refs in self._by_name.items() if refs[0].module is not None}
+
+    @property
+    def calls(self) -> dict[str, frozenset[int] | None]:
+        """Module name -> the call indices kept (``None``: every call)."""
+        out: dict[str, frozenset[int] | None] = {}
+        for name, refs in self._by_name.items():
+            calls = [r.call for r in refs]
+            out[name] = None if None in calls else frozenset(c for c in calls if c is not None)
+        return out
+
+    def covers(self, name: str, call: int | None = None, key: str | None = None) -> bool:
+        """Whether the map of module ``name``, call ``call``, output key ``key`` is selected (``None``: any)."""
+        return any(r.covers(name, call, key) for r in self._by_name.get(name, ()))
+
+    def matches(self, captured_key: str, module_type: str | None = None) -> bool:
+        """Whether the captured map named ``captured_key`` (e.g. ``"blocks.3:1[0]"``) is selected.
+
+        ``module_type`` (the map's ``LayerInfo.module_type``) must then also
+        be the selected module's class name, so that maps of another model
+        with the same names are not taken for these.
+        """
+        name, call, key = split_key(captured_key)
+        for r in self._by_name.get(name, ()):
+            if r.covers(name, call, key):
+                return module_type is None or r.module is None or type(r.module).__name__ == module_type
+        return False
 
 
 def is_leaf(module: nn.Module) -> bool:
@@ -80,15 +217,6 @@ def closest_names(name: str, names: Sequence[str], n: int = 5) -> list[str]:
     if not found:
         found = [c for c in names if name.split(".")[-1] in c][:n]
     return found
-
-
-def _not_found(model: nn.Module, what: str, names: Sequence[str]) -> LayerNotFoundError:
-    close = closest_names(what, names)
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    return LayerNotFoundError(
-        f"no layer of {type(model).__name__} matches {what!r}{hint}; "
-        "see fm.list_layers(model) or `featuremaps layers` for all names"
-    )
 
 
 def block_names(model: nn.Module) -> list[str]:
@@ -127,220 +255,297 @@ def block_names(model: nn.Module) -> list[str]:
     return blocks
 
 
-def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
-    """Resolve a layer selector against ``model``.
+# --------------------------------------------------------------------------- resolution
 
-    Args:
-        model: the model.
-        layers: see :data:`LayerSelector`.
 
-    Returns:
-        A :class:`Selection`.
+@dataclass(frozen=True)
+class _Candidate:
+    """What a selector may pick: a module of the model, or one captured map (``full`` is its key)."""
 
-    Raises:
-        LayerNotFoundError: a name, glob or regex matched nothing (the message
-            lists the closest names).
+    name: str
+    module: nn.Module | None
+    type_name: str
+    arg: Any  # what a predicate gets second: the module, or the captured map
+    call: int | None = None
+    key: str | None = None
+    full: str | None = None
 
-    Example:
-        >>> from torch import nn
-        >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
-        >>> list(resolve_layers(m, nn.Conv2d).modules)
-        ['0', '2']
-        >>> list(resolve_layers(m, "re:^[12]$").modules)
-        ['1', '2']
-    """
-    named = _named(model)
-    names = [n for n, _ in named]
-    by_name = dict(named)
-    if not named:
-        raise LayerNotFoundError(
-            f"{type(model).__name__} has no submodules to capture; wrap it, e.g. nn.Sequential(model)"
-        )
-    chosen: dict[str, frozenset[int] | None] = {}
-    explicit: set[str] = set()
-    spatial_only = False
 
-    def add(name: str, calls: frozenset[int] | None = None) -> None:
-        if name in chosen:
-            prev = chosen[name]
-            chosen[name] = None if prev is None or calls is None else prev | calls
-        else:
-            chosen[name] = calls
+def _wider(o: LayerRef, r: LayerRef) -> bool:
+    """Whether ``o`` selects all of ``r`` and more (``r`` is then left out)."""
+    return (
+        o.name == r.name and (o.call, o.key) != (r.call, r.key)
+        and (o.call is None or o.call == r.call)
+        and (o.key is None or (r.key is not None and _key_covers(o.key, r.key)))
+    )
 
-    def one(item: Any) -> None:
-        nonlocal spatial_only
+
+class _Resolver:
+    """Applies the grammar to one list of candidates (a model's modules, or captured maps)."""
+
+    def __init__(self, cands: list[_Candidate], model: nn.Module | None) -> None:
+        self.cands = cands
+        self.model = model
+        self.index = {id(c): i for i, c in enumerate(cands)}
+        self.by_name: dict[str, list[_Candidate]] = {}
+        for c in cands:
+            self.by_name.setdefault(c.name, []).append(c)
+        self.by_full = {c.full: c for c in cands if c.full is not None}
+        self.chosen: dict[LayerRef, int] = {}
+        self.explicit: set[str] = set()
+
+    # -- results ------------------------------------------------------------------------
+    def add(self, cand: _Candidate, call: int | None = None, key: str | None = None) -> None:
+        if cand.full is not None:  # a captured map: exactly that one
+            call, key = cand.call, cand.key or None
+        ref = LayerRef(cand.name, cand.module, call, key)
+        self.chosen.setdefault(ref, self.index[id(cand)])
+
+    def result(self, spatial_only: bool) -> Selection:
+        refs = sorted(self.chosen, key=lambda r: (self.chosen[r], -1 if r.call is None else r.call, r.key or ""))
+        same: dict[str, list[LayerRef]] = {}
+        for r in refs:
+            same.setdefault(r.name, []).append(r)
+        kept = [r for r in refs if len(same[r.name]) == 1 or not any(_wider(o, r) for o in same[r.name])]
+        return Selection(tuple(kept), spatial_only, frozenset(self.explicit))
+
+    # -- the grammar ---------------------------------------------------------------------
+    def one(self, item: Any) -> None:
         if item is None:
-            spatial_only = True
-            for n, m in named:
-                if is_leaf(m):
-                    add(n)
+            self._all(leaves=True)
         elif isinstance(item, str):
-            _one_string(item)
+            self._string(item)
         elif isinstance(item, type) and issubclass(item, nn.Module):
-            hits = [n for n, m in named if isinstance(m, item)]
-            if not hits:
-                types = sorted({type(m).__name__ for _, m in named})
-                raise LayerNotFoundError(
-                    f"{type(model).__name__} has no module of type {item.__name__}; "
-                    f"its types are: {', '.join(types[:20])}"
-                )
-            for n in hits:
-                add(n)
+            self._type(item)
         elif isinstance(item, tuple) and item and all(isinstance(t, type) for t in item):
             for t in item:
-                one(t)
+                self.one(t)
+        elif isinstance(item, Selection):
+            self._selection(item)
         elif isinstance(item, nn.Module):
-            for n, m in named:
-                if m is item:
-                    add(n)
-                    explicit.add(n)
-                    return
-            raise LayerNotFoundError(
-                f"the module {type(item).__name__} passed in layers= is not a submodule of "
-                f"{type(model).__name__}; pass one of model.modules() or its name"
-            )
+            self._instance(item)
         elif callable(item):
-            hits = [n for n, m in named if item(n, m)]
-            if not hits:
-                raise LayerNotFoundError(
-                    f"the predicate {getattr(item, '__name__', item)!r} selected no layer of "
-                    f"{type(model).__name__}; see fm.list_layers(model)"
-                )
-            for n in hits:
-                add(n)
+            self._predicate(item)
         elif isinstance(item, (list, tuple, set, frozenset)):
             for sub in item:
-                one(sub)
+                self.one(sub)
         else:
             raise TypeError(
                 f"layers= got {type(item).__name__}; expected a name, glob, 're:' regex, module type, "
                 "module, predicate(name, module) or a list of these"
             )
 
-    def _one_string(text: str) -> None:
+    def _all(self, leaves: bool) -> None:
+        for c in self.cands:
+            if c.full is not None or not leaves or (c.module is not None and is_leaf(c.module)):
+                self.add(c)
+
+    def _string(self, text: str) -> None:
         if text == "all":
-            for n, m in named:
-                if is_leaf(m):
-                    add(n)
+            self._all(leaves=True)
             return
-        if text in by_name:
-            add(text)
-            explicit.add(text)
+        if self.model is not None and text in self.by_name:
+            self.add(self.by_name[text][0])
+            self.explicit.add(text)
+            return
+        ref = _REF.fullmatch(text)
+        if ref and ref["name"] in self.by_name:
+            self._ref(text, ref["name"], int(ref["call"]) if ref["call"] else None, ref["key"] or None)
+            return
+        if text in self.by_full:
+            self.add(self.by_full[text])
             return
         if text == "blocks":  # after exact names: a module may be called "blocks" (timm)
-            found = block_names(model)
-            if not found:
-                raise LayerNotFoundError(
-                    f"{type(model).__name__} has no numbered blocks (children of an nn.Sequential or "
-                    "nn.ModuleList that have children themselves); pass layer names or globs instead"
-                )
-            for n in found:
-                add(n)
-            return
-        base, sep, call = text.rpartition(":")
-        if sep and base in by_name and call.isdigit():
-            add(base, frozenset({int(call)}))
-            explicit.add(base)
+            self._blocks()
             return
         if text.startswith("re:"):
             try:
                 pattern = re.compile(text[3:])
             except re.error as exc:
                 raise LayerNotFoundError(f"layers={text!r} is not a valid regular expression: {exc}") from None
-            hits = [n for n in names if pattern.search(n)]
+            hits = [c for c in self.cands if pattern.search(c.name) or (c.full and pattern.search(c.full))]
         elif _GLOB_CHARS & set(text):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, text)]
+            hits = [c for c in self.cands
+                    if fnmatch.fnmatchcase(c.name, text) or (c.full and fnmatch.fnmatchcase(c.full, text))]
         else:
-            raise _not_found(model, text, names)
+            hits = []
         if not hits:
-            raise _not_found(model, text, names)
-        for n in hits:
-            add(n)
+            raise self._not_found(text)
+        for c in hits:
+            self.add(c)
 
-    one(layers)
-    order = {n: i for i, n in enumerate(names)}
-    ordered = sorted(chosen, key=lambda n: order[n])
-    return Selection(
-        modules={n: by_name[n] for n in ordered},
-        calls={n: chosen[n] for n in ordered},
-        spatial_only=spatial_only and layers is None,
-        explicit=frozenset(explicit),
-    )
+    def _ref(self, text: str, name: str, call: int | None, key: str | None) -> None:
+        """``name``, ``name:call``, ``name[key]``, ``name:call[key]`` with an exact module name."""
+        if self.model is not None:
+            self.add(self.by_name[name][0], call, key)
+            self.explicit.add(name)
+            return
+        hits = [c for c in self.by_name[name] if (call is None or c.call == call) and _key_covers(key, c.key)]
+        if not hits:
+            raise self._not_found(text)
+        for c in hits:
+            self.add(c)
+
+    def _blocks(self) -> None:
+        if self.model is None:
+            raise LayerNotFoundError(
+                "layers='blocks' is decided from the model's structure, which captured maps do not keep; "
+                "capture with layers='blocks', or select the maps by name or glob"
+            )
+        found = block_names(self.model)
+        if not found:
+            raise LayerNotFoundError(
+                f"{type(self.model).__name__} has no numbered blocks (children of an nn.Sequential or "
+                "nn.ModuleList that have children themselves); pass layer names or globs instead"
+            )
+        for n in found:
+            self.add(self.by_name[n][0])
+
+    def _type(self, kind: type) -> None:
+        if self.model is not None:
+            hits = [c for c in self.cands if isinstance(c.module, kind)]
+        else:  # captured maps keep their module's class name
+            hits = [c for c in self.cands if c.type_name == kind.__name__]
+        if not hits:
+            types = sorted({c.type_name for c in self.cands})
+            where = (f"{type(self.model).__name__} has no module" if self.model is not None
+                     else "no captured map comes from a module")
+            raise LayerNotFoundError(
+                f"{where} of type {kind.__name__}; its types are: {', '.join(types[:20])}"
+            )
+        for c in hits:
+            self.add(c)
+
+    def _instance(self, module: nn.Module) -> None:
+        if self.model is None:
+            raise LayerNotFoundError(
+                f"a module instance ({type(module).__name__}) cannot select captured maps, which keep no "
+                "modules; pass its name instead"
+            )
+        for c in self.cands:
+            if c.module is module:
+                self.add(c)
+                self.explicit.add(c.name)
+                return
+        raise LayerNotFoundError(
+            f"the module {type(module).__name__} passed in layers= is not a submodule of "
+            f"{type(self.model).__name__}; pass one of model.modules() or its name"
+        )
+
+    def _predicate(self, fn: Callable[[str, Any], bool]) -> None:
+        hits = [c for c in self.cands if fn(c.name, c.arg)]
+        if not hits:
+            where = f"layer of {type(self.model).__name__}" if self.model is not None else "captured map"
+            raise LayerNotFoundError(
+                f"the predicate {getattr(fn, '__name__', fn)!r} selected no {where}; see fm.list_layers(model)"
+            )
+        for c in hits:
+            self.add(c)
+
+    def _selection(self, sel: Selection) -> None:
+        hits = 0
+        for c in self.cands:
+            if self.model is not None:
+                for r in sel._by_name.get(c.name, ()):
+                    if r.module is None or r.module is c.module:
+                        self.add(c, r.call, r.key)
+                        hits += 1
+            elif sel.covers(c.name, c.call, c.key or ""):
+                self.add(c)
+                hits += 1
+        if sel.refs and not hits:
+            raise LayerNotFoundError(
+                f"the Selection of {', '.join(sel.names[:3])}... matches nothing here; select it again on this "
+                "model or these maps"
+            )
+        self.explicit |= sel.explicit
+
+    def _not_found(self, what: str) -> LayerNotFoundError:
+        if self.model is None:
+            keys = [c.full or c.name for c in self.cands]
+            close = closest_names(what, keys)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            return LayerNotFoundError(
+                f"no captured map matches {what!r}{hint}; captured: {len(keys)} maps (see maps.summary())"
+            )
+        close = closest_names(what, list(self.by_name))
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        return LayerNotFoundError(
+            f"no layer of {type(self.model).__name__} matches {what!r}{hint}; "
+            "see fm.list_layers(model) or `featuremaps layers` for all names"
+        )
 
 
-def _count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def list_layers(
-    model: nn.Module,
-    x: Any = None,
-    *,
-    layers: LayerSelector = "*",
-    leaves_only: bool = False,
-    preprocess: PreprocessLike | None = None,
-) -> Table:
-    """A table of the model's layers: name, type, output shape, layout, parameters.
-
-    Without an input only names, types and parameter counts are known; with
-    ``x`` one forward pass (no maps kept, model state restored) adds each
-    call's output shape and the layout capture gives it (``other``: not an
-    image map, see :mod:`featuremaps.layout`). Modules that ran twice get one
-    row per call (``name``, ``name:1``, ...).
+def select(target: nn.Module | Mapping[str, Any], layers: LayerSelector) -> Selection:
+    """Resolve a layer selector against a model, or against captured maps.
 
     Args:
-        model: the model.
-        x: an optional input: a batch, or an image as users hold it (see :func:`featuremaps.models.as_batch`).
-        layers: a selector restricting the rows (default: all modules).
-        leaves_only: only modules without children.
-        preprocess: the preprocessing for an image ``x`` (default: the model's card, else the stated default).
+        target: the model, or captured maps (a :class:`~featuremaps.maps.FeatureMaps`,
+            or any mapping key -> map with an ``info`` like :class:`~featuremaps.maps.LayerInfo`).
+        layers: the selector (the grammar is in :mod:`featuremaps.layers`).
 
     Returns:
-        A :class:`~featuremaps._table.Table` (prints as text, renders as HTML
-        in notebooks, ``.to_dicts()`` for code).
+        A :class:`Selection`.
+
+    Raises:
+        LayerNotFoundError: a part of the selector matched nothing (the
+            message names it and the closest names).
 
     Example:
-        >>> import torch
         >>> from torch import nn
-        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        >>> t = list_layers(m, torch.zeros(1, 3, 16, 16))
-        >>> t.to_dicts()[0]["output shape"]
-        (1, 8, 16, 16)
+        >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        >>> select(m, nn.Conv2d).names, select(m, "re:^[12]$").names, select(m, ["2[0]", "0:1"]).names
+        (('0', '2'), ('1', '2'), ('0', '2'))
+        >>> [r.selector for r in select(m, ["2[0]", "0:1"])]
+        ['0:1', '2[0]']
     """
-    sel = resolve_layers(model, layers)
-    rows: list[list[Any]] = []
-    if x is None:
-        for name, module in sel.modules.items():
-            if leaves_only and not is_leaf(module):
-                continue
-            rows.append([name, type(module).__name__, None, None, _count_params(module)])
-        return Table(["name", "type", "output shape", "layout", "params"], rows)
+    if isinstance(target, nn.Module):
+        if isinstance(layers, Selection) and all(r.module is not None for r in layers):
+            named = dict(target.named_modules())
+            if all(named.get(r.name) is r.module for r in layers):
+                return layers  # already resolved on this model
+        cands = [_Candidate(n, m, type(m).__name__, m) for n, m in target.named_modules() if n]
+        if not cands:
+            raise LayerNotFoundError(
+                f"{type(target).__name__} has no submodules to capture; wrap it, e.g. nn.Sequential(model)"
+            )
+        resolver = _Resolver(cands, target)
+    elif isinstance(target, Mapping):
+        cands = []
+        for key, lm in target.items():
+            info = lm.info
+            cands.append(_Candidate(info.module_name, None, info.module_type, lm, info.call_index,
+                                    info.output_key, key))
+        resolver = _Resolver(cands, None)
+    else:
+        raise TypeError(f"select() needs a model (nn.Module) or captured maps, got {type(target).__name__}")
+    resolver.one(layers)
+    return resolver.result(spatial_only=layers is None and resolver.model is not None)
 
-    x = as_batch(model, x, preprocess)
-    from .capture import FeatureExtractor  # local import: capture imports this module
 
-    import warnings
+def resolve_layers(model: nn.Module, layers: LayerSelector) -> Selection:
+    """Resolve a layer selector against ``model``: :func:`select` on a model.
 
-    seen: list[Any] = []
+    Example:
+        >>> from torch import nn
+        >>> list(resolve_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.Conv2d).modules)
+        ['0']
+    """
+    return select(model, layers)
 
-    def record(canonical: Any, info: Any) -> None:  # the layout capture decides; nothing is kept
-        seen.append(info)
 
-    with FeatureExtractor(model, list(sel.modules), reduce=record) as fx, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # modules that did not run are rows below
-        fx(x)
-    by_module: dict[str, list[Any]] = {}
-    for info in seen:
-        by_module.setdefault(info.module_name, []).append(info)
-    for mname, module in sel.modules.items():
-        if leaves_only and not is_leaf(module):
-            continue
-        params = _count_params(module)
-        captured = by_module.get(mname)
-        if not captured:
-            rows.append([mname, type(module).__name__, None, "not run", params])
-            continue
-        for info in captured:
-            rows.append([info.name, info.module_type, info.raw_shape, info.layout, params])
-    return Table(["name", "type", "output shape", "layout", "params"], rows)
+def __getattr__(name: str) -> Any:
+    """``featuremaps.layers.list_layers``: moved to :mod:`featuremaps.listing` (deprecated here)."""
+    if name == "list_layers":
+        import importlib
+        import warnings
 
+        warnings.warn(
+            "featuremaps.layers.list_layers moved to featuremaps.listing (it needs the capture engine, which "
+            "needs this module); use fm.list_layers",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # resolved on use by name, not imported: listing imports capture, which imports this module
+        return importlib.import_module("featuremaps.listing").list_layers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,9 @@ import torch
 from ._atomic import atomic_path
 from ._table import Table
 from .errors import FeatureMapsError, LayerNotFoundError
+from .layers import LayerSelector, closest_names, select
 from .layout import LayoutSpec, split_prefix, to_canonical
+from .pictures import pictures, render_map
 
 __all__ = ["LayerInfo", "LayerStats", "LayerMap", "FeatureMaps", "load_maps"]
 
@@ -261,8 +263,6 @@ class LayerMap:
         """A channel grid of this map, for Jupyter."""
         if self.raw.device.type == "meta" or self.tensor.ndim < 2 or self.info.layout == "other":
             return None  # no picture of what is no image map: the repr says what it is
-        from .visualize import render_map
-
         return render_map(self)._repr_png_()
 
     def __repr__(self) -> str:
@@ -310,8 +310,6 @@ class FeatureMaps(Mapping[str, LayerMap]):
         try:
             return self._maps[key]
         except KeyError:
-            from .layers import closest_names
-
             close = closest_names(str(key), list(self._maps))
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise LayerNotFoundError(
@@ -326,6 +324,35 @@ class FeatureMaps(Mapping[str, LayerMap]):
 
     def __len__(self) -> int:
         return len(self._maps)
+
+    def select(self, layers: LayerSelector) -> FeatureMaps:
+        """The maps ``layers`` selects, in capture order: the grammar of :mod:`featuremaps.layers`.
+
+        A name means every map its module produced (``"conv"``: ``conv``,
+        ``conv:1``, ``conv[0]``...), ``"name:k"`` its k-th call,
+        ``"name[key]"`` one tensor of its output; globs and ``re:`` match the
+        module name or the whole key; a module type matches the recorded
+        class name (:attr:`LayerInfo.module_type`); a predicate gets
+        ``(module name, LayerMap)``; ``None`` and ``"all"`` select every map.
+
+        Raises:
+            LayerNotFoundError: a part of ``layers`` matches no captured map
+                (the message names it and the closest keys).
+
+        Example:
+            >>> import torch, featuremaps as fm
+            >>> from torch import nn
+            >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+            >>> maps = fm.get_feature_maps(m, torch.rand(1, 3, 9, 9))
+            >>> list(maps.select(nn.Conv2d)), list(maps.select(["re:^1$", "2"]))
+            (['0', '2'], ['1', '2'])
+        """
+        sel = select(self._maps, layers)
+        chosen = {
+            k: lm for k, lm in self._maps.items()
+            if sel.covers(lm.info.module_name, lm.info.call_index, lm.info.output_key)
+        }
+        return FeatureMaps(chosen, output=self.output, input_shape=self.input_shape)
 
     @property
     def nbytes(self) -> int:
@@ -408,10 +435,8 @@ class FeatureMaps(Mapping[str, LayerMap]):
         """Jupyter: the summary table, then the channel grids of the first layers."""
         import html as _html
 
-        from .visualize import visualize
-
         shown = list(self._maps)[:max_layers]
-        vis = visualize(self, layers=shown, channels=max_channels) if shown else None
+        vis = pictures({k: self._maps[k] for k in shown}, channels=max_channels) if shown else None
         more = (
             f"<p>Showing {len(shown)} of {len(self)} layers (at most {max_channels} channels each); "
             "<code>fm.visualize(maps)</code> renders them all.</p>"

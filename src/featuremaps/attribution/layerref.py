@@ -10,7 +10,6 @@ override may use besides the activations and gradients.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import resolve_layers
+from ..layers import select
 from ..maps import LayerMap
 from ._errors import CAMLayerError
 from .targets import Target
@@ -69,33 +68,12 @@ class _LayerRef:
         return s + (self.path or "")
 
 
-_PATH_RE = re.compile(r"^(.*?)((?:\[[^\[\]]*\])+)$")
-
-
 def _user_refs(model: nn.Module, layer: Any) -> list[_LayerRef]:
-    items = list(layer) if isinstance(layer, (list, tuple)) and not _is_type_tuple(layer) else [layer]
-    if not items:
+    if isinstance(layer, (list, tuple)) and not layer:
         raise CAMLayerError("layer=[] selects nothing; pass a layer name, a module, a list of them, or 'auto'")
-    refs: list[_LayerRef] = []
-    for item in items:
-        path: str | None = None
-        if isinstance(item, str):
-            if item == "auto":
-                raise CAMLayerError("layer='auto' cannot be combined with other layers; pass it alone")
-            m = _PATH_RE.match(item)
-            if m and m.group(1):
-                item, path = m.group(1), m.group(2)
-        sel = resolve_layers(model, item)
-        for name, calls in sel.calls.items():
-            call = max(calls) if calls else None
-            ref = _LayerRef(name, call, path)
-            if ref not in refs:
-                refs.append(ref)
-    return refs
-
-
-def _is_type_tuple(obj: Any) -> bool:
-    return isinstance(obj, tuple) and bool(obj) and all(isinstance(t, type) for t in obj)
+    if isinstance(layer, (list, tuple)) and any(isinstance(i, str) and i == "auto" for i in layer):
+        raise CAMLayerError("layer='auto' cannot be combined with other layers; pass it alone")
+    return [_LayerRef(r.name, r.call, r.key) for r in select(model, layer)]  # the grammar of featuremaps.layers
 
 
 @dataclass

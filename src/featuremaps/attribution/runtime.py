@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture import FeatureExtractor, model_device_dtype, move_to
+from .._outputs import move_to
+from ..capture import FeatureExtractor, model_device_dtype
 from ..models import as_batch
 from ._errors import AttributionError
 

@@ -24,6 +24,7 @@ from ..medical import describe, image_meta
 from ..models import channel_error, resized_size, resolve, top_classes
 from ..pages import render_page, script_json, source_hash
 from ..synthesis import synthesize as synth
+from ..visualize import selected_names
 from .cams import cam_section
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 from .drivers import driver_section
@@ -307,7 +308,7 @@ def _add_synthesized(
     steps: int, size: int, progress: Callable[[str, int, int], None] | None,
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
-    wanted = set(_captured(maps, layers))
+    wanted = set(selected_names(maps, layers))  # the usual "no captured map matches ... closest" error
     chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
