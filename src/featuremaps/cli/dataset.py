@@ -1,5 +1,6 @@
 """The frame of the commands that pass over a dataset (atlas, concepts), alone or under ``torchrun``.
 
+:func:`dataset_options` adds the options both share (batch size, workers, patches, timeout, quiet);
 :func:`dataset_pass` prints warnings as one line each, joins the torchrun process group (and leaves it
 again); :func:`echo_skipped` lists the unreadable images a pass skipped.
 """
