@@ -1,11 +1,14 @@
 """The ``featuremaps`` console script's entry point.
 
-It lives outside the ``featuremaps`` package so that it runs before the
-package's imports (torch takes seconds): a Ctrl-C at any point from here on,
-imports included, ends the command with one ``Aborted.`` line and exit
-status 130 instead of a traceback. Everything else is
-:func:`featuremaps.cli.main`. (Only the interpreter's own start-up, the few
-milliseconds before this module runs, is out of its reach.)
+It lives outside the ``featuremaps`` package so that it runs before any of
+the package's imports: a Ctrl-C at any point from here on ends the command
+with one ``Aborted.`` line and exit status 130 instead of a traceback. Here
+that covers importing the command line itself (click; the package imports
+lazily, so no PyTorch yet); from then on :func:`featuremaps.cli.main` and
+each command's one error path (``featuremaps.cli.command``) cover parsing,
+PyTorch's import inside the command, loading and computing. (Only the
+interpreter's own start-up, the few milliseconds before this module runs, is
+out of its reach.)
 """
 
 from __future__ import annotations

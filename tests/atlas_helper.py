@@ -157,11 +157,8 @@ def main() -> None:
     if sys.argv[1:2] == ["gloo-cuda"]:
         gloo_cuda(sys.argv[2])
         return
-    from featuremaps.cli import cli, main as cli_main
-    from featuremaps.cli_atlas import atlas_cmd
+    from featuremaps.cli import main as cli_main
 
-    if "atlas" not in cli.commands:
-        cli.add_command(atlas_cmd)
     cli_main()
 
 

@@ -635,7 +635,7 @@ def test_patch_sheets_fit_the_examples_there_are(tmp_path):
 def test_torchrun_with_more_processes_than_gpus_is_a_clear_usage_error(monkeypatch):
     import click
 
-    from featuremaps.cli_atlas import _init_distributed
+    from featuremaps.cli.dataset import init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -643,11 +643,11 @@ def test_torchrun_with_more_processes_than_gpus_is_a_clear_usage_error(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(click.UsageError, match=r"started 2 processes .* 1 GPU\(s\).*--nproc_per_node=1"):
-        _init_distributed("cuda")
+        init_distributed("cuda")
 
 
 def test_cli_builds_an_atlas_of_the_sample_photos(tmp_path):
-    from featuremaps.cli_atlas import atlas_cmd
+    from featuremaps.cli.atlas import atlas_cmd
 
     samples = Path(fm.sample_image("cat")).parent
     out = tmp_path / "atlas"
@@ -809,7 +809,7 @@ def test_synthesis_is_off_by_default_and_checked(tmp_path):
 
 
 def test_cli_synthesize_flag(tmp_path):
-    from featuremaps.cli_atlas import atlas_cmd
+    from featuremaps.cli.atlas import atlas_cmd
 
     images = tmp_path / "images"
     atlas_helper.make_folder(images, good=3)

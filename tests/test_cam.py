@@ -870,10 +870,9 @@ def test_registry_lists_every_method_and_resolves_aliases():
 def cli_group():
     import click
 
-    from featuremaps.cli import _Group
-    from featuremaps.cli_cam import cam_cmd
+    from featuremaps.cli.cam import cam_cmd
 
-    group = _Group("featuremaps", context_settings={"help_option_names": ["-h", "--help"]})
+    group = click.Group("featuremaps", context_settings={"help_option_names": ["-h", "--help"]})
     group.add_command(cam_cmd)
     return group
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -176,3 +177,109 @@ def test_blocks_are_the_units_of_real_architectures():
     assert sorted(resolve_layers(resnet, "blocks").modules) == sorted(block_names(resnet))
     with pytest.raises(fm.errors.LayerNotFoundError, match="no numbered blocks"):
         resolve_layers(torchvision.models.vgg11(), "blocks")
+
+
+# --------------------------------------------------------------------------- the package's shape
+
+
+QUICK_COMMANDS = [["--help"], ["--version"], ["nope"], ["maps", "--top-k", "0"], ["maps", "--help"],
+                  ["synthesize", "--help"], ["report", "--help"], ["atlas", "--help"]]
+
+
+@pytest.mark.parametrize("argv", QUICK_COMMANDS, ids=" ".join)
+def test_help_version_and_usage_errors_do_not_import_torch(argv):
+    """`featuremaps --help` took 2.5 s because PyTorch was imported before main (issue #14.5)."""
+    code = (
+        "import sys\nfrom featuremaps.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('EXIT', code, 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    expected = 2 if argv in (["nope"], ["maps", "--top-k", "0"]) else 0
+    assert proc.stderr.strip().splitlines()[-1] == f"EXIT {expected} False", proc.stderr
+    if argv == ["--help"]:
+        assert all(name in proc.stdout for name in ("atlas", "cam", "concepts", "layers", "maps", "report"))
+    if argv == ["--version"]:
+        assert proc.stdout.strip() == f"featuremaps, version {fm.__version__}"
+
+
+def test_the_group_lists_each_commands_own_short_help_without_importing_it():
+    import click
+
+    from featuremaps.cli.command import Command
+    from featuremaps.cli.group import COMMANDS
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    for name, (_, _, short) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert short == command.get_short_help_str(limit=1000), name
+        assert isinstance(command, Command), name  # the one error path
+
+
+def test_debug_shows_the_library_error_of_every_command_synthesize_included(runner, tmp_path):
+    """synthesize caught library errors itself, so --debug could not show their traceback."""
+    args = ["synthesize", "--target", "_blocks.1._project_con:0", "--steps", "1", "--size", "16",
+            "-o", str(tmp_path / "x.png")]
+    plain = runner.invoke(cli, args)
+    assert plain.exit_code == 1 and plain.output.startswith("Error: ") and "closest" in plain.output
+    debug = runner.invoke(cli, ["--debug", *args])
+    assert isinstance(debug.exception, fm.FeatureMapsError) and "closest" in str(debug.exception)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cam_orders_and_batches_methods_by_their_registered_kind(runner, tmp_path):
+    """A perturbation method runs after the others and gets --batch-size, by its kind, not a list of names."""
+    from featuremaps.attribution import ScoreCAM, register_cam, unregister_cam
+
+    seen: list[int] = []
+
+    @register_cam("slowcam")
+    class SlowCAM(ScoreCAM):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            seen.append(self.batch_size)
+
+    try:
+        result = runner.invoke(cli, ["cam", "--model", "test_faults:tiny", "--weights", "random", "--layer", "0",
+                                     "--method", "slowcam", "--method", "gradcam", "--batch-size", "3",
+                                     "-o", str(tmp_path / "out")])
+    finally:
+        unregister_cam("slowcam")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines.index("gradcam: layer 0") < lines.index("slowcam: layer 0")
+    assert seen == [3]
+    assert sorted(p.name for p in (tmp_path / "out").glob("cam_*.png")) == ["cam_gradcam.png", "cam_slowcam.png"]
+
+
+def test_the_package_imports_lazily_and_shows_every_public_name():
+    code = (
+        "import sys, featuremaps as fm\n"
+        "assert 'torch' not in sys.modules, 'import featuremaps imported torch'\n"
+        "assert set(fm.__all__) <= set(dir(fm))\n"
+        "import featuremaps.report.build, featuremaps.visualize\n"  # binds the submodules on the package
+        "from featuremaps import report, GradCAM\n"
+        "assert callable(fm.report) and fm.report is report and callable(fm.visualize), (fm.report, fm.visualize)\n"
+        "assert fm.GradCAM is GradCAM is featuremaps.attribution.GradCAM\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_type_checking_imports_and_the_lazy_table_agree():
+    """What static type checkers see (the TYPE_CHECKING imports) is what __getattr__ serves, name for name."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(fm.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    static = {(node.module, alias.name) for node in block.body if isinstance(node, ast.ImportFrom)
+              for alias in node.names}
+    lazy = {(module, name) for module, names in fm._EXPORTS.items() for name in names}
+    assert static == lazy
+    assert {name for _, name in lazy} == set(fm.__all__) - {"__version__"}
+    for module, name in sorted(lazy):
+        assert getattr(fm, name) is getattr(importlib.import_module(f"featuremaps.{module}"), name)

@@ -69,12 +69,12 @@ def test_ctrl_c_at_any_moment_prints_one_line_and_exits_130(tmp_path, command):
 
 
 def test_ctrl_c_in_the_command_is_130_through_the_click_runner_too(monkeypatch):
-    import featuremaps.cli as cli_module
+    from featuremaps.cli.options import ModelOptions
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "_load", interrupted)
+    monkeypatch.setattr(ModelOptions, "load", interrupted)
     result = CliRunner().invoke(cli, ["layers", "--no-forward"])
     assert result.exit_code == 130 and result.output.strip() == "Aborted."
 

@@ -197,10 +197,10 @@ def test_commands_write_again_where_they_wrote_and_record_it(tmp_path):
 
 
 def test_a_one_file_command_records_its_file_only_where_the_folder_is_ours(tmp_path, monkeypatch):
-    from featuremaps.cli import _mark_new_folder
+    from featuremaps.cli.outputs import mark_new_file
 
     new = tmp_path / "new" / "page.html"
-    mark = _mark_new_folder(str(new))
+    mark = mark_new_file(str(new))
     new.parent.mkdir()
     new.write_text("page")
     mark()
@@ -208,7 +208,7 @@ def test_a_one_file_command_records_its_file_only_where_the_folder_is_ours(tmp_p
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("x")
-    mark = _mark_new_folder(str(mine / "page.html"))
+    mark = mark_new_file(str(mine / "page.html"))
     (mine / "page.html").write_text("page")
     mark()
     assert not (mine / MARKER).exists()  # a folder of the user's is never claimed

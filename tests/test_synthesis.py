@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 import featuremaps as fm
-from featuremaps.cli_synth import synth_cmd
+from featuremaps.cli.synth import synth_cmd
 from featuremaps.errors import LayerNotFoundError
 from featuremaps.synthesis import (
     Activations,

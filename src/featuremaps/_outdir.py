@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
+from ._atomic import atomic_path
 from .errors import FeatureMapsError
 
 __all__ = [
@@ -74,8 +75,6 @@ def _read(folder: Path) -> tuple[dict[str, str], set[str]] | None:
 
 
 def _write(folder: Path, files: dict[str, str], dirs: set[str]) -> None:
-    from ._atomic import atomic_path
-
     text = json.dumps({"format": _FORMAT, "note": _NOTE, "files": dict(sorted(files.items())),
                        "dirs": sorted(dirs)}, indent=1) + "\n"
     with atomic_path(folder / MARKER) as tmp:

@@ -6,6 +6,7 @@ from typing import Any
 
 from .errors import FeatureMapsError
 from .maps import FeatureMaps
+from .pictures import render_map
 
 __all__ = ["log_to_tensorboard"]
 
@@ -62,8 +63,6 @@ def log_to_tensorboard(
             f"writer {type(writer).__name__} lacks {', '.join(missing)}; pass a "
             "torch.utils.tensorboard.SummaryWriter (pip install tensorboard)"
         )
-    from .visualize import render_map
-
     logged = 0
     for name, lm in maps.items():
         t = lm.tensor

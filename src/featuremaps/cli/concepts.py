@@ -14,39 +14,32 @@ import time
 
 import click
 
-from .cli import _load, _output_folder, model_options
-from .cli_atlas import dataset_pass, echo_skipped
+from .command import command
+from .dataset import dataset_options, dataset_pass, echo_skipped
+from .options import ModelOptions, model_options, out_option, pass_model
+from .outputs import output_folder
 
 __all__ = ["concepts_cmd"]
 
 
-@click.command("concepts")
+@command("concepts")
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
-@model_options
+@model_options(image=False)
 @click.option("--layer", required=True, help="The layer to find concepts in (one name; see 'featuremaps layers').")
 @click.option("--n", "--n-concepts", "n_concepts", default=10, show_default=True, type=click.IntRange(min=1),
               help="How many concepts (under torchrun spell it --n-concepts: torchrun takes --n for its own).")
 @click.option("--k", "top_k", default=9, show_default=True, type=click.IntRange(min=1),
               help="Top examples kept per concept.")
-@click.option("-o", "--out", "out_dir", default="concepts", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder: new, empty, or one featuremaps wrote (checked before any work; written "
-              "atomically).")
+@out_option("concepts", "Output folder: new, empty, or one featuremaps wrote (checked before any work; written "
+            "atomically).")
 @click.option("--sample-size", default=None, type=click.IntRange(min=1),
               help="Positions kept for the factorization [default: as many as fit in 64 MiB].")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
-              help="DataLoader worker processes for reading images.")
-@click.option("--patch-size", default=64, show_default=True, type=click.IntRange(min=4),
-              help="Patch thumbnail size in pixels.")
-@click.option("--receptive", type=click.Choice(["auto", "chain", "gradient", "none"]), default="auto",
-              show_default=True, help="How patch sizes are found (none: whole images).")
-@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Under torchrun: seconds a process waits for the others before it fails naming the missing rank.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@dataset_options
+@pass_model
 def concepts_cmd(
-    image_dir: str, model_spec: str, weights: str | None, device: str | None, trust_pickle: bool, layer: str,
-    n_concepts: int, top_k: int, out_dir: str, sample_size: int | None, batch_size: int, workers: int,
-    patch_size: int, receptive: str, timeout: float, quiet: bool,
+    model: ModelOptions, image_dir: str, layer: str, n_concepts: int, top_k: int, out_dir: str,
+    sample_size: int | None, batch_size: int, workers: int, patch_size: int, receptive: str, timeout: float,
+    quiet: bool,
 ) -> None:
     """Find the N concepts that LAYER's activations over IMAGE_DIR are made of.
 
@@ -61,14 +54,14 @@ def concepts_cmd(
     \b
         featuremaps concepts photos/ --layer _act_head --n 10 -o concepts/
     """
-    from .concepts import discover_concepts
+    from ..concepts import discover_concepts  # lazy: PyTorch stays out of `featuremaps --help`
 
-    _output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
-    with dataset_pass(device, timeout) as (device, rank):
-        model, preprocess = _load(model_spec, weights, device, trust_pickle)
+    output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
+    with dataset_pass(model.device, timeout) as (device, rank):
+        net, preprocess = model.load(device)
         t0 = time.perf_counter()
         concepts = discover_concepts(
-            model, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
+            net, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
             batch_size=batch_size, num_workers=workers, receptive=receptive, progress=not quiet, out=out_dir,
             patch_size=patch_size, timeout=timeout,
         )

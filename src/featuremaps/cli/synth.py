@@ -1,7 +1,6 @@
 """``featuremaps synthesize``: images optimized to make chosen channels fire.
 
-A thin shell over :func:`featuremaps.synthesis.synthesize`. Register it on
-the main group with ``cli.add_command(synth_cmd)``.
+A thin shell over :func:`featuremaps.synthesis.synthesize`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,9 @@ from typing import Any
 
 import click
 
-from .cli import DEFAULT_OUT, _load, _mark_new_folder, model_options
+from .command import command
+from .options import DEFAULT_OUT, ModelOptions, model_options, out_option, pass_model
+from .outputs import mark_new_file
 
 __all__ = ["synth_cmd"]
 
@@ -21,8 +22,8 @@ def _numbered(out: Path, i: int, n: int) -> Path:
     return out.with_name(f"{out.stem}-{i:0{width}d}{out.suffix or '.png'}")
 
 
-@click.command("synthesize")
-@model_options
+@command("synthesize")
+@model_options(image=False, input_size=False)
 @click.option("--target", "targets", multiple=True, required=True, metavar="LAYER:CHANNEL",
               help="What to maximize: LAYER:CHANNEL, LAYER:A-B (channels A to B), LAYER:* (every channel) "
               "or class:INDEX. Repeat for several images.")
@@ -42,12 +43,11 @@ def _numbered(out: Path, i: int, n: int) -> Path:
               "where that is faster).")
 @click.option("--separate", is_flag=True, help="Write one numbered file per image instead of one grid.")
 @click.option("--labels/--no-labels", default=False, show_default=True, help="Caption each grid tile with its target.")
-@click.option("-o", "--out", "out_path", default=f"{DEFAULT_OUT}/synthesis.png", show_default=True,
-              type=click.Path(dir_okay=False), help="Output picture (.png, .jpg or .webp).")
+@out_option(f"{DEFAULT_OUT}/synthesis.png", "Output picture (.png, .jpg or .webp).", folder=False)
+@pass_model
 def synth_cmd(
-    model_spec: str, weights: str | None, device: str | None, trust_pickle: bool, targets: tuple[str, ...],
-    steps: int, size: int, seed: int, lr: float, param: str, decorrelate: bool, transforms: str,
-    batch_size: int | None, separate: bool, labels: bool, out_path: str,
+    model: ModelOptions, targets: tuple[str, ...], steps: int, size: int, seed: int, lr: float, param: str,
+    decorrelate: bool, transforms: str, batch_size: int | None, separate: bool, labels: bool, out_path: str,
 ) -> None:
     """Synthesize images that make chosen channels of the model fire.
 
@@ -59,29 +59,25 @@ def synth_cmd(
 
     Example: featuremaps synthesize --target _blocks.5._project_conv:17 -o ch17.png
     """
-    from .errors import FeatureMapsError
-    from .io import save_image
-    from .synthesis import synthesize
+    from ..io import save_image  # lazy: PyTorch stays out of `featuremaps --help`
+    from ..synthesis import synthesize  # lazy: as above
 
-    try:
-        model, preprocess = _load(model_spec, weights, device, trust_pickle)
-        result = synthesize(
-            model, list(targets), steps=steps, size=size, param=param, decorrelate=decorrelate,
-            transforms=transforms, lr=lr, seed=seed, batch=batch_size if batch_size is not None else True,
-            preprocess=preprocess, progress=True, return_result=True,
-        )
-        out = Path(out_path)
-        mark = _mark_new_folder(out_path)
-        written: list[Path] = []
-        if separate or len(result) == 1:
-            for i, img in enumerate(result.images):
-                dest = out if len(result) == 1 else _numbered(out, i, len(result))
-                written.append(save_image(img, dest))
-        else:
-            written.append(save_image(result.grid(labels=labels), out))
-        mark()
-    except FeatureMapsError as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    net, preprocess = model.load()
+    result = synthesize(
+        net, list(targets), steps=steps, size=size, param=param, decorrelate=decorrelate,
+        transforms=transforms, lr=lr, seed=seed, batch=batch_size if batch_size is not None else True,
+        preprocess=preprocess, progress=True, return_result=True,
+    )
+    out = Path(out_path)
+    mark = mark_new_file(out_path)
+    written: list[Path] = []
+    if separate or len(result) == 1:
+        for i, img in enumerate(result.images):
+            dest = out if len(result) == 1 else _numbered(out, i, len(result))
+            written.append(save_image(img, dest))
+    else:
+        written.append(save_image(result.grid(labels=labels), out))
+    mark()
     _report(result, written, steps)
 
 

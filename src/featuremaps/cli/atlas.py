@@ -1,0 +1,115 @@
+"""``featuremaps atlas``: the top-k dataset examples of every channel, as a browsable folder.
+
+A thin shell over :func:`featuremaps.atlas.build_atlas`. It works alone and
+under ``torchrun`` (each process reads a shard; rank 0 writes the folder)::
+
+    featuremaps atlas IMAGE_DIR --layers '_blocks.1?.*' --k 9 -o atlas/
+    featuremaps atlas IMAGE_DIR --layers '_blocks.15.*' --synthesize --synth-steps 64 -o atlas/
+    torchrun --nproc_per_node=4 -m featuremaps atlas IMAGE_DIR --layers ... -o atlas/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from .command import command
+from .dataset import dataset_options, dataset_pass, echo_skipped
+from .options import ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
+from .outputs import output_folder
+
+__all__ = ["atlas_cmd"]
+
+
+def _default_layers(model: Any, rank: int) -> Any:
+    """The block outputs, said before the pass (every spatial layer when the model has no blocks)."""
+    from ..layers import block_names, is_leaf  # lazy: PyTorch stays out of `featuremaps --help`
+
+    blocks = block_names(model)
+    if rank == 0:  # said even with --quiet (which hides the progress bar only)
+        if blocks:
+            shown = ", ".join(blocks[:3]) + (f", ... {blocks[-1]}" if len(blocks) > 3 else "")
+            click.echo(f"layers: the {len(blocks)} block outputs ({shown}); --layers chooses others", err=True)
+        else:
+            leaves = sum(1 for _, m in model.named_modules() if is_leaf(m))
+            click.echo(f"layers: {type(model).__name__} has no numbered blocks: every spatial layer (up to "
+                       f"{leaves} layers, one page and one patch sheet per channel); --layers chooses fewer",
+                       err=True)
+    return "blocks" if blocks else None
+
+
+@command("atlas")
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@model_options(image=False)
+@layers_option("Layers: names, globs ('_blocks.1?.*'), 're:REGEX', 'blocks' or 'all'; repeat or "
+               "comma-separate. Default: 'blocks', the block outputs (one map per block, e.g. 16 on the default "
+               "model), else every layer with a spatial output.")
+@click.option("--k", "k", default=9, show_default=True, type=click.IntRange(min=1),
+              help="Top examples kept per channel.")
+@click.option("--score", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Rank images by the channel's spatial maximum or mean.")
+@out_option("atlas", "Output folder: new, empty, or one featuremaps wrote (checked before any work; written "
+            "atomically, a previous atlas's files there are replaced).")
+@dataset_options
+@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Save the running state every this many images (per process).")
+@click.option("--no-resume", is_flag=True, help="Start over instead of continuing from a checkpoint.")
+@click.option("--synthesize", is_flag=True,
+              help="Also synthesize an image exciting each channel, shown next to its patches (slow; off by default).")
+@click.option("--synth-steps", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Optimization steps per synthesized image.")
+@click.option("--synth-size", default=96, show_default=True, type=click.IntRange(min=8),
+              help="Synthesized image size in pixels.")
+@pass_model
+def atlas_cmd(
+    model: ModelOptions, image_dir: str, layer_patterns: tuple[str, ...], k: int, score: str, out_dir: str,
+    batch_size: int, workers: int, patch_size: int, receptive: str, timeout: float, quiet: bool,
+    checkpoint_every: int, no_resume: bool, synthesize: bool, synth_steps: int, synth_size: int,
+) -> None:
+    """Find the K images (and patches) of IMAGE_DIR that activate each channel most.
+
+    Reads IMAGE_DIR recursively with the model's preprocessing (unreadable
+    images are skipped and listed), keeps per channel the top K images and
+    dataset statistics (mean, std, fraction active, max), and writes OUT:
+    index.html, one page per layer, patch thumbnails, atlas.json and
+    atlas.safetensors (load it with featuremaps.atlas.load_atlas). An
+    interrupted run continues where it stopped when re-run with the same
+    arguments. Under torchrun each process reads its share of the images.
+    With --synthesize each channel also gets an image optimized to excite it
+    (about --synth-steps forward and backward passes per batch of channels;
+    under torchrun the processes share the channels).
+
+    Example:
+
+    \b
+        featuremaps atlas photos/ --layers '_blocks.1?._project_conv' --k 9 -o atlas/
+        featuremaps atlas photos/ --layers '_blocks.15.*' --synthesize -o atlas/
+        torchrun --nproc_per_node=4 -m featuremaps atlas photos/ --layers ... -o atlas/
+    """
+    from ..atlas import build_atlas  # lazy: PyTorch stays out of `featuremaps --help`
+
+    output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
+    with dataset_pass(model.device, timeout) as (device, rank):
+        net, preprocess = model.load(device)
+        layers = parse_layers(layer_patterns) or _default_layers(net, rank)
+        t0 = time.perf_counter()
+        atlas = build_atlas(
+            net, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,
+            batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
+            resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
+            synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,
+        )
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            channels = sum(atlas.layer(name).channels for name in atlas.layers())
+            rate = atlas.num_images / seconds if seconds > 0 else 0.0
+            click.echo(
+                f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
+                f"{channels} channels, top {k} by {score}"
+                + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
+            )
+            echo_skipped(atlas.skipped, "atlas.json")
+            click.echo(f"wrote {os.path.join(out_dir, 'index.html')}")

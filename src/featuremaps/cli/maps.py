@@ -1,0 +1,78 @@
+"""``featuremaps maps``: capture the feature maps of one image and draw every layer into a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .command import command
+from .options import DEFAULT_OUT, ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
+from .outputs import echo_top1, output_folder, progress_bar, top_classes, write_predictions
+
+__all__ = ["maps_cmd"]
+
+
+@command("maps")
+@click.argument("image", required=False)
+@model_options()
+@layers_option("Layers to capture: names, globs ('*conv*'), 're:REGEX'; repeat or comma-separate. "
+               "Default: every leaf layer with a spatial output.")
+@out_option(DEFAULT_OUT, "Output directory.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Show only the K channels with the highest --order statistic per layer.")
+@click.option("--order", type=click.Choice(["mean", "max", "var"]), default="max", show_default=True,
+              help="Statistic that ranks channels for --top-k.")
+@click.option("--norm", type=click.Choice(["auto", "channel", "layer", "global", "robust", "symmetric"]),
+              default="auto", show_default=True, help="Colour scale: per channel, per layer, shared across layers...")
+@click.option("--cmap", default=None, help="Any matplotlib colormap name (default viridis; RdBu_r for signed maps).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "svg", "pdf"]), default="png",
+              show_default=True, help="Picture format.")
+@click.option("--labels/--no-labels", default=False, help="Label each channel with its index and range.")
+@click.option("--tensors/--no-tensors", default=True, show_default=True,
+              help="Also save the maps themselves to maps.safetensors.")
+@click.option("--max-bytes", default=None, help="Cap on the memory kept, e.g. 500MB.")
+@pass_model
+def maps_cmd(
+    model: ModelOptions, image: str | None, layer_patterns: tuple[str, ...], out_dir: str, top_k: int | None,
+    order: str, norm: str, cmap: str | None, fmt: str, labels: bool, tensors: bool, max_bytes: str | None,
+) -> None:
+    """Capture the feature maps of IMAGE and draw every layer.
+
+    Writes one picture per layer (a channel grid) under DIR/layers/, an
+    index.html that shows them all, summary.txt (shapes and statistics per
+    layer), stats.png (statistics across depth), predictions.txt (the top-5
+    classes) and maps.safetensors (the maps, loadable with
+    featuremaps.load_maps).
+    """
+    from ..capture import get_feature_maps  # lazy: PyTorch stays out of `featuremaps --help`
+    from ..render import colormap_lut  # lazy: as above
+    from ..visualize import plot_stats, visualize  # lazy: as above
+
+    if cmap is not None:
+        colormap_lut(cmap)  # fail early on a bad colormap name
+    output_folder(out_dir, create=False)
+    net, preprocess = model.load()
+    maps = get_feature_maps(net, preprocess(model.image(image)), layers=parse_layers(layer_patterns),
+                            max_bytes=max_bytes)
+    out = output_folder(out_dir)
+    top = top_classes(maps.output, preprocess)
+    vis = visualize(maps, channels=top_k, order=order if top_k else None, norm=norm, cmap=cmap, labels=labels)
+    with progress_bar(unit="layers", min_total=8) as report:
+        drawn = iter(range(1, len(vis) + 1))
+        written: list[Path | None] = [
+            vis.save(out, format=fmt, progress=lambda name: report("drawing layers", next(drawn), len(vis))),
+        ]
+    summary = out / "summary.txt"
+    summary.write_text(str(maps.summary()) + "\n", encoding="utf-8")
+    stats_png = out / "stats.png"
+    plot_stats(maps, title=f"{model.spec}: statistics per layer").savefig(stats_png, dpi=90)
+    written += [summary, stats_png, maps.save(out / "maps.safetensors") if tensors else None,
+                write_predictions(out, top)]
+    echo_top1(top)
+    click.echo(f"captured {len(maps)} layer{'' if len(maps) == 1 else 's'} ({maps.nbytes / 1e6:.1f} MB) "
+               f"from {model.spec}")
+    click.echo(f"wrote {len(vis)} layer pictures to {out / 'layers'}")
+    for p in written:
+        if p is not None:
+            click.echo(f"wrote {p}")
