@@ -7,24 +7,22 @@ that need a forward per channel, ``"perturbation"``, last). The steps, each its 
 1. the prediction and the class to explain (:func:`_predict`);
 2. every chosen method in memory, skipping with a note those the model or layer cannot use
    (:func:`_explain_all`), so nothing is written until something can be;
-3. the overlays and, with ``--metrics``, the faithfulness scores (:func:`_write_overlays`);
-4. the raw maps in one file (:func:`save_cam_file`, format ``featuremaps-cam/1``).
+3. with ``--metrics``, each method's faithfulness scores, sharing one unperturbed forward (:func:`_scores`);
+4. the folder, written by the library (:func:`featuremaps.attribution.save_cams`, format ``featuremaps-cam/1``,
+   read back by :func:`featuremaps.load_cams`): overlays, the raw maps, predictions and scores.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .._atomic import atomic_path
 from .command import cli_wording, command
 from .options import DEFAULT_OUT, ModelOptions, model_options, out_option, pass_model
-from .outputs import Prediction, echo_predictions, output_folder, top_classes, write_predictions
+from .outputs import Prediction, echo_predictions, output_folder, top_classes
 
-__all__ = ["cam_cmd", "parse_target", "save_cam_file"]
+__all__ = ["cam_cmd", "parse_target"]
 
 
 class _MethodChoice(click.Choice):
@@ -78,10 +76,6 @@ def parse_target(value: str | None, card: Any) -> int | None:
 
 
 
-def _slug(name: str) -> str:
-    return name.replace("+", "p")
-
-
 @command("cam")
 @click.argument("image", required=False)
 @model_options()
@@ -110,7 +104,7 @@ def cam_cmd(
     predictions.txt; with --metrics also metrics.json. Default IMAGE: the
     shipped cat photo.
     """
-    from ..attribution import cam_methods  # lazy: PyTorch stays out of `featuremaps --help`
+    from ..attribution import cam_methods, save_cams  # lazy: PyTorch stays out of `featuremaps --help`
 
     chosen = list(dict.fromkeys(m.lower() for m in methods)) or ["gradcam"]
     if "all" in chosen:
@@ -126,18 +120,17 @@ def cam_cmd(
     click.echo(f"explaining class {cls}" + (f" ({class_name})" if named else ""))
     results, skipped = _explain_all(net, x, cls, chosen, list(layers) if layers else "auto", batch_size)
 
+    scores = _scores(net, x, cls, results, metric_steps, batch_size) if metrics else None
     out = output_folder(out_dir)
-    written, scores = _write_overlays(out, net, x, preprocess.view(img), cls, results, alpha,
-                                      metric_steps if metrics else None, batch_size)
-    meta = {"model": model.spec, "image": str(image) if image is not None else "sample:cat", "target": str(cls),
-            "class_name": class_name, "skipped": skipped}
-    written.append(save_cam_file(out / "cams.safetensors", results, meta))
-    written.append(write_predictions(out, top))
-    if metrics:
+    written = save_cams(
+        out, results, model=model.spec, image=str(image) if image is not None else "sample:cat", target=cls,
+        class_name=class_name, skipped=skipped, view=preprocess.view(img), alpha=alpha, predictions=top,
+        metrics=scores,
+    )
+    if scores is not None:
         click.echo(f"faithfulness for class {cls}, {metric_steps} deletion/insertion steps (the report uses 10 "
                    "for speed, so its AUCs differ slightly)")
         _print_metrics(scores)
-        written.append(_write_json(out / "metrics.json", {"target": cls, "class_name": class_name, "scores": scores}))
     for p in written:
         if p is not None:
             click.echo(f"wrote {p}")
@@ -191,57 +184,15 @@ def _explain_all(
     return {name: results[name] for name in chosen if name in results}, skipped
 
 
-def _write_overlays(
-    out: Path, net: Any, x: Any, view: Any, cls: int, results: dict[str, Any], alpha: float,
-    metric_steps: int | None, batch_size: int,
-) -> tuple[list[Path | None], dict[str, dict[str, float]]]:
-    """``cam_METHOD.png`` per method; with ``metric_steps``, each method's faithfulness scores too."""
-    import numpy as np
+def _scores(
+    net: Any, x: Any, cls: int, results: dict[str, Any], steps: int, batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """Each method's faithfulness scores for the first sample, from one shared unperturbed forward."""
+    from ..attribution import Faithfulness  # lazy: as in cam_cmd
 
-    from ..attribution import faithfulness  # lazy: as in cam_cmd
-    from ..render import overlay, save_image  # lazy: as in cam_cmd
-
-    written: list[Path | None] = []
-    scores: dict[str, dict[str, float]] = {}
-    for name, result in results.items():
-        heat = result.heatmap
-        picture = overlay(view, heat[0].detach().float().cpu(), alpha=alpha)
-        written.append(save_image(np.asarray(picture), out / f"cam_{_slug(name)}.png"))
-        if metric_steps is not None:
-            values = faithfulness(net, x, heat, cls, batch_size=batch_size, steps=metric_steps)
-            scores[name] = {k: round(float(v[0]), 6) for k, v in values.items()}
-    return written, scores
-
-
-def save_cam_file(path: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write the ``featuremaps-cam/1`` file: each method's heatmap and raw per-layer maps, atomically.
-
-    Tensors: ``METHOD`` (the heatmap) and ``METHOD/LAYER`` (that layer's map), float32. Metadata (strings):
-    ``format``, ``model``, ``image``, ``target``, ``class_name``, ``layers`` (JSON: method -> layer names)
-    and ``skipped`` (JSON: the methods that did not apply); ``meta`` gives all but ``format`` and ``layers``.
-    """
-    from safetensors.torch import save_file
-
-    tensors: dict[str, Any] = {}
-    for name, result in results.items():
-        tensors[name] = result.heatmap.detach().float().cpu().contiguous()
-        for lname, lmap in result.layer_maps.items():
-            tensors[f"{name}/{lname}"] = lmap.detach().float().cpu().contiguous()
-    metadata = {
-        "format": "featuremaps-cam/1", "model": str(meta["model"]), "image": str(meta["image"]),
-        "target": str(meta["target"]), "class_name": str(meta["class_name"]),
-        "layers": json.dumps({name: list(result.layers) for name, result in results.items()}),
-        "skipped": json.dumps(list(meta["skipped"])),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    check = Faithfulness(net, x, cls, batch_size=batch_size)
+    return {name: {k: round(float(v[0]), 6) for k, v in check.evaluate(result.heatmap, steps=steps).items()}
+            for name, result in results.items()}
 
 
 _METRIC_COLUMNS = (
