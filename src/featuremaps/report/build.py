@@ -28,6 +28,8 @@ from ..visualize import selected_names
 from .cams import cam_section
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 from .drivers import driver_section
+from .scan import cam_cell_note, scan_view
+from .volume import VolumeOptions, is_volume, volume_data
 
 __all__ = ["Report", "report", "render_report", "render_html", "source_hash", "DEFAULT_CAM_METHODS"]
 
@@ -123,6 +125,7 @@ def render_html(data: dict[str, Any]) -> str:
     return render_page(
         "report.html", meta=data["meta"], predictions=data["predictions"], photo=data["photo"],
         has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), payload=script_json(data),
+        photo_note=data.get("photo_note"), volume=data.get("volume"), medical_js=bool(data.get("scale") or data.get("volume")),
     )
 
 
@@ -194,6 +197,10 @@ def report(
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if is_volume(image):  # a 3-D scan: slice viewer, 3-D maps and CAMs (report/volume.py)
+        vopts = VolumeOptions(layers, top_k, max_tile, cam_methods, cam_layer, classes, title, max_bytes)
+        data = volume_data(model, image, preprocess, vopts, progress)
+        return Report(data=data, html=render_html(data), seconds=time.perf_counter() - t0)
     net, prep, model_name = _as_model(model, preprocess)
     src = image if image is not None else sample_image("cat")
     img = load_image(src)
@@ -214,9 +221,14 @@ def report(
     cams, driving = _explanations(
         net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
     )
+    scan = scan_view(img, prep, view, photo_size)  # a scan: scale bar, resolution, mm per CAM cell
+    if scan is not None and scan.input_mm is not None and cams and ", " not in cams["layer"]:
+        cams["note"] += cam_cell_note(net, x, cams["layer"], encoded, scan.input_mm)
     data = {
         "meta": _meta(title, model_name, src, img, prep, x, encoded),
-        "photo": photo_data_uri(view, max_side=photo_size),
+        "photo": scan.photo if scan is not None else photo_data_uri(view, max_side=photo_size),
+        "photo_note": scan.note if scan is not None else None,
+        "scale": scan.scale.as_dict() if scan is not None and scan.scale is not None else None,
         "predictions": predictions,
         "layers": encoded,
         "cams": cams,

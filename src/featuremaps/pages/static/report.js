@@ -540,6 +540,8 @@
           ctx.imageSmoothingEnabled = true;
           ctx.drawImage(colorize(res[0], luts.inferno), 0, 0, c.width, c.height);
           ctx.globalAlpha = 1;
+          if (data.scale && window.featuremapsScaleBar) { window.featuremapsScaleBar(ctx, data.scale); }
+          c.setAttribute("data-drawn", "true");
         });
       });
     }

@@ -1,0 +1,235 @@
+"""The report on a 3-D scan: a slice viewer of the input, its 3-D feature maps and 3-D CAMs.
+
+``fm.report(model_3d, fm.load_volume(path))`` builds the same page as for a
+picture (predictions, the layer view, statistics across depth), with:
+
+* a slice viewer of the model input (axial, coronal, sagittal; a slider per
+  view), drawn at its native voxels (nearest neighbour, never smoothed),
+  its aspect following the voxel spacing, with a scale bar in mm;
+* 3-D CAMs of the top classes (every requested method that applies to a
+  3-D layer), each overlaid on the slices of the same viewer;
+* 3-D feature maps in the layer view as their maximum over depth (the
+  summary photo is the input's maximum over depth, so the two align).
+
+The volume travels once, as one PNG "sprite" of its axial slices; the page
+reslices it for the coronal and sagittal views. CAMs travel the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..attribution import cams as run_cams
+from ..attribution import get_cam
+from ..capture import get_feature_maps
+from ..errors import FeatureMapsError
+from ..layers import LayerSelector
+from ..models import load_model, top_classes
+from ..render.scalebar import nice_scale
+from ..volume import Volume
+from .data import ReportOptions, colormap_table, encode_layers, png_data_uri
+
+__all__ = ["VolumeOptions", "is_volume", "volume_data", "volume_input", "volume_sprite", "VIEWS"]
+
+#: The three views: name, the tensor axis the slider moves along, the
+#: (row, column) axes of a slice, and whether rows are flipped (superior at the top).
+VIEWS = (("axial", 0, (1, 2), False), ("coronal", 1, (0, 2), True), ("sagittal", 2, (0, 1), True))
+_VIEW_WIDTH = 256  # the views are drawn at least this wide (an integer number of screen pixels per voxel)
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    """The report options that apply to a volume (see :func:`featuremaps.report`)."""
+
+    layers: LayerSelector = None
+    top_k: int | None = None
+    max_tile: int = 32
+    cam_methods: Sequence[str] | None = ("gradcam",)
+    cam_layer: Any = "auto"
+    classes: int = 5
+    title: str | None = None
+    max_bytes: int | str | None = "2GB"
+
+
+def is_volume(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`~featuremaps.Volume` (the report then shows slices).
+
+    Example:
+        >>> is_volume("cat.jpg")
+        False
+    """
+    return isinstance(obj, Volume)
+
+
+def volume_input(vol: Volume, preprocess: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """The model input ``(1, C, D, H, W)``: ``vol.data`` as it is, or ``preprocess(vol)``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> vol = Volume(torch.zeros(1, 4, 8, 8), (2.5, 0.5, 0.5), np.eye(4), ("S", "P", "L"), "demo")
+        >>> tuple(volume_input(vol).shape)
+        (1, 1, 4, 8, 8)
+    """
+    x = vol.data[None].float() if preprocess is None else preprocess(vol)
+    if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
+        got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a tensor of shape {tuple(x.shape)}"
+        raise FeatureMapsError(
+            f"preprocess for the volume {vol.source!r} returned {got}; it must return a (1, C, D, H, W) tensor "
+            "(or (C, D, H, W))"
+        )
+    return x if x.ndim == 5 else x[None]
+
+
+def volume_sprite(values: np.ndarray) -> tuple[str, int]:
+    """A ``(D, H, W)`` uint8 volume as one PNG of its D axial slices in a grid: the data URI and the columns.
+
+    Slice ``k`` is the tile at row ``k // cols``, column ``k % cols``.
+
+    Example:
+        >>> import numpy as np
+        >>> uri, cols = volume_sprite(np.zeros((5, 2, 3), np.uint8))
+        >>> uri[:22], cols
+        ('data:image/png;base64,', 3)
+    """
+    d, h, w = values.shape
+    cols = max(1, math.ceil(math.sqrt(d)))
+    rows = math.ceil(d / cols)
+    grid = np.zeros((rows * cols, h, w), np.uint8)
+    grid[:d] = values
+    sheet = grid.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+    return png_data_uri(np.ascontiguousarray(sheet)), cols
+
+
+def _display(vol: Volume, x: torch.Tensor, default_input: bool) -> tuple[np.ndarray, str]:
+    """The input's first channel as uint8 for the viewer, and how its grey levels were chosen."""
+    v = x[0, 0].detach().float().cpu().numpy()
+    if default_input and vol.window is not None:
+        lo, hi, how = 0.0, 1.0, f"window {vol.window[0]:g}/{vol.window[1]:g}{_units(vol)}"
+    elif default_input and vol.file_window is not None:
+        c, w = vol.file_window
+        lo, hi, how = c - w / 2, c + w / 2, f"the file's window {c:g}/{w:g}{_units(vol)}"
+    else:
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(np.percentile(finite, 0.5)), float(np.percentile(finite, 99.5))) if finite.size else (0, 1)
+        how = "the 0.5th to 99.5th percentile of the model input"
+    span = hi - lo if hi > lo else 1.0
+    unit = np.clip((np.nan_to_num(v) - lo) / span, 0.0, 1.0)
+    return (unit * 255).round().astype(np.uint8), how
+
+
+def _units(vol: Volume) -> str:
+    return f" {vol.units}" if vol.units else ""
+
+
+def _views(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[dict[str, Any]]:
+    """Per view: slices, native rows and columns, drawn size (aspect from the spacing) and its scale bar."""
+    out = []
+    for name, axis, (r, c), flip in VIEWS:
+        rows, cols = shape[r], shape[c]
+        k = max(1, round(_VIEW_WIDTH / cols))  # screen pixels per voxel across
+        width, height = cols * k, max(1, round(rows * k * spacing[r] / spacing[c]))
+        bar = nice_scale(spacing[c] / k, width)
+        out.append({
+            "name": name, "axis": axis, "n": shape[axis], "rows": rows, "cols": cols, "flip": flip,
+            "width": width, "height": height, "mm": [spacing[r], spacing[c]], "bar": bar.as_dict(),
+        })
+    return out
+
+
+def _volume_cams(
+    net: nn.Module, x: torch.Tensor, predictions: list[dict[str, Any]], methods: Sequence[str] | None, layer: Any,
+) -> dict[str, Any] | None:
+    """Each method's 3-D CAM for each top class (one batch of one input copy per class), as sprites."""
+    if not methods or not predictions:
+        return None
+    names = list(dict.fromkeys(get_cam(m).name for m in methods))
+    classes = [p["index"] for p in predictions]
+    xb = x.expand(len(classes), *x.shape[1:])
+    results = run_cams(net, xb, names, target=classes, layer=layer, lenient=True)
+    if not len(results):
+        return None
+    used = list(results)
+    entries = []
+    for i, p in enumerate(predictions):
+        maps = {}
+        for m in used:
+            heat = results[m].heatmap[i].detach().float().cpu().numpy()
+            maps[m] = volume_sprite((np.clip(np.nan_to_num(heat), 0, 1) * 255).round().astype(np.uint8))[0]
+        entries.append({"index": p["index"], "name": p["name"], "maps": maps})
+    first = results[used[0]]
+    return {
+        "layer": ", ".join(first.layers), "methods": used, "classes": entries,
+        "skipped": [f"{m} ({e})" for m, e in results.skipped.items()],
+    }
+
+
+def _model(model: Any) -> tuple[nn.Module, str, Any]:
+    if isinstance(model, nn.Module):
+        return model, type(model).__name__, None
+    if model is None:
+        raise FeatureMapsError("a volume needs a 3-D model: pass fm.report(model_3d, volume) (an nn.Module or "
+                               "a 'module:factory' spec)")
+    loaded = load_model(model)
+    return loaded.model, str(model), getattr(loaded.preprocess, "card", None)
+
+
+def volume_data(
+    model: Any, vol: Volume, preprocess: Callable[..., torch.Tensor] | None, opts: VolumeOptions,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """The report's data for a 3-D ``model`` on ``vol`` (rendered by :func:`featuremaps.report.render_html`).
+
+    Example:
+        >>> import featuremaps as fm, numpy as np, torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
+        ...                     nn.Flatten(), nn.Linear(2, 2))
+        >>> vol = fm.Volume(torch.rand(1, 4, 6, 5), (3.0, 1.0, 1.0), np.eye(4), ("S", "P", "L"), "demo")
+        >>> data = volume_data(net, vol, None, VolumeOptions(classes=2))
+        >>> [v["n"] for v in data["volume"]["views"]], data["volume"]["cams"]["methods"]
+        ([4, 6, 5], ['gradcam'])
+    """
+    net, name, card = _model(model)
+    x = volume_input(vol, preprocess).to(next(net.parameters(), torch.empty(0)).device)
+    maps = get_feature_maps(net, x, layers=opts.layers, max_bytes=opts.max_bytes)
+    encoded = encode_layers(maps, ReportOptions(max_tile=opts.max_tile, top_k=opts.top_k))
+    predictions = [{"index": i, "name": n, "p": p} for i, n, p in top_classes(maps.output, card, opts.classes)]
+    del maps
+    shape = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
+    spacing = tuple(float(s) * vs / xs for s, vs, xs in zip(vol.spacing, vol.shape, shape))  # resampled: scaled
+    grey, how = _display(vol, x, preprocess is None)
+    sprite, cols = volume_sprite(grey)
+    cams = _volume_cams(net, x, predictions, opts.cam_methods, opts.cam_layer)
+    if progress is not None:
+        progress("CAM methods", 1, 1)
+    source = Path(vol.source).name or vol.source
+    voxel = " \u00d7 ".join(f"{s:.3g}" for s in spacing)
+    scan = " \u00b7 ".join([*([vol.modality] if vol.modality else []), f"voxel {voxel} mm (D \u00d7 H \u00d7 W)",
+                            f"shown with {how}"])
+    meta = {
+        "title": opts.title or f"featuremaps: {name} on {source}", "model": name, "image": source,
+        "input": list(x.shape[1:]), "layers_total": len(encoded), "channels": sum(len(d["shown"]) for d in encoded),
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "version": __version__,
+        "scan": scan,
+    }
+    mip = grey.max(axis=0)
+    volume = {
+        "shape": list(shape), "spacing": list(spacing), "sprite": sprite, "cols": cols, "views": _views(shape, spacing),
+        "display": how, "cams": cams, "orientation": "".join(vol.orientation),
+    }
+    return {
+        "meta": meta, "photo": png_data_uri(np.stack([mip] * 3, axis=-1)),
+        "photo_note": f"The input's maximum over its {shape[0]} axial slices (as the 3-D maps below are shown); "
+                      "the slice viewer shows every slice.",
+        "scale": None, "predictions": predictions, "layers": encoded, "cams": None, "drivers": None,
+        "volume": volume, "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
+    }
