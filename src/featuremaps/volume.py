@@ -36,7 +36,7 @@ from .medical import (
     to_8bit, windowed,
 )
 
-__all__ = ["Volume", "load_volume", "nifti_picture"]
+__all__ = ["Volume", "load_volume", "nifti_picture", "is_volume_path"]
 
 _AXES = ("S", "P", "L")  # what D, H, W run toward
 
@@ -168,6 +168,29 @@ def load_volume(path: str | os.PathLike[str], *, window: Window = None, series: 
     unit, _, pair = windowed(values, window, repr(text), vol.file_window)
     return Volume(torch.from_numpy(unit.astype(np.float32)), vol.spacing, vol.affine, vol.orientation,
                   vol.source, vol.modality, vol.units, pair, vol.file_window)
+
+
+def is_volume_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as a volume by the command line: a folder (a DICOM series) or a 3-D/4-D NIfTI.
+
+    A NIfTI file of one slice is a picture (:func:`featuremaps.load_image` reads it); a missing or
+    unreadable NIfTI counts as a volume, so that :func:`load_volume` says what is wrong with it.
+
+    Example:
+        >>> is_volume_path("scan.png"), is_volume_path(".")
+        (False, True)
+    """
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        return True
+    if not str(p).lower().endswith((".nii", ".nii.gz")):
+        return False
+    try:
+        import nibabel  # optional: a missing package is load_volume's clear error
+        shape = tuple(nibabel.load(str(p)).shape)
+    except Exception:
+        return True
+    return len(shape) >= 3 and shape[2] > 1
 
 
 # --------------------------------------------------------------------------- orientation

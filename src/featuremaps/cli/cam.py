@@ -110,9 +110,12 @@ def cam_cmd(
     if "all" in chosen:
         chosen = cam_methods()
     output_folder(out_dir, create=False)
-    net, preprocess = model.load()
-    img = model.image(image)
-    x = preprocess(img)
+    from ..report.volume import slice_overlays, volume_input  # lazy: as above
+
+    vol = model.volume(image)  # a folder or a 3-D NIfTI: 3-D CAMs, drawn over its middle slices
+    net, preprocess = model.load(volume=vol is not None)
+    img = model.image(image) if vol is None else None
+    x = preprocess(img) if vol is None else volume_input(vol)
     card = getattr(preprocess, "card", None)
     top, cls = _predict(net, x, preprocess, parse_target(target, card))
     named = card is not None and bool(getattr(card, "class_names", None))
@@ -124,9 +127,11 @@ def cam_cmd(
     out = output_folder(out_dir)
     written = save_cams(
         out, results, model=model.spec, image=str(image) if image is not None else "sample:cat", target=cls,
-        class_name=class_name, skipped=skipped, view=preprocess.view(img), alpha=alpha, predictions=top,
-        metrics=scores,
+        class_name=class_name, skipped=skipped, view=preprocess.view(img) if vol is None else None, alpha=alpha,
+        predictions=top, metrics=scores,
     )
+    if vol is not None:
+        written[:0] = slice_overlays(out, vol, {m: r.heatmap[0] for m, r in results.items()}, alpha)
     if scores is not None:
         click.echo(f"faithfulness for class {cls}, {metric_steps} deletion/insertion steps (the report uses 10 "
                    "for speed, so its AUCs differ slightly)")

@@ -52,9 +52,12 @@ def maps_cmd(
     if cmap is not None:
         colormap_lut(cmap)  # fail early on a bad colormap name
     output_folder(out_dir, create=False)
-    net, preprocess = model.load()
-    maps = get_feature_maps(net, preprocess(model.image(image)), layers=parse_layers(layer_patterns),
-                            max_bytes=max_bytes)
+    from ..report.volume import volume_input  # lazy: as above
+
+    vol = model.volume(image)  # a folder or a 3-D NIfTI: the model takes the volume (1, C, D, H, W)
+    net, preprocess = model.load(volume=vol is not None)
+    x = volume_input(vol) if vol is not None else preprocess(model.image(image))
+    maps = get_feature_maps(net, x, layers=parse_layers(layer_patterns), max_bytes=max_bytes)
     out = output_folder(out_dir)
     top = top_classes(maps.output, preprocess)
     vis = visualize(maps, channels=top_k, order=order if top_k else None, norm=norm, cmap=cmap, labels=labels)

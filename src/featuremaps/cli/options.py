@@ -56,8 +56,10 @@ class ModelOptions:
     preprocess: dict[str, Any] = field(default_factory=dict)
     window: str | None = None
 
-    def load(self, device: str | None = None) -> LoadedModel:
-        """The model and its preprocessing (``device`` overrides ``--device``, e.g. a torchrun rank's GPU)."""
+    def load(self, device: str | None = None, *, volume: bool = False) -> LoadedModel:
+        """The model and its preprocessing (``device`` overrides ``--device``, e.g. a torchrun rank's GPU).
+
+        With ``volume``, the model takes the volume as it is (no picture preprocessing, no 2-D channel probe)."""
         from .. import models  # lazy: PyTorch stays out of `featuremaps --help`
         from ..models import check_channels  # lazy: as above
 
@@ -65,6 +67,8 @@ class ModelOptions:
             sys.path.append(os.getcwd())  # module:factory finds modules in the current folder (never shadowing)
         loaded = models.load_model(self.spec, weights=self.weights, device=device or self.device,
                                    trust_pickle=self.trust_pickle)
+        if volume:
+            return loaded
         if self.preprocess:
             prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device, **self.preprocess)
             loaded = models.LoadedModel(loaded.model, prep)
@@ -78,6 +82,15 @@ class ModelOptions:
 
         path = image if image is not None else str(sample_image("cat"))
         return path if self.window is None else load_image(path, window=self.window)
+
+    def volume(self, image: str | None) -> Any:
+        """IMAGE as a :class:`~featuremaps.Volume` (``--window`` applied) when it is a folder (a DICOM series)
+        or a 3-D NIfTI file, else None (a picture)."""
+        from ..volume import is_volume_path, load_volume  # lazy: numpy and nibabel only when a command runs
+
+        if image is None or not is_volume_path(image):
+            return None
+        return load_volume(image, window=self.window)
 
 
 def _probe(channels: int) -> Any:

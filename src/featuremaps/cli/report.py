@@ -55,8 +55,11 @@ def report_cmd(
     from ..report import report  # lazy: PyTorch stays out of `featuremaps --help`
     from ..report.build import DEFAULT_CAM_METHODS  # lazy: as above
 
-    net, preprocess = model.load()
+    vol = model.volume(image)  # a folder or a 3-D NIfTI: the volume report (slice viewer, 3-D CAMs)
+    net, preprocess = model.load(volume=vol is not None)
     src: Any = image if image is None or model.window is None else _named(model.image(image), image)
+    if vol is not None:
+        src, preprocess = vol, None
     with progress_bar() as progress:
         rep = report(
             net, src, preprocess=preprocess, layers=parse_layers(layer_patterns), top_k=top_k,

@@ -34,11 +34,12 @@ from ..capture import get_feature_maps
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..models import load_model, top_classes
+from ..render import overlay
 from ..render.scalebar import nice_scale
 from ..volume import Volume
 from .data import ReportOptions, colormap_table, encode_layers, png_data_uri
 
-__all__ = ["VolumeOptions", "is_volume", "volume_data", "volume_input", "volume_sprite", "VIEWS"]
+__all__ = ["VolumeOptions", "is_volume", "volume_data", "volume_input", "volume_sprite", "slice_overlays", "VIEWS"]
 
 #: The three views: name, the tensor axis the slider moves along, the
 #: (row, column) axes of a slice, and whether rows are flipped (superior at the top).
@@ -233,3 +234,32 @@ def volume_data(
         "scale": None, "predictions": predictions, "layers": encoded, "cams": None, "drivers": None,
         "volume": volume, "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
     }
+
+
+def slice_overlays(folder: Path, vol: Volume, heat: dict[str, torch.Tensor], alpha: float = 0.5) -> list[Path]:
+    """``cam_<method>_<view>.png``: each 3-D CAM over the middle axial, coronal and sagittal slice of ``vol``.
+
+    Args:
+        folder: where to write.
+        vol: the volume the model took as it is (``heat`` has its D, H, W).
+        heat: ``{method: (D, H, W) heatmap in [0, 1]}`` (one volume-wide scale: the colours compare across views).
+        alpha: the heatmap's opacity.
+
+    Example:
+        >>> import numpy as np, torch, tempfile
+        >>> vol = Volume(torch.rand(1, 4, 6, 5), (3.0, 1.0, 1.0), np.eye(4), ("S", "P", "L"), "demo")
+        >>> [p.name for p in slice_overlays(Path(tempfile.mkdtemp()), vol, {"gradcam": torch.rand(4, 6, 5)})]
+        ['cam_gradcam_axial.png', 'cam_gradcam_coronal.png', 'cam_gradcam_sagittal.png']
+    """
+    written = []
+    for method, h in heat.items():
+        values = h.detach().float().cpu().numpy()
+        for name, axis, _, flip in VIEWS:
+            k = vol.shape[axis] // 2
+            plane = np.take(values, k, axis=axis)
+            picture = overlay(vol.slice(k, axis=name), plane[::-1].copy() if flip else plane, alpha=alpha,
+                              vmin=0.0, vmax=1.0)
+            path = folder / f"cam_{method}_{name}.png"
+            picture.save(path)
+            written.append(path)
+    return written
