@@ -1,0 +1,93 @@
+"""The command line on volumes: NIfTI files and DICOM series folders with a 3-D model from the current folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import featuremaps as fm
+
+from medical_files import CT_SERIES, nibabel_data
+
+pytest.importorskip("pydicom")
+pytest.importorskip("nibabel")
+
+FACTORY = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A folder with tiny3d.py (the model factory) and its weights."""
+    d = tmp_path_factory.mktemp("cli3d")
+    (d / "tiny3d.py").write_text(FACTORY, encoding="utf-8")
+    sys.path.insert(0, str(d))
+    try:
+        import tiny3d  # type: ignore[import-not-found]
+
+        torch.save(tiny3d.build().state_dict(), d / "w.pth")
+    finally:
+        sys.path.remove(str(d))
+    return d
+
+
+def model(folder: Path) -> torch.nn.Module:
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, 6, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    net.load_state_dict(torch.load(folder / "w.pth", weights_only=True))
+    return net.eval()
+
+
+def run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.run([sys.executable, "-m", "featuremaps", *args, "--model", "tiny3d:build", "--weights", "w.pth"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_report_on_a_nifti_volume(folder: Path) -> None:
+    nii = nibabel_data() / "anatomical.nii"
+    res = run(folder, "report", str(nii), "--cam-method", "gradcam", "-o", "r.html")
+    assert res.returncode == 0, res.stderr
+    html = (folder / "r.html").read_text(encoding="utf-8")
+    d, h, w = fm.load_volume(nii).shape
+    for name, n in (("axial", d), ("coronal", h), ("sagittal", w)):
+        assert f'id="vol-{name}-slider" min="0" max="{n - 1}"' in html
+
+
+def test_cam_on_a_nifti_volume_equals_the_library(folder: Path) -> None:
+    nii = nibabel_data() / "reoriented_anat_moved.nii"
+    vol = fm.load_volume(nii)
+    res = run(folder, "cam", str(nii), "--method", "gradcam", "-o", "out")
+    assert res.returncode == 0, res.stderr
+    names = sorted(p.name for p in (folder / "out").glob("cam_*.png"))
+    assert names == ["cam_gradcam_axial.png", "cam_gradcam_coronal.png", "cam_gradcam_sagittal.png"]
+    got = fm.load_cams(folder / "out")["gradcam"].heatmap
+    expected = fm.GradCAM(model(folder))(vol.data[None], target=int(res.stdout.split("explaining class ")[1].split()[0]))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*unevenly spaced")
+def test_maps_on_a_dicom_series_folder_with_a_window(folder: Path) -> None:
+    res = run(folder, "maps", str(CT_SERIES), "--window", "soft_tissue", "-o", "maps")
+    assert res.returncode == 0, res.stderr
+    maps = fm.load_maps(folder / "maps" / "maps.safetensors")
+    windowed = fm.load_volume(CT_SERIES, window="soft_tissue")
+    raw = fm.load_volume(CT_SERIES)
+    conv = model(folder)[0]
+    with torch.no_grad():
+        assert torch.allclose(maps["0"].tensor, conv(windowed.data[None]), atol=1e-5)
+        assert not torch.allclose(maps["0"].tensor, conv(raw.data[None]), atol=1e-2)  # --window did apply
