@@ -187,7 +187,7 @@ def is_volume_path(path: str | os.PathLike[str]) -> bool:
         return False
     try:
         import nibabel  # optional: a missing package is load_volume's clear error
-        shape = tuple(nibabel.load(str(p)).shape)
+        shape = tuple(nibabel.load(str(p)).shape)  # type: ignore[attr-defined]
     except Exception:
         return True
     return len(shape) >= 3 and shape[2] > 1

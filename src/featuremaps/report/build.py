@@ -28,7 +28,7 @@ from ..visualize import selected_names
 from .cams import cam_section
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 from .drivers import driver_section
-from .scan import cam_cell_note, scan_view
+from .scan import photo_fields
 from .volume import VolumeOptions, is_volume, volume_data
 
 __all__ = ["Report", "report", "render_report", "render_html", "source_hash", "DEFAULT_CAM_METHODS"]
@@ -158,7 +158,7 @@ def report(
         model: an ``nn.Module``, a model spec (``"torchvision:resnet50"``...)
             or ``None`` for the embedded pretrained EfficientNet-Lite0.
         image: anything :func:`~featuremaps.io.load_image` reads; ``None``:
-            the shipped cat photo.
+            the shipped cat photo; a :class:`~featuremaps.Volume`: slices.
         preprocess: the model's preprocessing (default: the model card's).
         layers: which layers to show (default: every leaf layer with a
             spatial output).
@@ -199,13 +199,8 @@ def report(
     timings: dict[str, float] = {}
     if is_volume(image):  # a 3-D scan: slice viewer, 3-D maps and CAMs (report/volume.py)
         vopts = VolumeOptions(layers, top_k, max_tile, cam_methods, cam_layer, classes, title, max_bytes)
-        data = volume_data(model, image, preprocess, vopts, progress)
-        return Report(data=data, html=render_html(data), seconds=time.perf_counter() - t0)
-    net, prep, model_name = _as_model(model, preprocess)
-    src = image if image is not None else sample_image("cat")
-    img = load_image(src)
-    x = prep(img)
-    view = prep.view(img) if hasattr(prep, "view") else img
+        return _volume_report(model, image, preprocess, vopts, progress, t0)
+    net, prep, model_name, src, img, x, view = _inputs(model, preprocess, image)
     maps = _capture(net, x, prep, layers, max_bytes)
     timings["capture"] = time.perf_counter() - t0
     encoded = encode_layers(maps, ReportOptions(max_tile=max_tile, top_k=top_k), _ticker(progress, len(maps)))
@@ -221,14 +216,9 @@ def report(
     cams, driving = _explanations(
         net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
     )
-    scan = scan_view(img, prep, view, photo_size)  # a scan: scale bar, resolution, mm per CAM cell
-    if scan is not None and scan.input_mm is not None and cams and ", " not in cams["layer"]:
-        cams["note"] += cam_cell_note(net, x, cams["layer"], encoded, scan.input_mm)
     data = {
         "meta": _meta(title, model_name, src, img, prep, x, encoded),
-        "photo": scan.photo if scan is not None else photo_data_uri(view, max_side=photo_size),
-        "photo_note": scan.note if scan is not None else None,
-        "scale": scan.scale.as_dict() if scan is not None and scan.scale is not None else None,
+        **photo_fields(net, x, img, prep, view, photo_size, cams, encoded),  # a scan: scale bar, mm per CAM cell
         "predictions": predictions,
         "layers": encoded,
         "cams": cams,
@@ -238,6 +228,22 @@ def report(
     html = render_html(data)
     timings["total"] = seconds = time.perf_counter() - t0
     return Report(data=data, html=html, seconds=seconds, timings=timings)
+
+
+def _inputs(model: Any, preprocess: Any, image: Any) -> tuple[nn.Module, Any, str, Any, Any, torch.Tensor, Any]:
+    """The model, its preprocessing and name; the image as given, loaded, as a batch and as the model sees it."""
+    net, prep, model_name = _as_model(model, preprocess)
+    src = image if image is not None else sample_image("cat")
+    img = load_image(src)
+    x = prep(img)
+    return net, prep, model_name, src, img, x, prep.view(img) if hasattr(prep, "view") else img
+
+
+def _volume_report(model: Any, vol: Any, preprocess: Any, opts: VolumeOptions,
+                   progress: Callable[[str, int, int], None] | None, t0: float) -> Report:
+    """The report on a 3-D scan (:mod:`featuremaps.report.volume`)."""
+    data = volume_data(model, vol, preprocess, opts, progress)
+    return Report(data=data, html=render_html(data), seconds=time.perf_counter() - t0)
 
 
 def _explanations(

@@ -21,7 +21,7 @@ from ..models import resized_size
 from ..render.scalebar import ScaleBar, draw_scale_bar
 from .data import photo_data_uri
 
-__all__ = ["ScanView", "scan_view", "cam_cell_note", "input_mm_per_px"]
+__all__ = ["ScanView", "scan_view", "cam_cell_note", "input_mm_per_px", "photo_fields"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,20 @@ def cam_cell_note(net: nn.Module, x: torch.Tensor, layer: str, encoded: list[dic
     rows, cols = mm[0] * x.shape[-2] / h, mm[1] * x.shape[-1] / w
     return (f" Each heatmap cell (one position of the {h}\u00d7{w} map of {layer}) covers "
             f"{rows:.3g} \u00d7 {cols:.3g} mm.")
+
+
+def photo_fields(net: nn.Module, x: torch.Tensor, img: Image.Image, prep: Any, view: Image.Image, photo_size: int,
+                 cams: dict[str, Any] | None, encoded: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``photo``, ``photo_note`` and ``scale``; for a scan, the CAM note gains mm per heatmap cell.
+
+    Example:
+        >>> from PIL import Image
+        >>> sorted(photo_fields(None, None, Image.new("RGB", (8, 8)), None, Image.new("RGB", (8, 8)), 448, None, []))
+        ['photo', 'photo_note', 'scale']
+    """
+    scan = scan_view(img, prep, view, photo_size)
+    if scan is None:
+        return {"photo": photo_data_uri(view, max_side=photo_size), "photo_note": None, "scale": None}
+    if scan.input_mm is not None and cams and ", " not in cams["layer"]:
+        cams["note"] += cam_cell_note(net, x, cams["layer"], encoded, scan.input_mm)
+    return {"photo": scan.photo, "photo_note": scan.note, "scale": scan.scale.as_dict() if scan.scale else None}

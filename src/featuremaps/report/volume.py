@@ -206,7 +206,8 @@ def volume_data(
     predictions = [{"index": i, "name": n, "p": p} for i, n, p in top_classes(maps.output, card, opts.classes)]
     del maps
     shape = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
-    spacing = tuple(float(s) * vs / xs for s, vs, xs in zip(vol.spacing, vol.shape, shape))  # resampled: scaled
+    sd, sh, sw = (float(s) * vs / xs for s, vs, xs in zip(vol.spacing, vol.shape, shape))  # resampled: scaled
+    spacing = (sd, sh, sw)
     grey, how = _display(vol, x, preprocess is None)
     sprite, cols = volume_sprite(grey)
     cams = _volume_cams(net, x, predictions, opts.cam_methods, opts.cam_layer)
