@@ -16,7 +16,7 @@ from PIL import Image
 
 from featuremaps.cli import cli
 
-from medical_files import CT_SMALL
+from medical_files import CT_SERIES, CT_SMALL, nibabel_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -45,6 +45,7 @@ def test_the_x_ray_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert printed == expected  # the outputs the README shows are the real ones
     assert Image.open("cam.png").size == (224, 224) and Image.open("axial.png").size == (33, 41)
     assert "CT" in Path("xray.html").read_text(encoding="utf-8")
+    assert 'id="vol-sagittal-slider" min="0" max="32"' in Path("mr.html").read_text(encoding="utf-8")
 
     # the command lines, with the files they name
     sys.path.remove(str(tmp_path))  # now only the CLI's own lookup finds xray_model.py
@@ -56,6 +57,9 @@ def test_the_x_ray_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     torch.save(module.build().state_dict(), tmp_path / "xray.pth")
+    torch.save(module.build_3d().state_dict(), tmp_path / "mr.pth")
+    shutil.copy(nibabel_data() / "anatomical.nii", tmp_path / "anatomical.nii")
+    shutil.copytree(CT_SERIES, tmp_path / "ct_series")
     (tmp_path / "classes.txt").write_text("normal\nabnormal\n", encoding="utf-8")
     shutil.copy(CT_SMALL, tmp_path / "scan.dcm")
     for line in blocks[2][1].strip().splitlines():
@@ -66,3 +70,6 @@ def test_the_x_ray_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     heat = np.asarray(Image.open(tmp_path / "cam-out" / "cam_gradcam.png"))
     assert heat.shape == (224, 224, 3)
     assert (tmp_path / "xray.html").stat().st_size > 10_000
+    assert 'id="vol-axial-slider" min="0" max="24"' in (tmp_path / "mr.html").read_text(encoding="utf-8")
+    assert {p.name for p in (tmp_path / "mr-cam").glob("cam_*.png")} == {
+        "cam_gradcam_axial.png", "cam_gradcam_coronal.png", "cam_gradcam_sagittal.png"}
