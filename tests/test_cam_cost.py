@@ -90,3 +90,67 @@ def test_progress_per_batch_up_to_the_total(cls: type) -> None:
     seen.clear()
     cam(x, target=1)  # the per-call callback does not stick
     assert seen == []
+
+
+def counted() -> Counted:
+    """The tiny model, for the command line (``--model test_cam_cost:counted``)."""
+    return _net()
+
+
+def _cam_cli(tmp_path, *extra: str):
+    from click.testing import CliRunner
+
+    from featuremaps.attribution import register_cam, unregister_cam
+    from featuremaps.cli import cli
+
+    runs: list[ScoreCAM] = []
+
+    @register_cam("countedscorecam")
+    class CountedScoreCAM(ScoreCAM):
+        def explain(self, *args, **kwargs):  # type: ignore[override]
+            runs.append(self)
+            return super().explain(*args, **kwargs)
+
+    try:
+        result = CliRunner().invoke(cli, ["cam", "--model", "test_cam_cost:counted", "--weights", "random",
+                                          "--layer", "act", *extra, "-o", str(tmp_path / "out")])
+    finally:
+        unregister_cam("countedscorecam")
+    return result, runs
+
+
+def test_cli_cam_prints_the_estimate_before_a_perturbation_method(tmp_path) -> None:
+    result, runs = _cam_cli(tmp_path, "--method", "countedscorecam", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("countedscorecam: ") and "forwards" in ln)
+    assert len(runs) == 1
+    assert line.startswith(f"countedscorecam: {runs[0].last_forwards} forwards (6 channels x 1 input) in ")
+    assert ", about " in line and " s" in line
+    assert (tmp_path / "out" / "cam_countedscorecam.png").exists()
+
+
+def test_cli_cam_budget_refuses_alone_and_skips_among_others(tmp_path) -> None:
+    result, runs = _cam_cli(tmp_path, "--method", "countedscorecam", "--budget", "1e-9")
+    assert result.exit_code == 1 and runs == []
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: countedscorecam would take about ") and "over --budget 1e-09;" in last
+    assert "--layer with fewer channels" in last and not (tmp_path / "out").exists()
+    result, runs = _cam_cli(tmp_path, "--method", "countedscorecam", "--method", "gradcam", "--budget", "1e-9")
+    assert result.exit_code == 0, result.output
+    assert "countedscorecam: skipped, countedscorecam would take about" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("cam_*.png")) == ["cam_gradcam.png"]
+
+
+def test_cli_report_announces_the_forwards_and_bounds_the_classes(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from featuremaps.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", "--model", "test_cam_cost:counted", "--weights", "random",
+                                      "--cam-method", "scorecam", "--cam-layer", "act", "--classes", "2",
+                                      "--no-metrics", "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "forwards to run" in ln]
+    # announced once, before the forwards: 6 channels x 2 classes (--classes 2, not the default 5; no channel
+    # of this net is constant on the cat photo, or Score-CAM would run fewer)
+    assert len(lines) == 1 and lines[0].startswith("ScoreCAM: 12 forwards to run")

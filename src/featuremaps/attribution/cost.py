@@ -52,8 +52,12 @@ class CostEstimate:
         return math.ceil(self.forwards / self.batch_size)
 
     def __str__(self) -> str:
+        return f"{self.method}: {self.describe()}"
+
+    def describe(self) -> str:
+        """The counts and the time, without the method's name."""
         return (
-            f"{self.method}: {self.forwards:,} forwards ({self.channels:,} channels x {self.rows} "
+            f"{self.forwards:,} forwards ({self.channels:,} channels x {self.rows} "
             f"input{'s' if self.rows != 1 else ''}) in {self.batches:,} batch{'es' if self.batches != 1 else ''} "
             f"of {self.batch_size}, about {format_seconds(self.seconds)}"
         )

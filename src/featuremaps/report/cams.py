@@ -103,7 +103,10 @@ def _run_methods(
         chosen = layer_names if layer_names and isinstance(layer, str) and layer == "auto" else layer
         cam = create_cam(method, model, layer=chosen, **get_cam(method).picture_options)
         try:
-            result = cam.explain(xb, target=classes)
+            if cam.kind == "perturbation":  # a forward per channel and class: its own progress, with an ETA
+                result = cam.explain(xb, target=classes, progress=progress)
+            else:
+                result = cam.explain(xb, target=classes)
         except AttributionError as exc:
             if not lenient:
                 raise
