@@ -10,7 +10,7 @@ import click
 
 from .command import command
 from .options import DEFAULT_OUT, ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
-from .outputs import echo_top1, mark_new_file, progress_bar
+from .outputs import count, echo_top1, mark_new_file, progress_bar
 
 __all__ = ["report_cmd"]
 
@@ -75,7 +75,7 @@ def report_cmd(
     echo_top1([(t["index"], t["name"], t["p"]) for t in rep.data["predictions"]])
     meta = rep.data["meta"]
     click.echo(
-        f"{meta['layers_total']} layers, {meta['channels']} channels, {rep.nbytes / 1e6:.1f} MB, "
+        f"{count(meta['layers_total'], 'layer')}, {count(meta['channels'], 'channel')}, {rep.nbytes / 1e6:.1f} MB, "
         f"{rep.seconds:.1f} s" + (f" (image {image})" if image else "")
     )
     click.echo(f"wrote {path.resolve()}")
