@@ -50,3 +50,22 @@ def test_cli_wording_of_real_library_errors() -> None:
         fm.get_feature_maps(net, torch.rand(1, 3, 64, 64), max_bytes=1000)
     text = cli_wording(str(info.value))
     assert "max_bytes" not in text and "over_budget" not in text and "--max-bytes" in text, text
+
+
+def test_empty_mosaic_cells_are_striped_not_a_dark_channel() -> None:
+    """#14.10: 5 channels in a 3x2 mosaic; the sixth cell is visibly empty, the tiles and the gaps unchanged."""
+    from featuremaps.render.grid import channel_grid
+
+    maps = np.linspace(-1, 1, 5 * 6 * 6, dtype=np.float32).reshape(1, 5, 6, 6)  # signed: RdBu_r, black separators
+    g = channel_grid(maps, ncols=3, scale=4)
+    assert (g.rows, g.cols) == (2, 3)
+    pad = tuple(int(v) for v in g.pad_color)
+    empty = g.tile(5).reshape(-1, 3)
+    colors = {tuple(int(v) for v in px) for px in empty}
+    assert len(colors) == 2 and pad in colors, colors  # stripes of the separator colour and one gray
+    gray = (colors - {pad}).pop()
+    assert gray[0] == gray[1] == gray[2] and abs(gray[0] - int(np.mean(pad))) >= 100
+    for i in range(5):  # real tiles never hold the stripes' gray
+        assert not (g.tile(i).reshape(-1, 3) == gray).all(axis=1).any()
+    top, left, bottom, right = g.tile_box(5)
+    assert (g.array[top:bottom, left - g.pad:left] == pad).all()  # the gap before the empty cell is untouched
