@@ -139,7 +139,7 @@ class PerturbationCAM(BaseCAM):
         """The perturbed forwards (rows) :meth:`combine` will run on these activations. Override with combine."""
         raise NotImplementedError(f"{type(self).__name__} must override planned_forwards()")
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, x: torch.Tensor, target: TargetLike = None, *, forward_kwargs: Mapping[str, Any] | None = None,
         size: Sequence[int] | None = None, progress: ProgressArg = None, max_forwards: int | None = None,
     ) -> torch.Tensor:
@@ -147,7 +147,7 @@ class PerturbationCAM(BaseCAM):
         return self.explain(x, target, forward_kwargs=forward_kwargs, size=size, progress=progress,
                             max_forwards=max_forwards).heatmap
 
-    def explain(  # type: ignore[override]
+    def explain(
         self, x: torch.Tensor, target: TargetLike = None, *, forward_kwargs: Mapping[str, Any] | None = None,
         size: Sequence[int] | None = None, progress: ProgressArg = None, max_forwards: int | None = None,
     ) -> CAMResult:

@@ -78,7 +78,7 @@ def tile_images(
         top = pad + r * (h + label_h + pad)
         canvas.paste(im.convert("RGB"), (left, top + label_h))
         if draw is not None and labels is not None and i < len(labels):
-            text = fit_label(str(labels[i]), w, lambda t: draw.textlength(t, font=font))  # type: ignore[union-attr]
+            text = fit_label(str(labels[i]), w, lambda t: draw.textlength(t, font=font))
             band = Image.new("RGB", (w, label_h), background)  # drawn in the tile's band only: no overflow
             ImageDraw.Draw(band).text((0, 0), text, fill=(0, 0, 0), font=font)
             canvas.paste(band, (left, top))
