@@ -53,7 +53,7 @@ def test_layers_table(runner):
         (["maps", "missing.png"], "missing.png"),
         (["maps", "--layers", "_blocks.0._depthwise_con"], "closest: _blocks.0._depthwise_conv"),
         (["layers", "--model", "torchvision:resnet9000", "--weights", "random"], "resnet9000"),
-        (["maps", "--max-bytes", "1kB"], "max_bytes"),
+        (["maps", "--max-bytes", "1kB"], "raise --max-bytes"),  # the CLI option, not max_bytes= (#14.9)
     ],
 )
 def test_errors_are_one_line_with_exit_1(runner, tmp_path, args, needle):

@@ -14,16 +14,24 @@ function.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._progress import Progress, ProgressArg, reporter, silent
 from ..layers import LayerSelector
+from ..layout import to_canonical
+from ..maps import LayerMap
 from ._errors import AttributionError
-from .base import BaseCAM
+from .base import BaseCAM, _float, _Pass
+from .cost import CostEstimate, check_budget
 from .layerref import LayerContext
 from .postprocess import channel_sum
+from .result import CAMResult
+from .targets import TargetLike
 
 __all__ = ["GradientCAM", "ActivationCAM", "PerturbationCAM"]
 
@@ -95,6 +103,9 @@ class PerturbationCAM(BaseCAM):
         model: the model.
         layer: see :class:`~featuremaps.attribution.base.BaseCAM`.
         batch_size: perturbed forwards per batch.
+        max_forwards: refuse a call that needs more perturbed forwards than this, before running any
+            (:class:`~featuremaps.attribution.cost.BudgetError`); :meth:`estimate` counts them first.
+        progress: ``True`` for a bar with an ETA, or a callable ``(stage, done, total)`` called after each batch.
         **options: the other :class:`~featuremaps.attribution.base.BaseCAM` options.
 
     Example:
@@ -108,11 +119,121 @@ class PerturbationCAM(BaseCAM):
     kind = "perturbation"
 
     def __init__(self, model: nn.Module, layer: LayerSelector | str = "auto", *, batch_size: int = 32,
-                 **options: Any) -> None:
+                 max_forwards: int | None = None, progress: ProgressArg = None, **options: Any) -> None:
         super().__init__(model, layer, **options)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise AttributionError(f"batch_size={batch_size!r} must be a positive int (masked forwards per batch)")
         self.batch_size = batch_size
+        self.max_forwards = _positive_or_none(max_forwards)
+        self.progress = progress
         #: perturbed forwards run by the last call (rows), and rows skipped as provably unneeded
         self.last_forwards = 0
         self.last_skipped = 0
+        #: the cost of the last call, counted before its perturbed forwards ran
+        self.last_estimate: CostEstimate | None = None
+        self._row_seconds = 0.0
+        self._report: Progress = silent
+        self._call_max: int | None = self.max_forwards
+
+    def planned_forwards(self, activations: torch.Tensor, ctx: LayerContext) -> int:
+        """The perturbed forwards (rows) :meth:`combine` will run on these activations. Override with combine."""
+        raise NotImplementedError(f"{type(self).__name__} must override planned_forwards()")
+
+    def __call__(
+        self, x: torch.Tensor, target: TargetLike = None, *, forward_kwargs: Mapping[str, Any] | None = None,
+        size: Sequence[int] | None = None, progress: ProgressArg = None, max_forwards: int | None = None,
+    ) -> torch.Tensor:
+        """The heatmaps; see :meth:`explain`."""
+        return self.explain(x, target, forward_kwargs=forward_kwargs, size=size, progress=progress,
+                            max_forwards=max_forwards).heatmap
+
+    def explain(
+        self, x: torch.Tensor, target: TargetLike = None, *, forward_kwargs: Mapping[str, Any] | None = None,
+        size: Sequence[int] | None = None, progress: ProgressArg = None, max_forwards: int | None = None,
+    ) -> CAMResult:
+        """As :meth:`BaseCAM.explain <featuremaps.attribution.base.BaseCAM.explain>`, with a progress and a budget.
+
+        Args:
+            x: the input batch.
+            target: what to explain.
+            forward_kwargs: extra keyword arguments of the model's forward.
+            size: the output spatial size.
+            progress: ``True`` (a bar with an ETA), a callable ``(stage, done, total)`` called after each
+                batch with the forwards done and the total counted up front, or ``None``: the
+                constructor's ``progress``.
+            max_forwards: refuse (:class:`~featuremaps.attribution.cost.BudgetError`, before any perturbed
+                forward) a call that needs more forwards; ``None``: the constructor's ``max_forwards``.
+        """
+        chosen = self.progress if progress is None else progress
+        self._call_max = self.max_forwards if max_forwards is None else _positive_or_none(max_forwards)
+        try:
+            with reporter(chosen, unit="forwards", min_total=2) as report:
+                self._report = report
+                return super().explain(x, target, forward_kwargs=forward_kwargs, size=size)
+        finally:
+            self._report = silent
+            self._call_max = self.max_forwards
+
+    def estimate(
+        self, x: torch.Tensor, target: TargetLike = None, *, forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CostEstimate:
+        """What :meth:`explain` of the same arguments would cost, from one captured forward (no perturbed one).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from featuremaps.attribution import ScoreCAM
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            ...                     nn.Flatten(), nn.Linear(4, 5))
+            >>> x = torch.rand(2, 3, 8, 8) + 0.1
+            >>> cam = ScoreCAM(net, layer="0", batch_size=3)
+            >>> cost = cam.estimate(x)
+            >>> _ = cam(x)
+            >>> cost.forwards == cam.last_forwards, cost.channels, cost.rows
+            (True, 4, 2)
+        """
+        started = time.perf_counter()
+        p = self._pass(x, target, forward_kwargs, False)
+        rows = int(p.x.shape[0])
+        per_row = (time.perf_counter() - started) / max(1, rows)
+        forwards = channels = 0
+        with torch.no_grad():
+            for lm in p.picked:
+                a = _float(to_canonical(lm.raw.detach(), lm.info.layout_spec))
+                ctx = LayerContext(LayerMap(lm.raw.detach(), lm.info), p.x, p.target, p.scores, p.output,
+                                   p.forward_kwargs)
+                forwards += self.planned_forwards(a, ctx)
+                channels += int(a.shape[1])
+        return CostEstimate(type(self).__name__, forwards, channels, rows, self.batch_size, per_row * forwards)
+
+    def _pass(self, x: torch.Tensor, target: TargetLike, forward_kwargs: Mapping[str, Any] | None,
+              grad_mode: bool) -> _Pass:
+        started = time.perf_counter()
+        p = super()._pass(x, target, forward_kwargs, grad_mode)
+        self._row_seconds = (time.perf_counter() - started) / max(1, int(p.x.shape[0]))
+        return p
+
+    def begin_forwards(self, planned: int, activations: torch.Tensor, ctx: LayerContext) -> Progress:
+        """Called by :meth:`combine` before its perturbed forwards: record the cost, check the budget.
+
+        Returns:
+            The call's progress callback (report ``(stage, done, planned)`` after each batch).
+        """
+        self.last_estimate = CostEstimate(type(self).__name__, planned, int(activations.shape[1]), ctx.n,
+                                          self.batch_size, self._row_seconds * planned)
+        check_budget(self.last_estimate, self._call_max)
+        self._report(self.forwards_stage, 0, planned)
+        return self._report
+
+    @property
+    def forwards_stage(self) -> str:
+        """The progress stage of the perturbed forwards (``"ScoreCAM forwards"``)."""
+        return f"{type(self).__name__} forwards"
+
+
+def _positive_or_none(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AttributionError(f"max_forwards={value!r} must be a positive int or None (no limit)")
+    return value

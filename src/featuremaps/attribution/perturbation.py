@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import to_canonical
+from .._progress import Progress, silent
 from ._errors import AttributionError, TargetError
-from .base import BaseCAM
 from .kinds import PerturbationCAM
 from .layerref import LayerContext
 from .postprocess import channel_sum
@@ -38,10 +38,21 @@ _UPSAMPLE_ELEMENTS = 1 << 23  # per chunk when measuring the masks' ranges
 class _MaskedForwards:
     """Batched forwards of many perturbed rows, scored against each row's sample target."""
 
-    def __init__(self, cam: BaseCAM, ctx: LayerContext) -> None:
+    def __init__(self, cam: PerturbationCAM, ctx: LayerContext) -> None:
         self.cam = cam
         self.ctx = ctx
         self.forwards = 0  # rows actually run (for benchmarks and tests)
+        self.planned = 0
+        self._report: Progress = silent
+
+    def begin(self, planned: int, activations: torch.Tensor) -> None:
+        """Record the count, check the budget (before any forward) and start the progress."""
+        self.planned = planned
+        self._report = self.cam.begin_forwards(planned, activations, self.ctx)
+
+    def tick(self) -> None:
+        """Report the forwards done so far (after each batch)."""
+        self._report(self.cam.forwards_stage, self.forwards, self.planned)
 
     def score(self, inputs: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx
@@ -108,10 +119,8 @@ class ScoreCAM(PerturbationCAM):
     """
 
 
-    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
-        """Softmax of the masked-input scores as channel weights."""
-        a = activations
-        x = ctx.x
+    def _plan(self, a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The channels as rows ``(N*C, 1, ...)``, the rows to run and the idle rows (all-zero masks)."""
         n, c = int(a.shape[0]), int(a.shape[1])
         size = tuple(int(s) for s in x.shape[2:])
         mode = _MODES.get(len(size))
@@ -136,14 +145,29 @@ class ScoreCAM(PerturbationCAM):
             idx = check[s:s + step]
             up = F.interpolate(flat[idx], size=size, mode=mode, align_corners=True).reshape(idx.numel(), -1)
             idle_mask[idx] = ~(up.amax(dim=1) > up.amin(dim=1))
-        active = (~idle_mask).nonzero().squeeze(1)
-        idle = idle_mask.nonzero().squeeze(1)
-        scores = torch.empty(rows, dtype=torch.float32, device=a.device)
+        return flat, (~idle_mask).nonzero().squeeze(1), idle_mask.nonzero().squeeze(1)
+
+    def planned_forwards(self, activations: torch.Tensor, ctx: LayerContext) -> int:
+        """Rows to run, plus the shared zero-input forward(s) of the idle rows (one per sample with kwargs)."""
+        _, active, idle = self._plan(activations, ctx.x)
+        return int(active.numel()) + _shared_forwards(idle, int(activations.shape[1]), ctx)
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
+        """Softmax of the masked-input scores as channel weights."""
+        a = activations
+        x = ctx.x
+        n, c = int(a.shape[0]), int(a.shape[1])
+        size = tuple(int(s) for s in x.shape[2:])
+        mode = _MODES[len(size)]
+        flat, active, idle = self._plan(a, x)
+        scores = torch.empty(n * c, dtype=torch.float32, device=a.device)
         runner = _MaskedForwards(self, ctx)
+        runner.begin(int(active.numel()) + _shared_forwards(idle, c, ctx), a)
         shape = (-1, 1, *([1] * len(size)))
         with hookless(self.model, self.eval_mode), torch.no_grad():
             if idle.numel():
                 scores[idle] = runner.score_shared(torch.zeros_like(x[:1]), idle // c).to(scores.device)
+                runner.tick()
             for s in range(0, int(active.numel()), self.batch_size):
                 idx = active[s:s + self.batch_size]
                 smp = idx // c
@@ -153,10 +177,17 @@ class ScoreCAM(PerturbationCAM):
                 span = flat_up.amax(dim=1).reshape(shape) - lo
                 mask = (up - lo).div_(span + 1e-8)
                 scores[idx] = runner.score(x[smp] * mask.to(x.dtype), smp).to(scores.device)
+                runner.tick()
         self.last_forwards = runner.forwards
         self.last_skipped = int(idle.numel())
         return channel_sum(scores.reshape(n, c).softmax(dim=1), a)
 
+
+def _shared_forwards(idle: torch.Tensor, channels: int, ctx: LayerContext) -> int:
+    """Forwards :meth:`_MaskedForwards.score_shared` runs for the idle rows."""
+    if not idle.numel():
+        return 0
+    return 1 if not ctx.forward_kwargs else int((idle // channels).unique().numel())
 
 
 class _Substitute(nn.Module):
@@ -249,6 +280,22 @@ class AblationCAM(PerturbationCAM):
     """
 
 
+    @staticmethod
+    def _plan(a: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ablation value per sample, the channels it leaves unchanged ``(N, C)`` and the rows to run."""
+        n, c = int(a.shape[0]), int(a.shape[1])
+        flat = a.reshape(n, c, -1)
+        amin = flat.reshape(n, -1).amin(dim=1)
+        value = torch.where(amin == 0, torch.zeros_like(amin), amin - 1e7)
+        if raw.is_floating_point():
+            value = value.clamp_min(torch.finfo(raw.dtype).min / 4)
+        unchanged = (flat == value[:, None, None]).all(dim=2)  # ablating changes nothing
+        return value, unchanged, (~unchanged).reshape(-1).nonzero().squeeze(1)
+
+    def planned_forwards(self, activations: torch.Tensor, ctx: LayerContext) -> int:
+        """One forward per channel and sample that ablating changes."""
+        return int(self._plan(activations, ctx.layer.raw)[2].numel())
+
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, ctx: LayerContext) -> torch.Tensor:
         """Relative score drop per ablated channel as weights."""
         a = activations
@@ -257,16 +304,11 @@ class AblationCAM(PerturbationCAM):
         spec = info.layout_spec
         raw = lm.raw
         n, c = int(a.shape[0]), int(a.shape[1])
-        flat = a.reshape(n, c, -1)
-        amin = flat.reshape(n, -1).amin(dim=1)
-        value = torch.where(amin == 0, torch.zeros_like(amin), amin - 1e7)
-        if raw.is_floating_point():
-            value = value.clamp_min(torch.finfo(raw.dtype).min / 4)
-        unchanged = (flat == value[:, None, None]).all(dim=2)  # ablating changes nothing
+        value, unchanged, active = self._plan(a, raw)
         orig = ctx.scores.float().to(a.device)
         ablated = orig[:, None].expand(n, c).clone().reshape(-1)
-        active = (~unchanged).reshape(-1).nonzero().squeeze(1)
         runner = _MaskedForwards(self, ctx)
+        runner.begin(int(active.numel()), a)
         x = ctx.x
         with hookless(self.model, self.eval_mode), torch.no_grad(), _substituted(
             self.model, info.module_name, info.call_index, info.output_key
@@ -281,6 +323,7 @@ class AblationCAM(PerturbationCAM):
                 sub.value = rows
                 sub.calls = 0
                 ablated[idx] = runner.score(x[smp], smp).to(ablated.device)
+                runner.tick()
                 if sub.calls <= info.call_index:
                     raise AttributionError(
                         f"Ablation-CAM could not stand in for layer {info.module_name!r}: the forward does not call "

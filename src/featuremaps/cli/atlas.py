@@ -19,7 +19,7 @@ import click
 from .command import command
 from .dataset import dataset_options, dataset_pass, echo_skipped
 from .options import ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
-from .outputs import output_folder
+from .outputs import count, output_folder
 
 __all__ = ["atlas_cmd"]
 
@@ -107,8 +107,8 @@ def atlas_cmd(
             channels = sum(atlas.layer(name).channels for name in atlas.layers())
             rate = atlas.num_images / seconds if seconds > 0 else 0.0
             click.echo(
-                f"atlas of {atlas.num_images} images ({rate:.1f} images/s): {len(atlas.layers())} layers, "
-                f"{channels} channels, top {k} by {score}"
+                f"atlas of {count(atlas.num_images, 'image')} ({rate:.1f} images/s): "
+                f"{count(len(atlas.layers()), 'layer')}, {count(channels, 'channel')}, top {k} by {score}"
                 + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
             )
             echo_skipped(atlas.skipped, "atlas.json")

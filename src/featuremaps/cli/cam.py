@@ -20,7 +20,7 @@ import click
 
 from .command import cli_wording, command
 from .options import DEFAULT_OUT, ModelOptions, model_options, out_option, pass_model
-from .outputs import Prediction, echo_predictions, output_folder, top_classes
+from .outputs import Prediction, echo_predictions, output_folder, progress_bar, top_classes
 
 __all__ = ["cam_cmd", "parse_target"]
 
@@ -90,12 +90,15 @@ def parse_target(value: str | None, card: Any) -> int | None:
               help="Deletion/insertion steps of --metrics.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Masked forwards per batch (Score-CAM, Ablation-CAM, metrics).")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Refuse (skip, with several methods) a Score-CAM or Ablation-CAM run estimated to take longer "
+              "(the estimate is printed before each such method starts).")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0), help="Overlay opacity.")
 @out_option(DEFAULT_OUT, "Output directory.")
 @pass_model
 def cam_cmd(
     model: ModelOptions, image: str | None, methods: tuple[str, ...], target: str | None, layers: tuple[str, ...],
-    metrics: bool, metric_steps: int, batch_size: int, alpha: float, out_dir: str,
+    metrics: bool, metric_steps: int, batch_size: int, budget: float | None, alpha: float, out_dir: str,
 ) -> None:
     """Explain the model's prediction on IMAGE with class activation maps.
 
@@ -121,7 +124,7 @@ def cam_cmd(
     named = card is not None and bool(getattr(card, "class_names", None))
     class_name = card.class_name(cls) if card is not None else f"class {cls}"
     click.echo(f"explaining class {cls}" + (f" ({class_name})" if named else ""))
-    results, skipped = _explain_all(net, x, cls, chosen, list(layers) if layers else "auto", batch_size)
+    results, skipped = _explain_all(net, x, cls, chosen, list(layers) if layers else "auto", batch_size, budget)
 
     scores = _scores(net, x, cls, results, metric_steps, batch_size) if metrics else None
     out = output_folder(out_dir)
@@ -159,7 +162,7 @@ def _predict(net: Any, x: Any, preprocess: Any, cls: int | None) -> tuple[list[P
 
 
 def _explain_all(
-    net: Any, x: Any, cls: int, chosen: list[str], layer: Any, batch_size: int,
+    net: Any, x: Any, cls: int, chosen: list[str], layer: Any, batch_size: int, budget: float | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Every chosen method's result, in memory, in the order chosen; and the methods skipped.
 
@@ -176,7 +179,11 @@ def _explain_all(
         if method.kind == "perturbation":
             options["batch_size"] = batch_size
         try:
-            results[name] = create_cam(name, net, **options).explain(x, cls)
+            cam = create_cam(name, net, **options)
+            if method.kind == "perturbation":
+                results[name] = _explain_costly(cam, name, x, cls, budget)
+            else:
+                results[name] = cam.explain(x, cls)
         except AttributionError as exc:
             if len(chosen) == 1:
                 raise
@@ -187,6 +194,21 @@ def _explain_all(
     if not results:
         raise click.ClickException(f"none of the methods {', '.join(chosen)} applies to this model and layer")
     return {name: results[name] for name in chosen if name in results}, skipped
+
+
+def _explain_costly(cam: Any, name: str, x: Any, cls: int, budget: float | None) -> Any:
+    """A perturbation method: its estimated cost on one line first, refused over ``--budget``, then a bar."""
+    from ..attribution.cost import BudgetError, format_seconds  # lazy: as in cam_cmd
+
+    cost = cam.estimate(x, cls)
+    click.echo(f"{name}: {cost.describe()}")
+    if budget is not None and cost.seconds > budget:
+        raise BudgetError(
+            f"{name} would take about {format_seconds(cost.seconds)} ({cost.forwards:,} forwards), over --budget "
+            f"{budget:g}; choose a --layer with fewer channels, a gradient --method, or a larger --budget"
+        )
+    with progress_bar(unit="forwards", min_total=2) as bar:
+        return cam.explain(x, cls, progress=bar)
 
 
 def _scores(

@@ -39,6 +39,15 @@ _CLI_WORDS = (
     (re.compile(r"\bweights='(\w+)'"), r"--weights \1"),
     (re.compile(r"\bweights=PATH\b"), "--weights PATH"),
     (re.compile(r"\bweights=(?=')"), "--weights "),
+    # CAM's classifier cannot be named on the command line: the way out there is another method
+    (re.compile(r"pass fc= \(.*?tensor\), or use GradCAM"), "use --method gradcam"),
+    (re.compile(r"pass fc= whose weight is \(classes, channels\)"), "use --method gradcam"),
+    (re.compile(r"\buse GradCAM\b"), "use --method gradcam"),
+    (re.compile(r"\bpass layer="), "pass --layer"),
+    (re.compile(r"\bpass target="), "pass --target"),
+    (re.compile(r"\bmax_bytes=(?=\S)"), "--max-bytes "),
+    (re.compile(r"\braise max_bytes\b"), "raise --max-bytes"),
+    (re.compile(r", or pass over_budget='mean', 'max' or 'pool' to keep reduced maps"), ""),
 )
 
 

@@ -8,7 +8,7 @@ import click
 
 from .command import command
 from .options import DEFAULT_OUT, ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
-from .outputs import echo_top1, output_folder, progress_bar, top_classes, write_predictions
+from .outputs import count, echo_top1, output_folder, progress_bar, top_classes, write_predictions
 
 __all__ = ["maps_cmd"]
 
@@ -28,7 +28,9 @@ __all__ = ["maps_cmd"]
 @click.option("--cmap", default=None, help="Any matplotlib colormap name (default viridis; RdBu_r for signed maps).")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "svg", "pdf"]), default="png",
               show_default=True, help="Picture format.")
-@click.option("--labels/--no-labels", default=False, help="Label each channel with its index and range.")
+@click.option("--labels/--no-labels", default=False,
+              help="Label each channel with its index, and its value range when every tile is wide enough for it "
+              "(else the index alone).")
 @click.option("--tensors/--no-tensors", default=True, show_default=True,
               help="Also save the maps themselves to maps.safetensors.")
 @click.option("--max-bytes", default=None, help="Cap on the memory kept, e.g. 500MB.")
@@ -75,7 +77,7 @@ def maps_cmd(
     echo_top1(top)
     click.echo(f"captured {len(maps)} layer{'' if len(maps) == 1 else 's'} ({maps.nbytes / 1e6:.1f} MB) "
                f"from {model.spec}")
-    click.echo(f"wrote {len(vis)} layer pictures to {out / 'layers'}")
+    click.echo(f"wrote {count(len(vis), 'layer picture')} to {out / 'layers'}")
     for p in written:
         if p is not None:
             click.echo(f"wrote {p}")

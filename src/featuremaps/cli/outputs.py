@@ -31,6 +31,7 @@ from .._outdir import MARKER, OutputFolderError, check_output_folder, foreign_en
 from .._progress import Progress, reporter
 
 __all__ = [
+    "count",
     "Prediction", "echo_predictions", "echo_top1", "mark_new_file", "output_folder", "progress_bar",
     "top_classes", "write_predictions",
 ]
@@ -86,16 +87,23 @@ def top_classes(output: Any, preprocess: Any, k: int = 5) -> list[Prediction]:
 
 
 def echo_top1(top: Sequence[Prediction]) -> None:
-    """Print the best class in one line (nothing for a model without class scores)."""
+    """Print the best class in one line (nothing for a model without class scores); its index once when unnamed.
+
+    Example:
+        >>> echo_top1([(281, "tabby", 0.5)]); echo_top1([(0, "class 0", 0.25)])
+        top-1: tabby (class 281, p=0.500)
+        top-1: class 0 (p=0.250)
+    """
     if top:
         index, name, p = top[0]
-        click.echo(f"top-1: {name} (class {index}, p={p:.3f})")
+        unnamed = name.strip() in ("", f"class {index}", str(index))
+        click.echo(f"top-1: class {index} (p={p:.3f})" if unnamed else f"top-1: {name} (class {index}, p={p:.3f})")
 
 
 def echo_predictions(top: Sequence[Prediction]) -> None:
     """Print the top classes as a table: probability, index, name."""
     for index, name, p in top:
-        click.echo(f"{p:.4f}  {index:>5}  {name}")
+        click.echo(f"{p:.4f}  {index:>5}  {'' if name == f'class {index}' else name}".rstrip())
 
 
 def write_predictions(folder: Path, top: Sequence[Prediction]) -> Path | None:
@@ -120,3 +128,13 @@ def progress_bar(unit: str = "", min_total: int = 0) -> Iterator[Progress]:
     """The command line's progress: a ``(stage, done, total)`` callable drawing a bar on stderr's terminal."""
     with reporter(True, unit=unit, min_total=min_total) as report:
         yield report
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (nouns with a plain ``s`` plural).
+
+    Example:
+        >>> count(1, "layer"), count(3, "layer"), count(0, "channel")
+        ('1 layer', '3 layers', '0 channels')
+    """
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

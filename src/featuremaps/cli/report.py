@@ -10,7 +10,7 @@ import click
 
 from .command import command
 from .options import DEFAULT_OUT, ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
-from .outputs import echo_top1, mark_new_file, progress_bar
+from .outputs import count, echo_top1, mark_new_file, progress_bar
 
 __all__ = ["report_cmd"]
 
@@ -27,6 +27,9 @@ __all__ = ["report_cmd"]
               help="Longest side of the embedded photo in pixels.")
 @click.option("--cam-method", "cam_methods", multiple=True,
               help="CAM methods to show (repeat; default: the gradient-based ones). See `featuremaps cam --help`.")
+@click.option("--classes", "n_classes", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Top classes listed and explained (each CAM method runs once per class; fewer is faster, "
+              "notably for Score-CAM and Ablation-CAM).")
 @click.option("--cam-layer", default="auto", show_default=True, help="The CAM target layer.")
 @click.option("--no-cams", is_flag=True, help="Leave out the CAM section.")
 @click.option("--no-metrics", is_flag=True, help="Skip the faithfulness scores (faster).")
@@ -43,7 +46,7 @@ __all__ = ["report_cmd"]
 @pass_model
 def report_cmd(
     model: ModelOptions, image: str | None, layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int,
-    photo_size: int, cam_methods: tuple[str, ...], cam_layer: str, no_cams: bool, no_metrics: bool,
+    photo_size: int, cam_methods: tuple[str, ...], n_classes: int, cam_layer: str, no_cams: bool, no_metrics: bool,
     synth_layers: tuple[str, ...], synth_steps: int, atlas_dir: str | None, title: str | None, out_path: str,
     serve: bool, port: int,
 ) -> None:
@@ -60,11 +63,12 @@ def report_cmd(
     src: Any = image if image is None or model.window is None else _named(model.image(image), image)
     if vol is not None:
         src, preprocess = vol, None
-    with progress_bar() as progress:
+    with progress_bar() as bar:
+        progress = _announcing(bar)
         rep = report(
             net, src, preprocess=preprocess, layers=parse_layers(layer_patterns), top_k=top_k,
             max_tile=max_tile, cam_methods=() if no_cams else (cam_methods or DEFAULT_CAM_METHODS),
-            cam_layer=cam_layer, metrics=not no_metrics, title=title, progress=progress,
+            cam_layer=cam_layer, classes=n_classes, metrics=not no_metrics, title=title, progress=progress,
             synthesize=parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir, photo_size=photo_size,
             atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None,
         )
@@ -74,12 +78,24 @@ def report_cmd(
     echo_top1([(t["index"], t["name"], t["p"]) for t in rep.data["predictions"]])
     meta = rep.data["meta"]
     click.echo(
-        f"{meta['layers_total']} layers, {meta['channels']} channels, {rep.nbytes / 1e6:.1f} MB, "
+        f"{count(meta['layers_total'], 'layer')}, {count(meta['channels'], 'channel')}, {rep.nbytes / 1e6:.1f} MB, "
         f"{rep.seconds:.1f} s" + (f" (image {image})" if image else "")
     )
     click.echo(f"wrote {path.resolve()}")
     if serve:
         _serve(path, port, atlas_dir)
+
+
+def _announcing(bar: Any) -> Any:
+    """``bar``, printing one line when a perturbation method's forwards start (their count, before they run)."""
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        if stage.endswith(" forwards") and done == 0 and total:
+            click.echo(f"{stage.removesuffix(' forwards')}: {total:,} forwards to run (one per channel and class; "
+                       "--classes or --cam-method lower it)", err=True)
+        bar(stage, done, total)
+
+    return update
 
 
 def _named(img: Any, path: str) -> Any:

@@ -318,6 +318,8 @@ def build_grid(
     lut_ext[_NAN_INDEX] = nan_rgb
     lut_ext[_PAD_INDEX] = pad_rgb
     rgb = np.take(lut_ext, canvas, axis=0)
+    _hatch_empty(rgb, range(n, rows * cols), cols=cols, top=pad + label_h, slot_h=slot_h, slot_w=slot_w, pad=pad,
+                 tile=(sh, sw), pad_rgb=pad_rgb)
 
     if labels is not None and font is not None and label_h:
         rgb = _draw_labels(
@@ -342,6 +344,28 @@ def build_grid(
         kind=kind,
         pad_color=pad_rgb,
     )
+
+
+def _hatch_empty(
+    rgb: npt.NDArray[np.uint8], empty: range, *, cols: int, top: int, slot_h: int, slot_w: int, pad: int,
+    tile: tuple[int, int], pad_rgb: Color,
+) -> None:
+    """Draw the mosaic's empty cells (after the last tile) as diagonal stripes: visibly no channel.
+
+    A flat cell in the separator colour (black for a colormap holding white) reads as one more, all-dark
+    channel; stripes of that colour and a gray never look like a feature map.
+    """
+    if not len(empty):
+        return
+    sh, sw = tile
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    stripes = ((yy + xx) // 4) % 2 == 1
+    luminance = 0.299 * pad_rgb[0] + 0.587 * pad_rgb[1] + 0.114 * pad_rgb[2]
+    gray = np.array((112, 112, 112) if luminance < 64 else (200, 200, 200), dtype=np.uint8)
+    for i in empty:
+        r, c = divmod(i, cols)
+        y0, x0 = top + r * slot_h, pad + c * slot_w
+        rgb[y0:y0 + sh, x0:x0 + sw][stripes] = gray
 
 
 def _draw_labels(

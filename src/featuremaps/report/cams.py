@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import AttributionError, average_drop, create_cam, deletion_auc, get_cam, insertion_auc
+from ..attribution import (
+    AttributionError, PerturbationCAM, average_drop, create_cam, deletion_auc, get_cam, insertion_auc,
+)
 from .data import png_data_uri
 
 __all__ = ["cam_section", "SCORE_LABELS"]
@@ -103,7 +105,11 @@ def _run_methods(
         chosen = layer_names if layer_names and isinstance(layer, str) and layer == "auto" else layer
         cam = create_cam(method, model, layer=chosen, **get_cam(method).picture_options)
         try:
-            result = cam.explain(xb, target=classes)
+            if isinstance(cam, PerturbationCAM):  # a forward per channel and class: its own progress, with an ETA
+                result = cam.explain(xb, target=classes, progress=None if progress is None else (
+                    lambda stage, done, total: progress(stage, done, done if total is None else total)))
+            else:
+                result = cam.explain(xb, target=classes)
         except AttributionError as exc:
             if not lenient:
                 raise

@@ -43,6 +43,11 @@ class ReportOptions:
     max_tile: int = 32
     top_k: int | None = None
     png_level: int = 6
+    #: layers whose maps are pooled for the grid but at most this many pixels per side also carry their
+    #: channels at full resolution, for the enlarged view (``detail``; 0: never)
+    detail_max: int = 64
+    #: JPEG quality of those full-resolution sprites (8-bit, min-max scaled per channel like the grid's)
+    detail_quality: int = 75
 
 
 def png_data_uri(array: np.ndarray, *, level: int = 6) -> str:
@@ -178,7 +183,36 @@ def encode_layer(lm: LayerMap, options: ReportOptions) -> dict[str, Any] | None:
             "zeros": _finite(s.zero_fraction), "dead": s.num_dead, "nonfinite": s.nan_count + s.inf_count,
         },
         "stride": list(lm.info.stride) if lm.info.stride else None,
+        "detail": _detail(clean[shown.to(clean.device)], cols, options) if not strip and (th, tw) != (h, w) else None,
     }
+
+
+def _detail(xs: torch.Tensor, cols: int, options: ReportOptions) -> dict[str, Any] | None:
+    """The shown channels ``(n, h, w)`` at full resolution, when small enough: one JPEG sprite, same layout.
+
+    Example:
+        >>> import torch
+        >>> d = _detail(torch.arange(2 * 40 * 40.0).reshape(2, 40, 40), 2, ReportOptions())
+        >>> d["tile"], d["lo"], d["hi"], d["sprite"][:23]
+        ([40, 40], [0.0, 1600.0], [1599.0, 3199.0], 'data:image/jpeg;base64,')
+        >>> _detail(torch.zeros(1, 65, 65), 1, ReportOptions()) is None
+        True
+    """
+    n, h, w = (int(v) for v in xs.shape)
+    if max(h, w) > options.detail_max:
+        return None
+    lo = xs.reshape(n, -1).amin(dim=1)
+    hi = xs.reshape(n, -1).amax(dim=1)
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    q = ((xs - lo[:, None, None]) / span[:, None, None] * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+    rows = math.ceil(n / cols)
+    padded = torch.zeros(rows * cols, h, w, dtype=torch.uint8)
+    padded[:n] = q
+    sprite = padded.reshape(rows, cols, h, w).permute(0, 2, 1, 3).reshape(rows * h, cols * w).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(sprite).save(buf, format="JPEG", quality=options.detail_quality)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"tile": [h, w], "sprite": uri, "lo": _round(lo.cpu()), "hi": _round(hi.cpu())}
 
 
 def _finite(v: float) -> float | None:

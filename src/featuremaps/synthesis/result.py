@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .objectives import Objective, SynthesisError
 
@@ -71,8 +71,6 @@ def tile_images(
     canvas = Image.new("RGB", (pad + ncols * (w + pad), pad + nrows * (h + label_h + pad)), background)
     draw = None
     if labels is not None:
-        from PIL import ImageDraw
-
         draw = ImageDraw.Draw(canvas)
     for i, im in enumerate(images):
         r, c = divmod(i, ncols)
@@ -80,8 +78,28 @@ def tile_images(
         top = pad + r * (h + label_h + pad)
         canvas.paste(im.convert("RGB"), (left, top + label_h))
         if draw is not None and labels is not None and i < len(labels):
-            draw.text((left, top), str(labels[i]), fill=(0, 0, 0), font=font)
+            text = fit_label(str(labels[i]), w, lambda t: draw.textlength(t, font=font))
+            band = Image.new("RGB", (w, label_h), background)  # drawn in the tile's band only: no overflow
+            ImageDraw.Draw(band).text((0, 0), text, fill=(0, 0, 0), font=font)
+            canvas.paste(band, (left, top))
     return canvas
+
+
+def fit_label(text: str, width: float, measure: Callable[[str], float]) -> str:
+    """``text``, or its end after ``"..."``, as long as fits ``width`` by ``measure`` (the end names the channel).
+
+    Example:
+        >>> fit_label("_blocks.15._project_conv:17", 12 * 6, lambda t: 6 * len(t))
+        '...t_conv:17'
+        >>> fit_label("conv:3", 100, len), fit_label("abc", 1, len)
+        ('conv:3', '')
+    """
+    if measure(text) <= width:
+        return text
+    for start in range(1, len(text)):
+        if measure("..." + text[start:]) <= width:
+            return "..." + text[start:]
+    return ""
 
 
 @dataclass

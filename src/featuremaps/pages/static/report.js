@@ -55,9 +55,13 @@
 
   // ------------------------------------------------------- sprites (lazy decode)
   var decoded = {};
-  function decode(i) {
-    if (!decoded[i]) {
-      decoded[i] = new Promise(function (resolve, reject) {
+  function decode(i) { return decodeInto(decoded, i, layers[i].sprite); }
+  // The full-resolution channels of a pooled layer (its "detail"), decoded on first use only.
+  var decodedDetail = {};
+  function decodeDetail(i) { return decodeInto(decodedDetail, i, layers[i].detail.sprite); }
+  function decodeInto(cache, i, src) {
+    if (!cache[i]) {
+      cache[i] = new Promise(function (resolve, reject) {
         var img = new Image();
         img.onload = function () {
           var c = document.createElement("canvas");
@@ -70,10 +74,17 @@
           resolve({ g: g, w: c.width, h: c.height });
         };
         img.onerror = function () { reject(new Error("cannot decode layer " + i)); };
-        img.src = layers[i].sprite;
+        img.src = src;
       });
     }
-    return decoded[i];
+    return cache[i];
+  }
+  // What the enlarged view and the histogram read: the full-resolution channels when the page has them.
+  function detailView(L) {
+    if (!L.detail) { return L; }
+    // the layer's colormap kind (signed or not) is kept, so the grid and the enlarged view share one colormap
+    return { tile: L.detail.tile, cols: L.cols, lo: L.detail.lo, hi: L.detail.hi, kind: L.kind, shape: L.shape, full: true,
+             signed: layerRange(L).signed };
   }
 
   // ---------------------------------------------------------------- state
@@ -95,6 +106,7 @@
       return { lut: luts.viridis, map: function (s, v) { return v; }, lo: null, hi: null, cmap: "viridis" };
     }
     var r = layerRange(L);
+    if (L.signed !== undefined) { r.signed = L.signed; }
     if (r.signed) {
       var m = Math.max(-r.lo, r.hi);
       return { lut: luts.RdBu_r, cmap: "RdBu_r", lo: -m, hi: m, map: function (s, v) {
@@ -354,7 +366,7 @@
     $("layer-body").classList.add("open");
     $("detail-title").textContent = "Channel " + L.shown[s] + " of " + L.name;
     $("detail-meta").textContent = "max " + fmt(L.max[s]) + " \u00b7 mean " + fmt(L.mean[s]) + " \u00b7 variance " +
-      fmt(L.var[s]) + " \u00b7 " + resolution(L);
+      fmt(L.var[s]) + " \u00b7 " + (L.detail ? L.shape.slice(2).join("\u00d7") + " map" : resolution(L));
     panel.setAttribute("data-channel", String(L.shown[s]));
     var atlasP = $("detail-atlas-p");
     if (L.atlas) {
@@ -371,17 +383,20 @@
       synthFig.hidden = true;
       $("detail-synth").removeAttribute("src");
     }
-    return decode(state.layer).then(function (sp) {
-      var big = $("detail-map"), th = L.tile[0], tw = L.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
-      var sc = scaler(L, state.norm);
+    var D = detailView(L), i = state.layer;
+    return (D.full ? decodeDetail(i) : decode(i)).then(function (sp) {
+      var big = $("detail-map"), th = D.tile[0], tw = D.tile[1], z = Math.max(1, Math.floor(256 / Math.max(th, tw)));
+      var sc = scaler(D, state.norm);
       big.width = tw * z; big.height = (L.kind === "strip" ? Math.max(16, th) : th) * z;
       var ctx = big.getContext("2d");
       ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(tileCanvas(sp, L, s, sc.lut, sc.map), 0, 0, big.width, big.height);
+      ctx.drawImage(tileCanvas(sp, D, s, sc.lut, sc.map), 0, 0, big.width, big.height);
       big.setAttribute("data-cmap", sc.cmap);
-      $("detail-map-cap").textContent = "Channel, enlarged (" + L.tile[1] + "\u00d7" + L.tile[0] + " values)";
-      drawLegend(sc, $("detail-legend"), sc.lo === null ? { lo: L.lo[s], hi: L.hi[s] } : null);
-      drawHistogram(sp, L, s);
+      big.setAttribute("data-values", tw + "x" + th);
+      $("detail-map-cap").textContent = "Channel, enlarged (" + tw + "\u00d7" + th + " values" +
+        (D.full ? ", the map's full resolution)" : D === L && resolution(L).indexOf("averaged") >= 0 ? ", averages of the map)" : ")");
+      drawLegend(sc, $("detail-legend"), sc.lo === null ? { lo: D.lo[s], hi: D.hi[s] } : null);
+      drawHistogram(sp, D, s);
       return Promise.all([drawOverlay(), drawGrid()]);
     });
   }
