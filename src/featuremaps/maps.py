@@ -416,11 +416,17 @@ class FeatureMaps(Mapping[str, LayerMap]):
             raise FeatureMapsError(f"cannot save maps to {str(target)!r}: use a file name ending in .safetensors")
         tensors: dict[str, torch.Tensor] = {}
         infos: list[dict[str, Any]] = []
+        storages: set[int] = set()
         for i, (name, lm) in enumerate(self._maps.items()):
             if lm.raw.device.type == "meta":
                 continue
             key = f"{i:05d}"
-            tensors[key] = lm.raw.detach().to("cpu").contiguous()
+            t = lm.raw.detach().to("cpu").contiguous()
+            storage = t.untyped_storage()
+            if storage.data_ptr() in storages or storage.nbytes() != t.nbytes:
+                t = t.clone()  # safetensors refuses tensors sharing memory (a block's output and its last layer's)
+            storages.add(t.untyped_storage().data_ptr())
+            tensors[key] = t
             infos.append({"key": key, **lm.info.to_json()})
         meta = {
             "format": _FORMAT,

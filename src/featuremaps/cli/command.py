@@ -73,13 +73,16 @@ def one_line(exc: BaseException) -> str:
         'No such file or directory: cat.png'
         >>> one_line(ValueError("odd"))
         'ValueError: odd (run with --debug for the traceback)'
+        >>> one_line(RuntimeError("\\n  Some tensors share memory"))
+        'RuntimeError: Some tensors share memory (run with --debug for the traceback)'
     """
     if isinstance(exc, FeatureMapsError):
         message = cli_wording(str(exc))
     elif isinstance(exc, OSError) and exc.filename:
         message = f"{exc.strerror or exc}: {exc.filename}"
     else:
-        message = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        message = f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
     return message.splitlines()[0] if message.strip() else type(exc).__name__
 
 
