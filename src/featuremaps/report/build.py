@@ -26,6 +26,7 @@ from ..pages import render_page, script_json, source_hash
 from ..synthesis import synthesize as synth
 from ..visualize import selected_names
 from .cams import cam_section
+from .concepts import concept_section, load_report_concepts, with_concept_layer
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 from .drivers import driver_section
 
@@ -122,7 +123,8 @@ def render_html(data: dict[str, Any]) -> str:
     """
     return render_page(
         "report.html", meta=data["meta"], predictions=data["predictions"], photo=data["photo"],
-        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), payload=script_json(data),
+        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")),
+        has_concepts=bool(data.get("concepts")), payload=script_json(data),
     )
 
 
@@ -147,6 +149,8 @@ def report(
     atlas_href: str | None = None,
     photo_size: int = 448,
     drivers: int = 8,
+    concepts: Any = None,
+    concepts_href: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -183,6 +187,13 @@ def report(
         drivers: how many channels of the CAM layer to show per class in
             "What drove this prediction" (:func:`~featuremaps.channel_relevance`;
             0: no such section).
+        concepts: a concepts folder (:func:`~featuremaps.discover_concepts`,
+            ``featuremaps concepts``) or :class:`~featuremaps.concepts.Concepts`
+            of this model: "What drove this prediction" then also shows each
+            concept's importance per class, where it is in the photo and a
+            link to its page (its layer is captured too).
+        concepts_href: how the page should link to that folder (default:
+            the path as given).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -195,15 +206,17 @@ def report(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     net, prep, model_name = _as_model(model, preprocess)
+    linked = load_report_concepts(net, concepts, concepts_href) if concepts is not None else None  # checked first
     src = image if image is not None else sample_image("cat")
     img = load_image(src)
     x = prep(img)
     view = prep.view(img) if hasattr(prep, "view") else img
-    maps = _capture(net, x, prep, layers, max_bytes)
+    maps = _capture(net, x, prep, with_concept_layer(layers, linked), max_bytes)
     timings["capture"] = time.perf_counter() - t0
     encoded = encode_layers(maps, ReportOptions(max_tile=max_tile, top_k=top_k), _ticker(progress, len(maps)))
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
+    concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
     if atlas is not None:
         _add_atlas_links(encoded, atlas, atlas_href)
     if synthesize is not None:
@@ -221,6 +234,7 @@ def report(
         "layers": encoded,
         "cams": cams,
         "drivers": driving,
+        "concepts": concept_data,
         "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
     }
     html = render_html(data)
