@@ -364,3 +364,33 @@ def test_progress_callable_sees_both_passes_and_done_reaches_total():
     assert [(d, t) for s, d, t in calls if s == "concepts"] == [(d, 8) for d in expected]
     assert [(d, t) for s, d, t in calls if s == "concept examples"] == [(d, 8) for d in expected]
     assert {s for s, _, _ in calls} == {"concepts", "concept examples"}
+
+
+def _visible_text(html: str) -> str:
+    import re
+
+    html = re.sub(r"<(style|script)\b.*?</\1>", " ", html, flags=re.S)
+    alts = " ".join(re.findall(r'(?:alt|aria-label|data-label)="([^"]*)"', html))
+    return re.sub(r"<[^>]+>", " ", html) + " " + alts
+
+
+def test_the_concept_pages_say_concept_where_the_atlas_pages_say_channel(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU())
+    data = TensorDataset(torch.rand(6, 3, 12, 12))
+    out = fm.discover_concepts(net, data, "1", n_concepts=2, top_k=2, progress=False).save(tmp_path / "c")
+    for page in ("index.html", "layers/000.html"):
+        text = _visible_text((out / "atlas" / page).read_text(encoding="utf-8"))
+        assert "channel" not in text.lower(), page
+        assert "concept" in text
+    layer = _visible_text((out / "atlas" / "layers" / "000.html").read_text(encoding="utf-8"))
+    assert "concept 0" in layer and "concept 1" in layer and "2 concepts" in layer
+    # re-saved after loading: still concepts
+    again = fm.load_concepts(out).save(tmp_path / "again")
+    assert "concept 1" in _visible_text((again / "atlas" / "layers" / "000.html").read_text(encoding="utf-8"))
+    # a plain atlas of the same layer keeps its channels
+    atlas = fm.build_atlas(net, data, layers="1", k=2, progress=False).save(tmp_path / "atlas")
+    plain = _visible_text((atlas / "layers" / "000.html").read_text(encoding="utf-8"))
+    assert "channel 4" in plain and "5 channels" in plain and "concept" not in plain

@@ -386,4 +386,5 @@ def _top_examples(
     atlas.layer_table[0] = dataclasses.replace(
         table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
     atlas.model = concepts.model
+    atlas.unit = "concept"  # its pages say "concept 3", not "channel 3"
     return atlas

@@ -522,6 +522,7 @@ def load_concepts(directory: str | os.PathLike[str]) -> Concepts:
     atlas = None
     if (folder / "atlas" / "atlas.json").is_file():
         atlas = load_atlas(folder / "atlas")
+        atlas.unit = "concept"
     size = meta.get("input_size")
     return Concepts(
         components=components, layer=str(meta["layer"]), info=info, num_images=int(meta["num_images"]),
