@@ -212,12 +212,13 @@ def with_concept_layer(layers: Any, linked: ReportConcepts | None) -> Any:
     Example:
         >>> from featuremaps.concepts.concepts import _tiny_concepts
         >>> with_concept_layer("fc*", ReportConcepts(_tiny_concepts(), None, None))
-        ['fc*', 'conv']
+        ['fc*', 'conv:0']
     """
     if linked is None or layers is None:
         return layers  # (every layer with channels is captured by default)
+    wanted = linked.concepts.selector
     if isinstance(layers, str):
-        return [layers, linked.layer] if layers != linked.layer else layers
+        return [layers, wanted] if layers not in (linked.layer, wanted) else layers
     if isinstance(layers, (list, tuple)) and all(isinstance(s, str) for s in layers):
-        return [*layers, linked.layer] if linked.layer not in layers else list(layers)
+        return [*layers, wanted] if linked.layer not in layers and wanted not in layers else list(layers)
     return layers
