@@ -1,4 +1,4 @@
-"""Checkpoints of discover_concepts' pass: interrupted then resumed equals uninterrupted, exactly; damage is set aside."""
+"""Checkpoints of discover_concepts' pass: interrupted then resumed equals uninterrupted, exactly; damage set aside."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report's concepts (`fm.report(concepts=...)`, `featuremaps report --concepts DIR`): known answers, links, errors."""
+"""The report's concepts (`fm.report(concepts=...)`, `featuremaps report --concepts DIR`): answers, links, errors."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def test_importance_and_heatmaps_are_the_known_ones_and_the_layer_is_captured():
     x = _input(model)
     acts = torch.relu(model[0](x)).detach()[0]  # (6, H, W), an independent path
     for entry in sec["classes"]:
-        expected = {k: float(model[4].weight[entry["index"], c].detach() * acts[c].mean()) for k, c in enumerate([2, 4])}
+        w = model[4].weight.detach()[entry["index"]]
+        expected = {k: float(w[c] * acts[c].mean()) for k, c in enumerate([2, 4])}
         got = {c["concept"]: c["importance"] for c in entry["concepts"]}
         assert got == pytest.approx(expected, rel=1e-4, abs=1e-7)
         assert [c["importance"] for c in entry["concepts"]] == sorted(got.values(), reverse=True)

@@ -353,43 +353,27 @@ def discover_concepts(
         8
     """
     model, preprocess = resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
-    _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive)
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise FeatureMapsError(f"checkpoint_every={checkpoint_every!r} must be >= 1 image, or None for no checkpoints")
+    _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive, checkpoint_every)
     timeout = check_timeout(timeout)
     rank, world = rank_world()
     if out is not None and rank == 0:
         check_output_folder(out)  # before any work
     src = make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    files = CheckpointFiles.open(out if checkpoint_every else None, checkpoint_dir if checkpoint_every else None,
-                                 checkpoint_every, rank, world)
-    if files.file is not None:
-        files.fingerprint = fingerprint(model, layer, src, sample_size, layouts, rank, world)
+    files = _checkpoints(out, checkpoint_dir, checkpoint_every, (model, layer, src, sample_size, layouts), rank, world)
 
     with reporter(progress if rank == 0 else False, unit="images") as report:
         reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, report, layouts, files,
                                                     resume)
         sample, info, images, skipped, shape = _merge_ranks(reducer, images, skipped, shape, device, timeout)
         components, error, negative_share = _factorize(sample, info, n_concepts, iters, device)
-        card = getattr(preprocess, "card", None)
-        concepts = Concepts(
-            components=components, layer=info.name, info=info, num_images=images, positions=sample.seen,
-            sample_size=int(sample.rows.shape[0]), relative_error=error, negative_share=negative_share,
-            model=str(getattr(card, "name", None) or type(model).__name__),
-            input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
-            skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
-            root=src.root, layouts=layouts,
-        )
+        concepts = _make_concepts(model, preprocess, src, sample, info, images, skipped, shape, layouts,
+                                  (components, error, negative_share))
         if examples:
-
-            def examples_progress(stage: str, done: int, total: int | None) -> None:
-                report("concept examples", done, total)
-
             concepts.atlas = _top_examples(
                 model, data, concepts, shape, top_k=top_k, batch_size=batch_size, preprocess=preprocess,
-                num_workers=num_workers, receptive=receptive, progress=examples_progress, timeout=timeout,
+                num_workers=num_workers, receptive=receptive, timeout=timeout,
+                progress=lambda stage, done, total: report("concept examples", done, total),
             )
     if out is not None and rank == 0:
         concepts.save(out, patch_size=patch_size)
@@ -397,9 +381,38 @@ def discover_concepts(
     return concepts
 
 
+def _checkpoints(
+    out: str | os.PathLike[str] | None, checkpoint_dir: str | os.PathLike[str] | None, every: int | None,
+    run: tuple[nn.Module, Any, Source, int | None, Any], rank: int, world: int,
+) -> CheckpointFiles:
+    """This rank's checkpoint files (none when ``every`` is ``None``), with the run's fingerprint."""
+    files = CheckpointFiles.open(out if every else None, checkpoint_dir if every else None, every, rank, world)
+    if files.file is not None:
+        files.fingerprint = fingerprint(*run, rank, world)
+    return files
+
+
+def _make_concepts(
+    model: nn.Module, preprocess: Any, src: Source, sample: PositionSample, info: LayerInfo, images: int,
+    skipped: list[tuple[int, str]], shape: tuple[int, ...] | None, layouts: Any,
+    found: tuple[torch.Tensor, float, float],
+) -> Concepts:
+    """The :class:`Concepts` of the factorization ``found`` (components, relative error, negative share)."""
+    card = getattr(preprocess, "card", None)
+    components, error, negative_share = found
+    return Concepts(
+        components=components, layer=info.name, info=info, num_images=images, positions=sample.seen,
+        sample_size=int(sample.rows.shape[0]), relative_error=error, negative_share=negative_share,
+        model=str(getattr(card, "name", None) or type(model).__name__),
+        input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
+        skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
+        root=src.root, layouts=layouts,
+    )
+
+
 def _check_options(
     layer: Any, n_concepts: Any, method: Any, top_k: Any, sample_size: Any, iters: Any, batch_size: Any,
-    receptive: Any,
+    receptive: Any, checkpoint_every: Any = None,
 ) -> None:
     if method != "nmf":
         raise FeatureMapsError(f"method={method!r} is not a concept method; use 'nmf'")
@@ -420,6 +433,9 @@ def _check_options(
         raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
     if receptive not in RECEPTIVE_METHODS:
         raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise FeatureMapsError(f"checkpoint_every={checkpoint_every!r} must be >= 1 image, or None for no checkpoints")
 
 
 def _factorize(

@@ -41,7 +41,7 @@ class PassProgress:
 def fingerprint(
     model: nn.Module, layer: Any, src: Source, sample_size: int | None, layouts: Any, rank: int, world: int
 ) -> str:
-    """What a checkpoint must have been made with to be resumed: the data, the model, the layer, the sample, the ranks."""
+    """What a checkpoint must have been made with to be resumed: the data, model, layer, sample size and ranks."""
     return digest({
         "source": src.fingerprint, "model": model_signature(model), "layer": repr(layer),
         "sample_size": sample_size, "layouts": repr(layouts), "rank": rank, "world": world,

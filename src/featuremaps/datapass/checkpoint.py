@@ -56,7 +56,8 @@ def checksum(tensors: Mapping[str, torch.Tensor], fingerprint: str, state: str, 
     Example:
         >>> import torch
         >>> a = checksum({"x": torch.zeros(2)}, "f", "{}", "fmt/1")
-        >>> a == checksum({"x": torch.zeros(2)}, "f", "{}", "fmt/1"), a == checksum({"x": torch.ones(2)}, "f", "{}", "fmt/1")
+        >>> b = checksum({"x": torch.ones(2)}, "f", "{}", "fmt/1")
+        >>> a == checksum({"x": torch.zeros(2)}, "f", "{}", "fmt/1"), a == b
         (True, False)
     """
     h = hashlib.sha256()

@@ -148,9 +148,7 @@ def report(
     atlas: str | os.PathLike[str] | None = None,
     atlas_href: str | None = None,
     photo_size: int = 448,
-    drivers: int = 8,
-    concepts: Any = None,
-    concepts_href: str | None = None,
+    drivers: int = 8, concepts: Any = None, concepts_href: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -187,13 +185,8 @@ def report(
         drivers: how many channels of the CAM layer to show per class in
             "What drove this prediction" (:func:`~featuremaps.channel_relevance`;
             0: no such section).
-        concepts: a concepts folder (:func:`~featuremaps.discover_concepts`,
-            ``featuremaps concepts``) or :class:`~featuremaps.concepts.Concepts`
-            of this model: "What drove this prediction" then also shows each
-            concept's importance per class, where it is in the photo and a
-            link to its page (its layer is captured too).
-        concepts_href: how the page should link to that folder (default:
-            the path as given).
+        concepts: a concepts folder or :class:`~featuremaps.concepts.Concepts` of this model, shown in "What drove
+            this prediction" (:mod:`.concepts`), linked as ``concepts_href`` (default: the path as given).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -217,12 +210,7 @@ def report(
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
     concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
-    if atlas is not None:
-        _add_atlas_links(encoded, atlas, atlas_href)
-    if synthesize is not None:
-        t1 = time.perf_counter()
-        _add_synthesized(net, prep, maps, encoded, synthesize, synth_steps, synth_size, progress)
-        timings["synthesis"] = time.perf_counter() - t1
+    _add_extras(net, prep, maps, encoded, atlas, atlas_href, synthesize, (synth_steps, synth_size), progress, timings)
     del maps
     cams, driving = _explanations(
         net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
@@ -240,6 +228,20 @@ def report(
     html = render_html(data)
     timings["total"] = seconds = time.perf_counter() - t0
     return Report(data=data, html=html, seconds=seconds, timings=timings)
+
+
+def _add_extras(
+    net: nn.Module, prep: Any, maps: Any, encoded: list[dict[str, Any]], atlas: str | os.PathLike[str] | None,
+    atlas_href: str | None, synthesize: LayerSelector | None, synth: tuple[int, int],
+    progress: Callable[[str, int, int], None] | None, timings: dict[str, float],
+) -> None:
+    """The atlas links and the synthesized images, when asked for (the synthesis timed into ``timings``)."""
+    if atlas is not None:
+        _add_atlas_links(encoded, atlas, atlas_href)
+    if synthesize is not None:
+        t1 = time.perf_counter()
+        _add_synthesized(net, prep, maps, encoded, synthesize, synth[0], synth[1], progress)
+        timings["synthesis"] = time.perf_counter() - t1
 
 
 def _explanations(

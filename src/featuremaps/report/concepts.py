@@ -93,10 +93,10 @@ def load_report_concepts(
         >>> import torch
         >>> from torch import nn
         >>> from featuremaps.concepts.concepts import _tiny_concepts
-        >>> load_report_concepts(nn.Sequential(nn.Conv1d(3, 3, 1)), _tiny_concepts())
+        >>> load_report_concepts(nn.Sequential(nn.Conv1d(3, 3, 1)), _tiny_concepts())  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        featuremaps.errors.FeatureMapsError: these concepts were found in layer 'conv' of tiny, which this model does not have (no module 'conv'); pass concepts discovered in this model (featuremaps concepts IMAGE_DIR --layer L -o DIR)
+        featuremaps.errors.FeatureMapsError: these concepts were found in layer 'conv' of tiny, which this model ...
     """
     folder: Path | None = None
     if isinstance(concepts, Concepts):
