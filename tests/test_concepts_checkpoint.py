@@ -139,3 +139,28 @@ def test_other_arguments_or_resume_false_start_over(full, tmp_path):
     assert not _ckpt(out).parent.exists()
     with pytest.raises(fm.FeatureMapsError, match="checkpoint_every=0 must be >= 1"):
         _run(conv, _StopAfter(None), out, checkpoint_every=0)
+
+
+def test_the_cli_sets_a_damaged_checkpoint_aside_in_one_line_and_no_resume_discards_one(tmp_path):
+    import atlas_helper
+    from click.testing import CliRunner
+
+    from featuremaps.cli import cli
+
+    images = tmp_path / "images"
+    atlas_helper.make_folder(images, good=4)
+    base = ["concepts", str(images), "--model", "atlas_helper:tiny_net", "--weights", "random", "--layer", "4",
+            "--n", "2", "--k", "2", "--quiet", "--checkpoint-every", "2", "-o", str(tmp_path / "out")]
+    ckpt = _ckpt(tmp_path / "out")
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "checkpoint" in line]
+    assert len(lines) == 1 and "damaged checkpoint" in lines[0] and "set aside" in lines[0], result.output
+    assert ckpt.with_name(ckpt.name + ".damaged").read_bytes() == b"not a checkpoint"
+    assert not ckpt.exists()
+    ckpt.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(cli, [*base, "--no-resume"])
+    assert result.exit_code == 0 and "checkpoint" not in result.output, result.output
+    assert not ckpt.exists() and ckpt.with_name(ckpt.name + ".damaged-2").read_bytes() == b"not a checkpoint"
