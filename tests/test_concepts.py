@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -364,3 +365,91 @@ def test_progress_callable_sees_both_passes_and_done_reaches_total():
     assert [(d, t) for s, d, t in calls if s == "concepts"] == [(d, 8) for d in expected]
     assert [(d, t) for s, d, t in calls if s == "concept examples"] == [(d, 8) for d in expected]
     assert {s for s, _, _ in calls} == {"concepts", "concept examples"}
+
+
+def _visible_text(html: str) -> str:
+    import re
+
+    html = re.sub(r"<(style|script)\b.*?</\1>", " ", html, flags=re.S)
+    alts = " ".join(re.findall(r'(?:alt|aria-label|data-label)="([^"]*)"', html))
+    return re.sub(r"<[^>]+>", " ", html) + " " + alts
+
+
+def test_the_concept_pages_say_concept_where_the_atlas_pages_say_channel(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU())
+    data = TensorDataset(torch.rand(6, 3, 12, 12))
+    out = fm.discover_concepts(net, data, "1", n_concepts=2, top_k=2, progress=False).save(tmp_path / "c")
+    for page in ("index.html", "layers/000.html"):
+        text = _visible_text((out / "atlas" / page).read_text(encoding="utf-8"))
+        assert "channel" not in text.lower(), page
+        assert "concept" in text
+    layer = _visible_text((out / "atlas" / "layers" / "000.html").read_text(encoding="utf-8"))
+    assert "concept 0" in layer and "concept 1" in layer and "2 concepts" in layer
+    # re-saved after loading: still concepts
+    again = fm.load_concepts(out).save(tmp_path / "again")
+    assert "concept 1" in _visible_text((again / "atlas" / "layers" / "000.html").read_text(encoding="utf-8"))
+    # a plain atlas of the same layer keeps its channels
+    atlas = fm.build_atlas(net, data, layers="1", k=2, progress=False).save(tmp_path / "atlas")
+    plain = _visible_text((atlas / "layers" / "000.html").read_text(encoding="utf-8"))
+    assert "channel 4" in plain and "5 channels" in plain and "concept" not in plain
+
+
+class _SharedReLU(nn.Module):
+    """One ReLU module that runs twice: its calls are the layers ``act`` (first) and ``act:1`` (second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.c2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.c1(x))
+
+    def rest(self, a0: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.c2(a0)).mean((2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.first(x))
+
+
+@pytest.mark.parametrize("call", [0, 1])
+def test_concepts_of_one_call_of_a_module_that_runs_twice_explain_that_call(call):
+    from featuremaps.concepts import concept_maps
+
+    net = _SharedReLU().eval()
+    data = torch.rand(6, 3, 10, 10)
+    found = fm.discover_concepts(net, data, f"act:{call}", n_concepts=2, top_k=2, progress=False)
+    assert found.layer == ("act" if call == 0 else "act:1") and found.selector == f"act:{call}"
+    x = torch.rand(2, 3, 10, 10)
+    # that call's activations by hand, as the leaf of the score's graph
+    a0 = net.first(x).detach()
+    acts = (a0 if call == 0 else torch.relu(net.c2(a0))).detach().requires_grad_(True)
+    out = net.rest(acts) if call == 0 else net.fc(acts.mean((2, 3)))
+    # the heatmaps, coefficients and top examples are that call's
+    assert torch.allclose(found.heatmaps(net, x), concept_maps(acts.detach(), found.components), atol=1e-6)
+    ex = found.explain(net, x, target=[0, 2])
+    assert torch.allclose(ex.coefficients, concept_maps(acts.detach(), found.components), atol=1e-6)
+    top = found.top_examples(0)[0]
+    with torch.no_grad():
+        expected = concept_maps(torch.relu(net.c2(net.first(data))) if call else net.first(data), found.components)
+    assert top.score == pytest.approx(float(expected[:, 0].amax()), rel=1e-5)
+    # single-channel concepts: importance is gradient x activation of that call, summed over the map (autograd)
+    channels = [1, 3]
+    w = torch.zeros(2, int(acts.shape[1]))
+    w[[0, 1], channels] = 1.0
+    one_hot = dataclasses.replace(found, components=w)
+    picked = torch.stack([out[0, 0], out[1, 2]]).sum()
+    g = torch.autograd.grad(picked, acts)[0]
+    ex = one_hot.explain(net, x, target=[0, 2])
+    assert torch.allclose(ex.coefficients, acts.detach()[:, channels], atol=1e-6)
+    by_hand = (g[:, channels] * acts.detach()[:, channels]).sum((2, 3))
+    assert torch.allclose(ex.importance, by_hand, rtol=1e-4, atol=1e-7)
+    # the bare module name selects both calls: a one-line error naming them
+    with pytest.raises(FeatureMapsError, match=r"selects 2 outputs \(act, act:1\)"):
+        fm.discover_concepts(net, data, "act", n_concepts=2, examples=False, progress=False)

@@ -73,6 +73,8 @@ class Atlas:
         root: the image folder, for folder datasets.
         synthesis: ``{"steps": ..., "size": ...}`` when the channels have
             synthesized images (:meth:`synthesize`), else ``None``.
+        unit: what one channel of the atlas is, in its pages' words
+            (``"channel"``; ``"concept"`` for the atlas of concepts).
 
     Example:
         >>> import torch, featuremaps as fm
@@ -95,6 +97,7 @@ class Atlas:
     input_size: tuple[int, int] | None = None
     root: str | None = None
     synthesis: dict[str, int] | None = None
+    unit: str = "channel"
     _viewer: ImageViewer | None = field(default=None, repr=False, compare=False)
     _synth: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False, compare=False)
     _origin: Path | None = field(default=None, repr=False, compare=False)

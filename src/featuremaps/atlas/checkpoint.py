@@ -8,99 +8,59 @@ one, the checksum is verified and the state is checked against the run
 matching the layers and ``k``, counts consistent, statistics finite). A
 checkpoint that fails is named in a one-line warning, renamed (never
 deleted) and the pass starts over; one made with other arguments is
-ignored (the new run's first checkpoint replaces it).
+ignored (the new run's first checkpoint replaces it). The file itself is
+:mod:`featuremaps.datapass.checkpoint`'s (shared with concept discovery);
+this module is the atlas's state in it and its checks.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import safetensors.torch
-from safetensors import safe_open
 
-from .._atomic import atomic_path
+from ..datapass.checkpoint import (
+    DamagedCheckpoint,
+    OtherVersion,
+    checksum,
+    discard_checkpoint as discard_file,
+    open_checkpoint,
+    read_checkpoint,
+    set_aside,
+    write_checkpoint,
+)
 from .stats import LIMB_BITS
 from .topk import EMPTY_INDEX
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .state import AtlasState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "discard_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "discard_checkpoint", "CHECKPOINT_FORMAT", "DamagedCheckpoint",
+           "OtherVersion"]
 
 CHECKPOINT_FORMAT = "featuremaps-atlas-checkpoint/2"
 
 
-class DamagedCheckpoint(Exception):
-    """A checkpoint failed its checksum or its checks (the message says which)."""
-
-
-class OtherVersion(DamagedCheckpoint):
-    """A checkpoint of another featuremaps version (set aside too, but not called damaged)."""
-
-
 def _checksum(tensors: Mapping[str, torch.Tensor], fingerprint: str, state: str) -> str:
-    h = hashlib.sha256()
-    for part in (CHECKPOINT_FORMAT, fingerprint, state):
-        h.update(part.encode("utf-8") + b"\0")
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return checksum(tensors, fingerprint, state, CHECKPOINT_FORMAT)
 
 
 def save_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any], fingerprint: str) -> None:
     """Write a checkpoint atomically: the file is the old one or the new one, never half of either."""
-    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    text = json.dumps(dict(state), sort_keys=True)
-    meta = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": text,
-            "sha256": _checksum(data, fingerprint, text)}
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(data, str(tmp), metadata=meta)  # (looked up here: tests cut it halfway)
+    write_checkpoint(path, tensors, state, fingerprint, CHECKPOINT_FORMAT)
 
 
-def _set_aside(path: Path) -> Path:
-    aside = path.with_name(path.name + ".damaged")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.damaged-{n}")
-    path.rename(aside)
-    return aside
+_set_aside = set_aside
 
 
 def _read(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The tensors and state of a checkpoint whose checksum holds; None if made with other arguments."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise DamagedCheckpoint(f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    found = str(meta.get("format"))
-    if found != CHECKPOINT_FORMAT:
-        if found.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
-            raise OtherVersion(f"it was made by another version of featuremaps ({found})")
-        raise DamagedCheckpoint(f"its format is {found!r}, not {CHECKPOINT_FORMAT!r}")
-    text = meta.get("state", "")
-    if meta.get("sha256") != _checksum(tensors, meta.get("fingerprint", ""), text):
-        raise DamagedCheckpoint("its checksum does not match its data")
-    if meta.get("fingerprint") != fingerprint:
-        return None
-    try:
-        state = json.loads(text)
-    except ValueError:
-        raise DamagedCheckpoint("its state is not JSON") from None
-    if not isinstance(state, dict):
-        raise DamagedCheckpoint("its state is not a JSON object")
-    return tensors, state
+    return read_checkpoint(path, fingerprint, CHECKPOINT_FORMAT)
 
 
 def load_checkpoint(
@@ -111,45 +71,21 @@ def load_checkpoint(
 
     A damaged checkpoint is renamed to ``NAME.damaged`` and named in the warning.
     """
-    if not path.is_file():
-        return None
-    try:
-        found = _read(path, fingerprint)
-        if found is None:
-            warnings.warn(
-                f"ignoring checkpoint {str(path)!r}: it was made with other arguments, data or weights; starting over",
-                UserWarning, stacklevel=3,
-            )
-            return None
+
+    def checked(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> AtlasState:
         try:
-            state = restore(*found)
+            state = restore(tensors, meta)
         except Exception as exc:  # noqa: BLE001 - a missing key, a bad shape, a wrong type: all damage
             raise DamagedCheckpoint(f"its state cannot be restored ({str(exc).splitlines()[0] if str(exc) else exc!r})")
         check_state(state, k=k, n_items=n_items, rank=rank, world=world)
         return state
-    except DamagedCheckpoint as exc:
-        aside = _set_aside(path)
-        kind = "unusable" if isinstance(exc, OtherVersion) else "damaged"
-        warnings.warn(
-            f"{kind} checkpoint {str(path)!r} ({exc}): set aside as {aside.name!r}; starting over",
-            UserWarning, stacklevel=3,
-        )
-        return None
+
+    return open_checkpoint(path, fingerprint, CHECKPOINT_FORMAT, checked, stacklevel=4)
 
 
 def discard_checkpoint(path: Path) -> None:
     """Remove the checkpoint at ``path`` (for ``resume=False``) if it is one of ours; set anything else aside."""
-    if not path.is_file():
-        return
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            ours = str((f.metadata() or {}).get("format", "")).startswith("featuremaps-atlas-checkpoint/")
-    except Exception:  # noqa: BLE001 - not a readable safetensors file
-        ours = False
-    if ours:
-        path.unlink()
-    else:
-        _set_aside(path)
+    discard_file(path, CHECKPOINT_FORMAT)
 
 
 def _shard(n_items: int, rank: int, world: int) -> int:
@@ -169,7 +105,7 @@ def check_state(state: AtlasState, *, k: int, n_items: int, rank: int, world: in
         >>> check_state(state, k=3, n_items=10, rank=0, world=1)
         Traceback (most recent call last):
         ...
-        featuremaps.atlas.checkpoint.DamagedCheckpoint: position 11 is beyond this rank's 10 items
+        featuremaps.datapass.checkpoint.DamagedCheckpoint: position 11 is beyond this rank's 10 items
     """
     shard = _shard(n_items, rank, world)
     if not 0 <= state.position <= shard:

@@ -65,6 +65,7 @@ def index_data(
         "title": f"Atlas of {atlas.model or 'a model'}", "model": atlas.model, "k": atlas.k, "score": atlas.score,
         "num_images": atlas.num_images, "root": atlas.root or "", "layers": layers,
         "skipped": [{"name": n, "reason": r} for n, r in atlas.skipped], "synthesized": bool(synth),
+        "unit": atlas.unit,
     }
 
 
@@ -113,7 +114,7 @@ def layer_data(
         "type": layer.module_type, "channels": channels, "k": atlas.k, "score": atlas.score,
         "num_images": atlas.num_images, "spatial": "\u00d7".join(str(s) for s in layer.spatial) or "vector",
         "rf": _rf_text(layer.receptive_field), "sheet_width": width, "sheet_height": height,
-        "synth_side": side,
+        "synth_side": side, "unit": atlas.unit,
         "prev": f"{i - 1:03d}.html" if i > 0 else None,
         "next": f"{i + 1:03d}.html" if i + 1 < len(atlas.layer_table) else None,
     }

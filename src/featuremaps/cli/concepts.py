@@ -15,7 +15,7 @@ import time
 import click
 
 from .command import command
-from .dataset import dataset_options, dataset_pass, echo_skipped
+from .dataset import checkpoint_options, dataset_options, dataset_pass, echo_skipped
 from .options import ModelOptions, model_options, out_option, pass_model
 from .outputs import output_folder
 
@@ -35,11 +35,12 @@ __all__ = ["concepts_cmd"]
 @click.option("--sample-size", default=None, type=click.IntRange(min=1),
               help="Positions kept for the factorization [default: as many as fit in 64 MiB].")
 @dataset_options
+@checkpoint_options
 @pass_model
 def concepts_cmd(
     model: ModelOptions, image_dir: str, layer: str, n_concepts: int, top_k: int, out_dir: str,
     sample_size: int | None, batch_size: int, workers: int, patch_size: int, receptive: str, timeout: float,
-    quiet: bool,
+    quiet: bool, checkpoint_every: int, no_resume: bool,
 ) -> None:
     """Find the N concepts that LAYER's activations over IMAGE_DIR are made of.
 
@@ -47,7 +48,9 @@ def concepts_cmd(
     matrix factorization of the activations at every position, as in
     CRAFT). Writes OUT: index.html (per concept its top patches and
     channels), atlas/ (its top examples), concepts.json and
-    concepts.safetensors (load them with featuremaps.load_concepts).
+    concepts.safetensors (load them with featuremaps.load_concepts). An
+    interrupted run continues where its first pass stopped when re-run with
+    the same arguments (checkpoints next to OUT; --no-resume starts over).
 
     Example:
 
@@ -63,7 +66,7 @@ def concepts_cmd(
         concepts = discover_concepts(
             net, image_dir, layer, n_concepts, preprocess=preprocess, top_k=top_k, sample_size=sample_size,
             batch_size=batch_size, num_workers=workers, receptive=receptive, progress=not quiet, out=out_dir,
-            patch_size=patch_size, timeout=timeout,
+            patch_size=patch_size, timeout=timeout, checkpoint_every=checkpoint_every, resume=not no_resume,
         )
         seconds = time.perf_counter() - t0
         if rank == 0:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-__all__ = ["dataset_options", "dataset_pass", "echo_skipped", "init_distributed"]
+__all__ = ["dataset_options", "checkpoint_options", "dataset_pass", "echo_skipped", "init_distributed"]
 
 
 @contextmanager
@@ -118,4 +118,13 @@ def dataset_options(f: Any) -> Any:
                      help="DataLoader worker processes for reading images.")(f)
     f = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                      help="Images per forward.")(f)
+    return f
+
+
+def checkpoint_options(f: Any) -> Any:
+    """The checkpoint options of a dataset pass: ``--checkpoint-every N`` and ``--no-resume``."""
+    f = click.option("--no-resume", is_flag=True, help="Start over instead of continuing from a checkpoint.")(f)
+    f = click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=1),
+                     help="Save the pass's state every this many images (per process), next to the output "
+                     "folder; an interrupted run continues from it.")(f)
     return f

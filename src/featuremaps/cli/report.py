@@ -39,6 +39,9 @@ __all__ = ["report_cmd"]
               help="Optimization steps per synthesized image.")
 @click.option("--atlas", "atlas_dir", default=None, type=click.Path(file_okay=False, exists=True),
               help="An atlas folder of the same model: channels link to their top dataset examples there.")
+@click.option("--concepts", "concepts_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="A concepts folder of the same model (`featuremaps concepts -o DIR`): 'What drove this "
+                   "prediction' also shows each concept's importance, where it is in the photo and its page.")
 @click.option("--title", default=None, help="Page title.")
 @out_option(f"{DEFAULT_OUT}/report.html", "Where to write the page.", folder=False)
 @click.option("--serve", is_flag=True, help="Serve the page on http://127.0.0.1 until Ctrl-C.")
@@ -47,7 +50,8 @@ __all__ = ["report_cmd"]
 def report_cmd(
     model: ModelOptions, image: str | None, layer_patterns: tuple[str, ...], top_k: int | None, max_tile: int,
     photo_size: int, cam_methods: tuple[str, ...], n_classes: int, cam_layer: str, no_cams: bool, no_metrics: bool,
-    synth_layers: tuple[str, ...], synth_steps: int, atlas_dir: str | None, title: str | None, out_path: str,
+    synth_layers: tuple[str, ...], synth_steps: int, atlas_dir: str | None, concepts_dir: str | None,
+    title: str | None, out_path: str,
     serve: bool, port: int,
 ) -> None:
     """Turn a model and IMAGE into one self-contained interactive HTML page.
@@ -70,7 +74,8 @@ def report_cmd(
             max_tile=max_tile, cam_methods=() if no_cams else (cam_methods or DEFAULT_CAM_METHODS),
             cam_layer=cam_layer, classes=n_classes, metrics=not no_metrics, title=title, progress=progress,
             synthesize=parse_layers(synth_layers), synth_steps=synth_steps, atlas=atlas_dir, photo_size=photo_size,
-            atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None,
+            atlas_href=_relative_href(atlas_dir, out_path) if atlas_dir else None, concepts=concepts_dir,
+            concepts_href=_relative_href(concepts_dir, out_path) if concepts_dir else None,
         )
     mark = mark_new_file(out_path)
     path = rep.save(out_path)

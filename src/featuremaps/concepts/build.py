@@ -54,6 +54,8 @@ from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..maps import LayerInfo
 from ..models import resolve
+from ..datapass.checkpoint import CheckpointFiles, discard_checkpoint
+from .checkpoint import CONCEPTS_CHECKPOINT_FORMAT, PassProgress, fingerprint, restore_pass, save_pass
 from .concepts import Concepts, concept_maps
 from .nmf import PositionSample, nmf
 
@@ -64,7 +66,11 @@ DEFAULT_SAMPLE_BYTES = 64 << 20
 
 
 class _SampleReducer:
-    """The capture reducer of the pass: offers the layer's map to the sample, keeps nothing."""
+    """The capture reducer of the pass: stages the layer's map of a batch; :meth:`commit` offers it to the sample.
+
+    Staged, so that an interrupt inside a forward leaves the sample as it was
+    after the last batch (what a checkpoint then keeps).
+    """
 
     name = "concepts"
 
@@ -75,6 +81,7 @@ class _SampleReducer:
         self.info: LayerInfo | None = None
         self.indices: torch.Tensor | None = None
         self.names: list[str] = []
+        self.pending: torch.Tensor | None = None
 
     def __call__(self, t: torch.Tensor, info: LayerInfo) -> None:
         if info.name not in self.names:
@@ -88,14 +95,20 @@ class _SampleReducer:
             )
         if self.info is not None and info.name != self.info.name:
             return None  # (reported after the forward: one layer only)
-        flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        if self.pending is None:  # (the first map of the layer in this forward)
+            self.pending = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        self.info = info
+        return None
+
+    def commit(self) -> None:
+        """Offer the staged map to the sample (made on the first one)."""
+        flat, self.pending = self.pending, None
+        if flat is None or self.indices is None:
+            return
         if self.sample is None:
             c = int(flat.shape[1])
             self.sample = PositionSample(_capacity(self.sample_size, c), c, self.device)
-        self.info = info
-        if self.indices is not None:
-            self.sample.update(flat, self.indices)
-        return None
+        self.sample.update(flat, self.indices)
 
 
 def _capacity(sample_size: int | None, channels: int) -> int:
@@ -145,33 +158,71 @@ class _ConceptProbe(nn.Module):
 
 def _run_pass(
     model: nn.Module, layer: LayerSelector, src: Source, sample_size: int | None, device: torch.device,
-    report: Progress, layouts: Any,
+    report: Progress, layouts: Any, files: CheckpointFiles, resume: bool,
 ) -> tuple[_SampleReducer, int, list[tuple[int, str]], tuple[int, ...] | None]:
-    """The first pass: every item of this rank's share offered to the sample (progress: the ``"concepts"`` stage)."""
+    """The first pass: every item of this rank's share offered to the sample (progress: the ``"concepts"`` stage).
+
+    From a checkpoint when ``resume`` finds one of this run; one is written
+    every ``files.every`` items, on an interrupt (when the sample is whole)
+    and at the end.
+    """
     rank, world = rank_world()
     n_items = len(src.dataset)
     reducer = _SampleReducer(sample_size, device)
-    images, read = 0, 0
-    skipped: list[tuple[int, str]] = []
-    shape: tuple[int, ...] | None = None
-    report("concepts", 0, n_items)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"layers .* did not run")
-        with FeatureExtractor(model, layer, reduce=reducer, layouts=layouts) as fx:
-            for indices, batch, failed in shard_loader(src, rank, world):
-                n = int(indices.shape[0])
-                if n:
-                    reducer.indices = to_device(indices, device)
-                    x = first_item(batch)
-                    fx(x)
-                    if shape is None and isinstance(x, torch.Tensor):
-                        shape = tuple(int(s) for s in x.shape[1:])
-                    _check_one_layer(reducer, layer)
-                images += n
-                skipped.extend(failed)
-                read += n + len(failed)
-                report("concepts", min(n_items, read * world), n_items)
-    return reducer, images, skipped, shape
+    done = _resume(files, resume, reducer, device, n_items, rank, world)
+    consistent = True  # False while a batch is merged: an interrupt then must not be checkpointed
+    report("concepts", min(n_items, done.position * world), n_items)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"layers .* did not run")
+            with FeatureExtractor(model, layer, reduce=reducer, layouts=layouts) as fx:
+                for indices, batch, failed in shard_loader(src, rank, world, done.position):
+                    n = int(indices.shape[0])
+                    if n:
+                        reducer.indices = to_device(indices, device)
+                        x = first_item(batch)
+                        fx(x)  # (staged: an interrupt here leaves the sample as after the last batch)
+                        if done.shape is None and isinstance(x, torch.Tensor):
+                            done.shape = tuple(int(s) for s in x.shape[1:])
+                        _check_one_layer(reducer, layer)
+                    consistent = False
+                    reducer.commit()
+                    done.images += n
+                    done.skipped.extend(failed)
+                    done.position += n + len(failed)
+                    consistent = True
+                    if files.due(done.position, done.last_saved):
+                        _save(files, reducer, done)
+                    report("concepts", min(n_items, done.position * world), n_items)
+    except BaseException:
+        if consistent and done.position > done.last_saved:
+            _save(files, reducer, done)
+        raise
+    if done.position > done.last_saved:
+        _save(files, reducer, done)  # the factorization and the examples' pass follow: keep what was read
+    return reducer, done.images, done.skipped, done.shape
+
+
+def _resume(
+    files: CheckpointFiles, resume: bool, reducer: _SampleReducer, device: torch.device, n_items: int, rank: int,
+    world: int,
+) -> PassProgress:
+    """The progress to start from: a sound checkpoint of this run (its sample put in ``reducer``), else none."""
+    if files.file is None:
+        return PassProgress()
+    if not resume:
+        discard_checkpoint(files.file, CONCEPTS_CHECKPOINT_FORMAT)
+        return PassProgress()
+    found = restore_pass(files, device, n_items=n_items, rank=rank, world=world)
+    if found is None:
+        return PassProgress()
+    reducer.sample, reducer.info, reducer.names, done = found
+    return done
+
+
+def _save(files: CheckpointFiles, reducer: _SampleReducer, done: PassProgress) -> None:
+    save_pass(files, reducer.sample, reducer.info, reducer.names, done)
+    done.last_saved = done.position
 
 
 def _check_one_layer(reducer: _SampleReducer, layer: LayerSelector) -> None:
@@ -234,7 +285,8 @@ def discover_concepts(
     top_k: int = 9, examples: bool = True, sample_size: int | None = None, iters: int = 200,
     batch_size: int | None = None, preprocess: Any = None, num_workers: int = 0, receptive: str = "auto",
     layouts: Any = None, progress: ProgressArg = True, out: str | os.PathLike[str] | None = None,
-    patch_size: int = 64, timeout: float = DEFAULT_TIMEOUT,
+    patch_size: int = 64, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = 1000,
+    resume: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> Concepts:
     """Find ``n_concepts`` directions in ``layer``'s channel space that the data's activations are made of.
 
@@ -275,6 +327,17 @@ def discover_concepts(
         out: also save the concepts there (rank 0; see :meth:`Concepts.save`).
         patch_size: patch thumbnail size when saving.
         timeout: under ``torch.distributed``, seconds a rank waits for the others.
+        checkpoint_every: save the first pass's sample every this many
+            images (``None``: no checkpoints); it is also saved on an
+            interrupt and at the end of the pass. Checkpoints live next to ``out`` (in
+            ``.<name>.partial``) or in ``checkpoint_dir``; without either,
+            there are none. They are removed once the concepts are done.
+        resume: continue from a checkpoint made with the same data, model,
+            layer and sample size (a damaged one is set aside, renamed, with
+            one warning, and the pass starts over). The resumed pass ends
+            with exactly the sample, and so the concepts, of an
+            uninterrupted one.
+        checkpoint_dir: where to keep checkpoints (default: next to ``out``).
 
     Returns:
         The :class:`~featuremaps.concepts.Concepts` (on every rank).
@@ -290,44 +353,66 @@ def discover_concepts(
         8
     """
     model, preprocess = resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
-    _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive)
+    _check_options(layer, n_concepts, method, top_k, sample_size, iters, batch_size, receptive, checkpoint_every)
     timeout = check_timeout(timeout)
     rank, world = rank_world()
     if out is not None and rank == 0:
         check_output_folder(out)  # before any work
     src = make_source(data, preprocess, batch_size, num_workers, "discover_concepts")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    files = _checkpoints(out, checkpoint_dir, checkpoint_every, (model, layer, src, sample_size, layouts), rank, world)
 
     with reporter(progress if rank == 0 else False, unit="images") as report:
-        reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, report, layouts)
+        reducer, images, skipped, shape = _run_pass(model, layer, src, sample_size, device, report, layouts, files,
+                                                    resume)
         sample, info, images, skipped, shape = _merge_ranks(reducer, images, skipped, shape, device, timeout)
         components, error, negative_share = _factorize(sample, info, n_concepts, iters, device)
-        card = getattr(preprocess, "card", None)
-        concepts = Concepts(
-            components=components, layer=info.name, info=info, num_images=images, positions=sample.seen,
-            sample_size=int(sample.rows.shape[0]), relative_error=error, negative_share=negative_share,
-            model=str(getattr(card, "name", None) or type(model).__name__),
-            input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
-            skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
-            root=src.root, layouts=layouts,
-        )
+        concepts = _make_concepts(model, preprocess, src, sample, info, images, skipped, shape, layouts,
+                                  (components, error, negative_share))
         if examples:
-
-            def examples_progress(stage: str, done: int, total: int | None) -> None:
-                report("concept examples", done, total)
-
             concepts.atlas = _top_examples(
                 model, data, concepts, shape, top_k=top_k, batch_size=batch_size, preprocess=preprocess,
-                num_workers=num_workers, receptive=receptive, progress=examples_progress, timeout=timeout,
+                num_workers=num_workers, receptive=receptive, timeout=timeout,
+                progress=lambda stage, done, total: report("concept examples", done, total),
             )
     if out is not None and rank == 0:
         concepts.save(out, patch_size=patch_size)
+    files.remove()
     return concepts
+
+
+def _checkpoints(
+    out: str | os.PathLike[str] | None, checkpoint_dir: str | os.PathLike[str] | None, every: int | None,
+    run: tuple[nn.Module, Any, Source, int | None, Any], rank: int, world: int,
+) -> CheckpointFiles:
+    """This rank's checkpoint files (none when ``every`` is ``None``), with the run's fingerprint."""
+    files = CheckpointFiles.open(out if every else None, checkpoint_dir if every else None, every, rank, world)
+    if files.file is not None:
+        files.fingerprint = fingerprint(*run, rank, world)
+    return files
+
+
+def _make_concepts(
+    model: nn.Module, preprocess: Any, src: Source, sample: PositionSample, info: LayerInfo, images: int,
+    skipped: list[tuple[int, str]], shape: tuple[int, ...] | None, layouts: Any,
+    found: tuple[torch.Tensor, float, float],
+) -> Concepts:
+    """The :class:`Concepts` of the factorization ``found`` (components, relative error, negative share)."""
+    card = getattr(preprocess, "card", None)
+    components, error, negative_share = found
+    return Concepts(
+        components=components, layer=info.name, info=info, num_images=images, positions=sample.seen,
+        sample_size=int(sample.rows.shape[0]), relative_error=error, negative_share=negative_share,
+        model=str(getattr(card, "name", None) or type(model).__name__),
+        input_size=(int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None,
+        skipped=[((src.names[i] if src.names is not None else f"#{i}"), r) for i, r in skipped],
+        root=src.root, layouts=layouts,
+    )
 
 
 def _check_options(
     layer: Any, n_concepts: Any, method: Any, top_k: Any, sample_size: Any, iters: Any, batch_size: Any,
-    receptive: Any,
+    receptive: Any, checkpoint_every: Any = None,
 ) -> None:
     if method != "nmf":
         raise FeatureMapsError(f"method={method!r} is not a concept method; use 'nmf'")
@@ -348,6 +433,9 @@ def _check_options(
         raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
     if receptive not in RECEPTIVE_METHODS:
         raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise FeatureMapsError(f"checkpoint_every={checkpoint_every!r} must be >= 1 image, or None for no checkpoints")
 
 
 def _factorize(
@@ -386,4 +474,5 @@ def _top_examples(
     atlas.layer_table[0] = dataclasses.replace(
         table, receptive_field=fields.get(info.name), module_type=f"concepts of {info.name} ({info.module_type})")
     atlas.model = concepts.model
+    atlas.unit = "concept"  # its pages say "concept 3", not "channel 3"
     return atlas

@@ -48,6 +48,7 @@ from ..atlas import load_atlas
 from ..attribution.relevance import channel_relevance
 from ..capture import FeatureExtractor
 from ..errors import FeatureMapsError
+from ..layers import LayerRef
 from ..layout import to_canonical
 from ..maps import LayerInfo
 from .html import render_concepts
@@ -305,6 +306,21 @@ class Concepts:
         """``K``."""
         return int(self.components.shape[0])
 
+    @property
+    def selector(self) -> str:
+        """The layer selector that picks exactly the concepts' layer again, its call included.
+
+        A module that runs more than once is captured as ``name`` (its first
+        call), ``name:1``...; the bare ``name`` selects every call, so this
+        keeps the call index (``"name:0"``).
+
+        Example:
+            >>> _tiny_concepts().selector
+            'conv:0'
+        """
+        info = self.info
+        return LayerRef(info.module_name, call=info.call_index, key=info.output_key or None).selector
+
     def _concept(self, concept: int) -> int:
         k = int(concept)
         if not 0 <= k < self.n_concepts:
@@ -426,7 +442,7 @@ class Concepts:
             >>> ex.importance.shape, ex.heatmaps(sample=1).shape
             (torch.Size([2, 2]), torch.Size([2, 8, 8]))
         """
-        rel = channel_relevance(model, x, self.layer, target,
+        rel = channel_relevance(model, x, self.selector, target,
                                 forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode,
                                 layouts=self.layouts)
         if rel.layer != self.layer:
@@ -522,6 +538,7 @@ def load_concepts(directory: str | os.PathLike[str]) -> Concepts:
     atlas = None
     if (folder / "atlas" / "atlas.json").is_file():
         atlas = load_atlas(folder / "atlas")
+        atlas.unit = "concept"
     size = meta.get("input_size")
     return Concepts(
         components=components, layer=str(meta["layer"]), info=info, num_images=int(meta["num_images"]),

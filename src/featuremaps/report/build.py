@@ -26,6 +26,7 @@ from ..pages import render_page, script_json, source_hash
 from ..synthesis import synthesize as synth
 from ..visualize import selected_names
 from .cams import cam_section
+from .concepts import concept_section, load_report_concepts, with_concept_layer
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
 from .drivers import driver_section
 from .scan import photo_fields
@@ -124,7 +125,8 @@ def render_html(data: dict[str, Any]) -> str:
     """
     return render_page(
         "report.html", meta=data["meta"], predictions=data["predictions"], photo=data["photo"],
-        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")), payload=script_json(data),
+        has_cams=bool(data.get("cams")), has_drivers=bool(data.get("drivers")),
+        has_concepts=bool(data.get("concepts")), payload=script_json(data),
         photo_note=data.get("photo_note"), volume=data.get("volume"), medical_js=bool(data.get("scale") or data.get("volume")),
     )
 
@@ -149,7 +151,7 @@ def report(
     atlas: str | os.PathLike[str] | None = None,
     atlas_href: str | None = None,
     photo_size: int = 448,
-    drivers: int = 8,
+    drivers: int = 8, concepts: Any = None, concepts_href: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
@@ -186,6 +188,8 @@ def report(
         drivers: how many channels of the CAM layer to show per class in
             "What drove this prediction" (:func:`~featuremaps.channel_relevance`;
             0: no such section).
+        concepts: a concepts folder or :class:`~featuremaps.concepts.Concepts` of this model, shown in "What drove
+            this prediction" (:mod:`.concepts`), linked as ``concepts_href`` (default: the path as given).
         progress: called as ``progress(stage, done, total)``.
 
     Returns:
@@ -201,17 +205,14 @@ def report(
         vopts = VolumeOptions(layers, top_k, max_tile, cam_methods, cam_layer, classes, title, max_bytes)
         return _volume_report(model, image, preprocess, vopts, progress, t0)
     net, prep, model_name, src, img, x, view = _inputs(model, preprocess, image)
-    maps = _capture(net, x, prep, layers, max_bytes)
+    linked = load_report_concepts(net, concepts, concepts_href) if concepts is not None else None  # checked first
+    maps = _capture(net, x, prep, with_concept_layer(layers, linked), max_bytes)
     timings["capture"] = time.perf_counter() - t0
     encoded = encode_layers(maps, ReportOptions(max_tile=max_tile, top_k=top_k), _ticker(progress, len(maps)))
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
-    if atlas is not None:
-        _add_atlas_links(encoded, atlas, atlas_href)
-    if synthesize is not None:
-        t1 = time.perf_counter()
-        _add_synthesized(net, prep, maps, encoded, synthesize, synth_steps, synth_size, progress)
-        timings["synthesis"] = time.perf_counter() - t1
+    concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
+    _add_extras(net, prep, maps, encoded, atlas, atlas_href, synthesize, (synth_steps, synth_size), progress, timings)
     del maps
     cams, driving = _explanations(
         net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
@@ -223,6 +224,7 @@ def report(
         "layers": encoded,
         "cams": cams,
         "drivers": driving,
+        "concepts": concept_data,
         "colormaps": colormap_table(["viridis", "inferno", "RdBu_r"]),
     }
     html = render_html(data)
@@ -244,6 +246,20 @@ def _volume_report(model: Any, vol: Any, preprocess: Any, opts: VolumeOptions,
     """The report on a 3-D scan (:mod:`featuremaps.report.volume`)."""
     data = volume_data(model, vol, preprocess, opts, progress)
     return Report(data=data, html=render_html(data), seconds=time.perf_counter() - t0)
+
+
+def _add_extras(
+    net: nn.Module, prep: Any, maps: Any, encoded: list[dict[str, Any]], atlas: str | os.PathLike[str] | None,
+    atlas_href: str | None, synthesize: LayerSelector | None, synth: tuple[int, int],
+    progress: Callable[[str, int, int], None] | None, timings: dict[str, float],
+) -> None:
+    """The atlas links and the synthesized images, when asked for (the synthesis timed into ``timings``)."""
+    if atlas is not None:
+        _add_atlas_links(encoded, atlas, atlas_href)
+    if synthesize is not None:
+        t1 = time.perf_counter()
+        _add_synthesized(net, prep, maps, encoded, synthesize, synth[0], synth[1], progress)
+        timings["synthesis"] = time.perf_counter() - t1
 
 
 def _explanations(
