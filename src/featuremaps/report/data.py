@@ -15,13 +15,14 @@ import base64
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .._progress import ProgressArg, reporter
 from ..maps import FeatureMaps, LayerMap
 from ..render import colormap_lut
 
@@ -185,10 +186,10 @@ def _finite(v: float) -> float | None:
     return float(f"{v:.5g}") if math.isfinite(v) else None
 
 
-def encode_layers(
-    maps: FeatureMaps, options: ReportOptions, progress: Callable[[str], None] | None = None
-) -> list[dict[str, Any]]:
+def encode_layers(maps: FeatureMaps, options: ReportOptions, progress: ProgressArg = None) -> list[dict[str, Any]]:
     """Encode every layer with channels, in forward order.
+
+    ``progress`` (see :mod:`featuremaps._progress`) hears ``("layers", done, total)`` after each layer.
 
     Example:
         >>> import torch, featuremaps as fm
@@ -198,12 +199,12 @@ def encode_layers(
         ['0', '1']
     """
     out = []
-    for name, lm in maps.items():
-        d = encode_layer(lm, options)
-        if d is not None:
-            out.append(d)
-        if progress is not None:
-            progress(name)
+    with reporter(progress, unit="layers") as report:
+        for done, lm in enumerate(maps.values(), 1):
+            d = encode_layer(lm, options)
+            if d is not None:
+                out.append(d)
+            report("layers", done, len(maps))
     return out
 
 
