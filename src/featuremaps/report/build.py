@@ -16,7 +16,6 @@ from torch import nn
 from .._atomic import atomic_path
 from .._progress import Progress, ProgressArg, reporter
 from .._version import __version__
-from ..atlas import load_atlas
 from ..capture import get_feature_maps
 from ..errors import FeatureMapsError, LayerNotFoundError
 from ..io import load_image, sample_image
@@ -24,7 +23,6 @@ from ..layers import LayerSelector, closest_names
 from ..medical import describe, image_meta
 from ..models import channel_error, resized_size, resolve, top_classes
 from ..pages import render_page, script_json, source_hash
-from ..synthesis import synthesize as synth
 from ..visualize import selected_names
 from .cams import cam_section
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
@@ -307,6 +305,8 @@ def _meta(
 
 def _add_atlas_links(encoded: list[dict[str, Any]], atlas: str | os.PathLike[str], href: str | None) -> None:
     """Give each layer the atlas has an ``atlas`` link base (the page adds ``#c<channel>``)."""
+    from ..atlas import load_atlas  # lazy: the atlas package only for reports that link one (start-up time)
+
     loaded = load_atlas(atlas)
     base = (href if href is not None else Path(atlas).as_posix()).rstrip("/")
     known = set(loaded.layers())
@@ -321,13 +321,15 @@ def _add_synthesized(
     steps: int, size: int, progress: Progress,
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
+    from ..synthesis import synthesize  # lazy: synthesis only when asked for (start-up time)
+
     wanted = set(selected_names(maps, layers))  # the usual "no captured map matches ... closest" error
     chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
     for d in chosen:
         targets = [f"{d['name']}:{c}" for c in d["shown"]]
-        images = synth(model, targets, steps=steps, size=size, preprocess=preprocess, progress=False)
+        images = synthesize(model, targets, steps=steps, size=size, preprocess=preprocess, progress=False)
         if not isinstance(images, list):
             images = [images]
         d["synth"] = [photo_data_uri(im, quality=85, max_side=size) for im in images]
