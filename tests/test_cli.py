@@ -183,7 +183,7 @@ def test_blocks_are_the_units_of_real_architectures():
 
 
 QUICK_COMMANDS = [["--help"], ["--version"], ["nope"], ["maps", "--top-k", "0"], ["maps", "--help"],
-                  ["synthesize", "--help"], ["report", "--help"], ["atlas", "--help"]]
+                  ["synthesize", "--help"], ["report", "--help"], ["atlas", "--help"], ["cam", "--help"]]
 
 
 @pytest.mark.parametrize("argv", QUICK_COMMANDS, ids=" ".join)
@@ -201,6 +201,18 @@ def test_help_version_and_usage_errors_do_not_import_torch(argv):
         assert all(name in proc.stdout for name in ("atlas", "cam", "concepts", "layers", "maps", "report"))
     if argv == ["--version"]:
         assert proc.stdout.strip() == f"featuremaps, version {fm.__version__}"
+    if argv == ["cam", "--help"]:  # the method choices without the registry's import of PyTorch
+        assert "[gradcam|gradcam++|" in proc.stdout and "|cam|all]" in proc.stdout
+
+
+def test_cam_help_names_the_registrys_built_in_methods():
+    """`cam --help` lists the methods from a PyTorch-free tuple: it must be the registry's built-in table."""
+    from featuremaps.attribution.methods import BUILTIN
+    from featuremaps.cli.cam import BUILTIN_METHODS
+
+    assert BUILTIN_METHODS == tuple(name for _, name, _ in BUILTIN)
+    result = CliRunner().invoke(cli, ["cam", "--method", "gradcamm"])
+    assert result.exit_code == 2 and "gradcamm" in result.output  # values are still checked by the registry
 
 
 def test_the_group_lists_each_commands_own_short_help_without_importing_it():

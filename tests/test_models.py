@@ -181,6 +181,20 @@ def test_conv2d_same_equals_explicit_padding() -> None:
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("kernel, groups", [(3, 4), (5, 4), (1, 1)])
+def test_conv2d_same_with_symmetric_padding_equals_the_padded_copy(kernel: int, groups: int) -> None:
+    """Stride 1: the conv pads by itself (no padded copy of the input), with the same values and gradients."""
+    torch.manual_seed(1)
+    conv = Conv2dSame(4, 4, kernel_size=kernel, stride=1, groups=groups, bias=True)
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    p = (kernel - 1) // 2
+    expected = F.conv2d(F.pad(x, [p, p, p, p]), conv.weight, conv.bias, groups=groups)
+    out = conv(x)
+    torch.testing.assert_close(out, expected)
+    g, ge = torch.autograd.grad(out.square().sum(), x)[0], torch.autograd.grad(expected.square().sum(), x)[0]
+    torch.testing.assert_close(g, ge)
+
+
 def test_output_shapes_follow_same_arithmetic_at_200x300(default: LoadedModel) -> None:
     model = default.model
     sizes: list[tuple[int, int]] = []

@@ -333,3 +333,63 @@ def test_what_drove_the_prediction_matches_channel_relevance():
         layer = rep.data["layers"][drv["layer_index"]]
         assert [layer["shown"][c["slot"]] for c in entry["channels"]] == [c for c, _ in expected]
     assert fm.report(model, fm.sample_image("coffee"), cam_methods=None, drivers=0).data["drivers"] is None
+
+
+def test_cam_section_maps_and_scores_equal_separate_per_method_calls():
+    """One shared pass for every method (fm.cams) and one Faithfulness give what separate calls give."""
+    from featuremaps.attribution import create_cam, get_cam
+    from featuremaps.report.build import DEFAULT_CAM_METHODS
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    rep = fm.report(model, fm.sample_image("coffee"), classes=3, drivers=0)
+    cams = rep.data["cams"]
+    assert cams["methods"] == list(DEFAULT_CAM_METHODS) and cams["layer"] == "3" and not cams["skipped"]
+    x = fm.models.preprocess_for(model, guess=True)(fm.load_image(fm.sample_image("coffee")))
+    for entry in cams["classes"]:
+        for method in DEFAULT_CAM_METHODS:
+            cam = create_cam(method, model, layer="3", **get_cam(method).picture_options)
+            expected = cam.explain(x, target=entry["index"]).heatmap[0].numpy()
+            got = decode_png(entry["maps"][method]["png"]).astype(np.float64) / 255
+            assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6, (entry["index"], method)
+    top = cams["classes"][0]
+    for method in DEFAULT_CAM_METHODS:
+        cam = create_cam(method, model, layer="3", **get_cam(method).picture_options)
+        heat = cam.explain(x, target=top["index"]).heatmap  # each map scored alone, by the metric functions
+        scores = top["maps"][method]["scores"]
+        assert scores["deletion AUC \u2193"] == pytest.approx(
+            float(fm.deletion_auc(model, x, heat, top["index"], steps=10)), abs=1e-5)
+        assert scores["insertion AUC \u2191"] == pytest.approx(
+            float(fm.insertion_auc(model, x, heat, top["index"], steps=10)), abs=1e-5)
+        assert scores["average drop % \u2193"] == pytest.approx(
+            float(fm.average_drop(model, x, heat, top["index"])), abs=1e-3)
+
+
+def test_drivers_from_the_cam_pass_equal_their_own_pass():
+    """"What drove this prediction" rides the CAM pass; without CAMs it makes its own: the same section."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).eval()
+    shared = fm.report(model, fm.sample_image("coffee"), cam_methods=["gradcam", "eigencam"], metrics=False,
+                       classes=3, drivers=3, cam_layer="1")
+    alone = fm.report(model, fm.sample_image("coffee"), cam_methods=None, classes=3, drivers=3, cam_layer="1")
+    assert shared.data["drivers"] == alone.data["drivers"]
+    assert len(shared.data["drivers"]["classes"]) == 3
+
+
+def test_report_progress_follows_the_one_protocol():
+    """progress= takes a (stage, done, total) callable, True or False, like every long call."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    seen: list[tuple] = []
+    fm.report(model, fm.sample_image("coffee"), cam_methods=["gradcam", "eigencam"], classes=2,
+              progress=lambda *call: seen.append(call))
+    layers = [c for c in seen if c[0] == "layers"]
+    total = layers[-1][2]
+    assert total >= 3 and [c[1:] for c in layers] == [(i, total) for i in range(1, total + 1)]
+    cams = [c for c in seen if c[0] == "CAM methods"]
+    assert cams[-1] == ("CAM methods", 3, 3) and [c[1] for c in cams] == [1, 2, 3]  # the pass, then 2 scored
+    for flag in (True, False):  # a bar only on a terminal: quiet under pytest, and no error
+        assert fm.report(model, fm.sample_image("coffee"), cam_methods=None, progress=flag).data["layers"]
+    with pytest.raises(TypeError, match="progress="):
+        fm.report(model, fm.sample_image("coffee"), cam_methods=None, progress="yes")

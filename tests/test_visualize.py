@@ -64,9 +64,9 @@ def test_renderer_follows_the_layout():
 def test_save_writes_every_layer_and_an_escaped_index(tmp_path):
     model = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), (XSS, nn.ReLU())]))
     maps = fm.get_feature_maps(model, torch.rand(1, 3, 8, 8))
-    seen: list[str] = []
-    index = fm.visualize(maps).save(tmp_path, progress=seen.append)
-    assert seen == ["conv", XSS]
+    seen: list[tuple] = []
+    index = fm.visualize(maps).save(tmp_path, progress=lambda *call: seen.append(call))
+    assert seen == [("drawing layers", 1, 2), ("drawing layers", 2, 2)]  # the one (stage, done, total) protocol
     pngs = sorted(p.name for p in (tmp_path / "layers").iterdir())
     assert pngs == ["000_conv.png", f"001_{safe_filename(XSS)}.png"]
     for name in pngs:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
+from ._progress import ProgressArg, reporter
 from .errors import RenderError
 from .pages import render_page
 from .render import GridImage, channel_grid, strips, vector_strip, volume_mip, volume_montage
@@ -189,14 +190,17 @@ class Visualization(Mapping[str, GridImage]):
         directory: str | Path,
         *,
         format: str = "png",
-        progress: Callable[[str], None] | None = None,
+        progress: ProgressArg = None,
     ) -> Path:
         """Write one image per layer and an ``index.html`` that shows them all.
 
         Args:
             directory: the output folder (created).
             format: ``png``, ``jpg``, ``webp``, ``svg`` or ``pdf``.
-            progress: called with each layer name after it is written.
+            progress: ``True`` for a progress bar, ``False``/``None`` for none,
+                or a callable ``progress(stage, done, total)`` (see
+                :mod:`featuremaps._progress`), called as ``("drawing layers",
+                done, total)`` after each layer is written.
 
         Returns:
             The path of ``index.html``.
@@ -204,12 +208,12 @@ class Visualization(Mapping[str, GridImage]):
         out = Path(directory)
         (out / "layers").mkdir(parents=True, exist_ok=True)
         rows = []
-        for i, (name, img) in enumerate(self._images.items()):
-            rel = f"layers/{i:03d}_{safe_filename(name)}.{format.lstrip('.')}"
-            img.save(out / rel)
-            rows.append((name, rel, self.notes.get(name, "")))
-            if progress is not None:
-                progress(name)
+        with reporter(progress, unit="layers") as report:
+            for i, (name, img) in enumerate(self._images.items()):
+                rel = f"layers/{i:03d}_{safe_filename(name)}.{format.lstrip('.')}"
+                img.save(out / rel)
+                rows.append((name, rel, self.notes.get(name, "")))
+                report("drawing layers", i + 1, len(self._images))
         index = out / "index.html"
         with atomic_path(index) as tmp:
             tmp.write_text(render_page("maps_index.html", rows=rows), encoding="utf-8")

@@ -22,14 +22,23 @@ from .command import cli_wording, command
 from .options import DEFAULT_OUT, ModelOptions, model_options, out_option, pass_model
 from .outputs import Prediction, echo_predictions, output_folder, progress_bar, top_classes
 
-__all__ = ["cam_cmd", "parse_target"]
+__all__ = ["cam_cmd", "parse_target", "BUILTIN_METHODS"]
+
+#: The names of the registry's built-in methods, in its order (``attribution.methods.BUILTIN``; a test checks
+#: they agree), for ``--help`` without importing PyTorch. Values are still checked against the registry.
+BUILTIN_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam",
+                   "ablationcam", "cam")
 
 
 class _MethodChoice(click.Choice):
-    """The registry's CAM methods and ``all``, read from the registry only when needed (it imports PyTorch)."""
+    """The registry's CAM methods and ``all``, read from the registry only when a value is checked (it imports
+    PyTorch); ``--help`` lists the built-in ones from :data:`BUILTIN_METHODS`."""
 
     def __init__(self) -> None:
         super().__init__([], case_sensitive=False)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return f"[{'|'.join((*BUILTIN_METHODS, 'all'))}]"
 
     @property
     def choices(self) -> tuple[str, ...]:

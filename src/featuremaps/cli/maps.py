@@ -64,10 +64,7 @@ def maps_cmd(
     top = top_classes(maps.output, preprocess)
     vis = visualize(maps, channels=top_k, order=order if top_k else None, norm=norm, cmap=cmap, labels=labels)
     with progress_bar(unit="layers", min_total=8) as report:
-        drawn = iter(range(1, len(vis) + 1))
-        written: list[Path | None] = [
-            vis.save(out, format=fmt, progress=lambda name: report("drawing layers", next(drawn), len(vis))),
-        ]
+        written: list[Path | None] = [vis.save(out, format=fmt, progress=report)]
     summary = out / "summary.txt"
     summary.write_text(str(maps.summary()) + "\n", encoding="utf-8")
     stats_png = out / "stats.png"

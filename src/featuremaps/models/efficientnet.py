@@ -112,8 +112,9 @@ class Conv2dSame(nn.Conv2d):
         left, right = same_padding(
             int(x.shape[-1]), self.kernel_size[1], self.stride[1], self.dilation[1]
         )
-        if top or bottom or left or right:
-            x = F.pad(x, [left, right, top, bottom])
+        if top == bottom and left == right:  # symmetric (every stride-1 conv): the conv pads, no padded copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        x = F.pad(x, [left, right, top, bottom])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from .._progress import Progress, ProgressArg, reporter
 from .._version import __version__
-from ..atlas import load_atlas
 from ..capture import get_feature_maps
 from ..errors import FeatureMapsError, LayerNotFoundError
 from ..io import load_image, sample_image
@@ -23,12 +23,11 @@ from ..layers import LayerSelector, closest_names
 from ..medical import describe, image_meta
 from ..models import channel_error, resized_size, resolve, top_classes
 from ..pages import render_page, script_json, source_hash
-from ..synthesis import synthesize as synth
 from ..visualize import selected_names
 from .cams import cam_section
 from .concepts import concept_section, load_report_concepts, with_concept_layer
 from .data import ReportOptions, colormap_table, encode_layers, photo_data_uri
-from .drivers import driver_section
+from .drivers import PassRelevance, driver_section
 from .scan import photo_fields
 from .volume import VolumeOptions, is_volume, volume_data
 
@@ -152,7 +151,7 @@ def report(
     atlas_href: str | None = None,
     photo_size: int = 448,
     drivers: int = 8, concepts: Any = None, concepts_href: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressArg = None,
 ) -> Report:
     """Build the interactive report for ``model`` on ``image``.
 
@@ -190,7 +189,10 @@ def report(
             0: no such section).
         concepts: a concepts folder or :class:`~featuremaps.concepts.Concepts` of this model, shown in "What drove
             this prediction" (:mod:`.concepts`), linked as ``concepts_href`` (default: the path as given).
-        progress: called as ``progress(stage, done, total)``.
+        progress: ``True`` for a progress bar (on a terminal or in a notebook),
+            ``False``/``None`` for none, or a callable ``progress(stage, done,
+            total)`` (see :mod:`featuremaps._progress`), called for the
+            ``"layers"``, ``"synthesis"`` and ``"CAM methods"`` stages.
 
     Returns:
         A :class:`Report`; ``.save(path)`` writes the page.
@@ -199,23 +201,39 @@ def report(
         >>> import featuremaps as fm
         >>> fm.report(top_k=16).save("cat-report.html")   # doctest: +SKIP
     """
+    with reporter(progress, unit="steps") as tick:
+        return _build(
+            model, image, preprocess, layers, ReportOptions(max_tile=max_tile, top_k=top_k), cam_methods, cam_layer,
+            metrics, classes, title, max_bytes, (synthesize, synth_steps, synth_size), atlas, atlas_href, photo_size,
+            drivers, (concepts, concepts_href), tick,
+        )
+
+
+def _build(
+    model: Any, image: Any, preprocess: Any, layers: LayerSelector, options: ReportOptions,
+    cam_methods: Sequence[str] | None, cam_layer: Any, metrics: bool, classes: int, title: str | None,
+    max_bytes: int | str | None, synthesis: tuple[LayerSelector | None, int, int],
+    atlas: str | os.PathLike[str] | None, atlas_href: str | None, photo_size: int, drivers: int,
+    concepts: tuple[Any, str | None], tick: Progress,
+) -> Report:
+    """:func:`report`'s work, each stage timed into ``Report.timings`` and reported to ``tick``."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if is_volume(image):  # a 3-D scan: slice viewer, 3-D maps and CAMs (report/volume.py)
-        vopts = VolumeOptions(layers, top_k, max_tile, cam_methods, cam_layer, classes, title, max_bytes)
-        return _volume_report(model, image, preprocess, vopts, progress, t0)
+        vopts = VolumeOptions(layers, options.top_k, options.max_tile, cam_methods, cam_layer, classes, title, max_bytes)
+        return _volume_report(model, image, preprocess, vopts, tick, t0)
     net, prep, model_name, src, img, x, view = _inputs(model, preprocess, image)
-    linked = load_report_concepts(net, concepts, concepts_href) if concepts is not None else None  # checked first
+    linked = load_report_concepts(net, *concepts) if concepts[0] is not None else None  # checked first
     maps = _capture(net, x, prep, with_concept_layer(layers, linked), max_bytes)
     timings["capture"] = time.perf_counter() - t0
-    encoded = encode_layers(maps, ReportOptions(max_tile=max_tile, top_k=top_k), _ticker(progress, len(maps)))
+    encoded = encode_layers(maps, options, tick)
     timings["layers"] = time.perf_counter() - t0 - timings["capture"]
     predictions = _predictions(maps.output, prep, classes)
     concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
-    _add_extras(net, prep, maps, encoded, atlas, atlas_href, synthesize, (synth_steps, synth_size), progress, timings)
+    _add_extras(net, prep, maps, encoded, atlas, atlas_href, synthesis, tick, timings)
     del maps
     cams, driving = _explanations(
-        net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, progress, timings
+        net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, tick, timings
     )
     data = {
         "meta": _meta(title, model_name, src, img, prep, x, encoded),
@@ -250,35 +268,41 @@ def _volume_report(model: Any, vol: Any, preprocess: Any, opts: VolumeOptions,
 
 def _add_extras(
     net: nn.Module, prep: Any, maps: Any, encoded: list[dict[str, Any]], atlas: str | os.PathLike[str] | None,
-    atlas_href: str | None, synthesize: LayerSelector | None, synth: tuple[int, int],
-    progress: Callable[[str, int, int], None] | None, timings: dict[str, float],
+    atlas_href: str | None, synthesis: tuple[LayerSelector | None, int, int], tick: Progress,
+    timings: dict[str, float],
 ) -> None:
     """The atlas links and the synthesized images, when asked for (the synthesis timed into ``timings``)."""
     if atlas is not None:
         _add_atlas_links(encoded, atlas, atlas_href)
-    if synthesize is not None:
+    if synthesis[0] is not None:
         t1 = time.perf_counter()
-        _add_synthesized(net, prep, maps, encoded, synthesize, synth[0], synth[1], progress)
+        _add_synthesized(net, prep, maps, encoded, *synthesis, tick)
         timings["synthesis"] = time.perf_counter() - t1
 
 
 def _explanations(
     net: nn.Module, x: torch.Tensor, view: Any, predictions: list[dict[str, Any]], encoded: list[dict[str, Any]],
     cam_methods: Sequence[str] | None, cam_layer: Any, metrics: bool, drivers: int,
-    progress: Callable[[str, int, int], None] | None, timings: dict[str, float],
+    progress: Progress, timings: dict[str, float],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The CAM section, then "what drove this prediction" on the CAM's layer (each timed into ``timings``)."""
+    """The CAM section, then "what drove this prediction" on the CAM's layer (each timed into ``timings``).
+
+    The second rides the first's pass (:class:`~.drivers.PassRelevance`); without CAMs it makes its own.
+    """
     cams = None
+    rider = PassRelevance(net, cam_layer) if drivers and predictions and cam_methods else None
     if cam_methods:
         t1 = time.perf_counter()
         lenient = tuple(cam_methods) == DEFAULT_CAM_METHODS  # defaults a model cannot use are skipped
-        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient)
+        cams = cam_section(net, x, view, predictions, cam_methods, cam_layer, metrics, progress, lenient=lenient,
+                           riders=[rider] if rider is not None else ())
         timings["cams"] = time.perf_counter() - t1
     driving = None
     if drivers and predictions:
         t1 = time.perf_counter()
         picked = cams["layer"].split(", ") if cams else []
-        driving = driver_section(net, x, predictions, picked[0] if len(picked) == 1 else cam_layer, encoded, drivers)
+        layer = picked[0] if len(picked) == 1 else cam_layer
+        driving = driver_section(net, x, predictions, layer, encoded, drivers, shared=rider if cams else None)
         timings["drivers"] = time.perf_counter() - t1
     return cams, driving
 
@@ -292,18 +316,6 @@ def _capture(net: nn.Module, x: torch.Tensor, prep: Any, layers: LayerSelector, 
         if clear is None:
             raise
         raise clear from exc
-
-
-def _ticker(progress: Callable[[str, int, int], None] | None, total: int) -> Callable[[str], None]:
-    """A per-layer callback that reports ``progress("layers", done, total)``."""
-    done = [0]
-
-    def tick(name: str) -> None:
-        done[0] += 1
-        if progress is not None:
-            progress("layers", done[0], total)
-
-    return tick
 
 
 def _meta(
@@ -328,6 +340,8 @@ def _meta(
 
 def _add_atlas_links(encoded: list[dict[str, Any]], atlas: str | os.PathLike[str], href: str | None) -> None:
     """Give each layer the atlas has an ``atlas`` link base (the page adds ``#c<channel>``)."""
+    from ..atlas import load_atlas  # lazy: the atlas package only for reports that link one (start-up time)
+
     loaded = load_atlas(atlas)
     base = (href if href is not None else Path(atlas).as_posix()).rstrip("/")
     known = set(loaded.layers())
@@ -339,22 +353,23 @@ def _add_atlas_links(encoded: list[dict[str, Any]], atlas: str | os.PathLike[str
 
 def _add_synthesized(
     model: nn.Module, preprocess: Any, maps: Any, encoded: list[dict[str, Any]], layers: LayerSelector,
-    steps: int, size: int, progress: Callable[[str, int, int], None] | None,
+    steps: int, size: int, progress: Progress,
 ) -> None:
     """Add ``synth`` (one JPEG data URI per shown channel) to the chosen layers' data."""
+    from ..synthesis import synthesize  # lazy: synthesis only when asked for (start-up time)
+
     wanted = set(selected_names(maps, layers))  # the usual "no captured map matches ... closest" error
     chosen = [d for d in encoded if d["name"] in wanted]
     total = sum(len(d["shown"]) for d in chosen)
     done = 0
     for d in chosen:
         targets = [f"{d['name']}:{c}" for c in d["shown"]]
-        images = synth(model, targets, steps=steps, size=size, preprocess=preprocess, progress=False)
+        images = synthesize(model, targets, steps=steps, size=size, preprocess=preprocess, progress=False)
         if not isinstance(images, list):
             images = [images]
         d["synth"] = [photo_data_uri(im, quality=85, max_side=size) for im in images]
         done += len(targets)
-        if progress is not None:
-            progress("synthesis", done, total)
+        progress("synthesis", done, total)
 
 
 def render_report(*args: Any, **kwargs: Any) -> str:

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import (
-    AttributionError, PerturbationCAM, average_drop, create_cam, deletion_auc, get_cam, insertion_auc,
-)
+from .._progress import Progress, ProgressArg, reporter, silent
+from ..attribution import AttributionError, BaseCAM, Faithfulness, PerturbationCAM, cams, create_cam, get_cam
 from .data import png_data_uri
 
 __all__ = ["cam_section", "SCORE_LABELS"]
@@ -33,21 +32,30 @@ def cam_section(
     methods: Sequence[str],
     layer: Any,
     metrics: bool,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressArg = None,
     *,
     metric_steps: int = 10,
     lenient: bool = False,
+    riders: Sequence[BaseCAM] = (),
 ) -> dict[str, Any] | None:
     """CAM heatmaps of every method for each of the top classes, plus faithfulness scores.
 
-    Each method runs once on a batch holding one copy of the input per class
-    (so all classes cost one forward and one backward). Faithfulness scores
-    (deletion/insertion AUC, average drop, ROAD) are computed for the top
-    class, for all methods in one batched evaluation.
+    All methods share one pass (:func:`~featuremaps.attribution.cams`) on a
+    batch holding one copy of the input per class, so all methods and classes
+    cost one forward and one backward; the maps equal separate
+    ``create_cam(method, ...).explain(...)`` calls. Faithfulness scores
+    (deletion/insertion AUC, average drop) are computed for the top class
+    from one unperturbed forward (:class:`~featuremaps.attribution.Faithfulness`);
+    a map identical to an earlier method's is scored once. ``riders``: more
+    method instances (same model and layer) that share the pass for their own
+    use, e.g. :class:`~featuremaps.report.drivers.PassRelevance`; their maps
+    are not shown.
 
     With ``lenient``, a method the model cannot use (e.g. plain CAM without
     a GAP + linear head) is skipped and named in the section's hint instead
-    of failing the report.
+    of failing the report. ``progress`` (``True``, ``False`` or a callable,
+    see :mod:`featuremaps._progress`) hears the ``"CAM methods"`` stage: the
+    shared pass, then each method scored.
 
     Returns:
         ``None`` when the output is not a classification, else a dict with
@@ -68,16 +76,17 @@ def cam_section(
         return None
     methods = list(dict.fromkeys(get_cam(m).name for m in methods))  # aliases -> registered names
     classes = [p["index"] for p in predictions]
-    total = len(methods) + (1 if metrics else 0)
-    heat, layer_names, skipped = _run_methods(model, x, classes, methods, layer, lenient, progress, total)
-    methods = [m for m in methods if m in heat]
-    if not methods:
-        return None
-    scores: dict[str, dict[str, float]] = {}
-    if metrics:
-        scores = _faithfulness(model, x, classes[0], heat, methods, metric_steps)
-        if progress is not None:
-            progress("CAM methods", total, total)
+    with reporter(progress, unit="steps") as report:
+        heat, layer_names, skipped = _run_methods(model, x, classes, methods, layer, lenient, riders, report)
+        methods = [m for m in methods if m in heat]
+        total = 1 + (len(methods) if metrics else 0)
+        report("CAM methods", 1, total)
+        if not methods:
+            return None
+        scores: dict[str, dict[str, float]] = {}
+        if metrics:
+            scores = _faithfulness(model, x, classes[0], heat, methods, metric_steps,
+                                   lambda done: report("CAM methods", 1 + done, total))
     out_classes, coincide = _class_entries(predictions, heat, methods, scores)
     where = ", ".join(layer_names)
     return {
@@ -93,21 +102,25 @@ def cam_section(
 
 def _run_methods(
     model: nn.Module, x: torch.Tensor, classes: list[int], methods: list[str], layer: Any, lenient: bool,
-    progress: Callable[[str, int, int], None] | None, total: int,
+    riders: Sequence[BaseCAM] = (), report: Progress = silent,
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Each method once on a batch of one input copy per class: the heatmaps, the layers explained, the skipped."""
+    """Every method on a batch of one input copy per class: the heatmaps, the layers explained, the methods
+    skipped (with why). Gradient and activation methods share one pass (:func:`~featuremaps.attribution.cams`);
+    perturbation methods (a forward per channel and class) run after it on the same layers, each reporting its
+    forwards to ``report`` (the ``"<method> forwards"`` stage, with its total known before the first)."""
     xb = x.expand(len(classes), *x.shape[1:])
-    heat: dict[str, torch.Tensor] = {}
-    layer_names: list[str] = []
-    skipped: list[str] = []
-    for i, method in enumerate(methods):
-        # "auto" is resolved by the first method that runs; the others reuse its layers (no second probe)
+    shared = [m for m in methods if get_cam(m).kind != "perturbation"]
+    built = [create_cam(m, model, layer=layer, **get_cam(m).picture_options) for m in shared]
+    results = cams(model, xb, [*built, *riders], target=classes, lenient=lenient) if built or riders else {}
+    heat = {name: r.heatmap.detach().float().cpu() for name, r in results.items() if name in methods}
+    layer_names = list(next(iter(results.values())).layers) if results else []
+    skipped = [f"{name} ({exc})" for name, exc in getattr(results, "skipped", {}).items() if name in methods]
+    for method in (m for m in methods if m not in shared):
         chosen = layer_names if layer_names and isinstance(layer, str) and layer == "auto" else layer
         cam = create_cam(method, model, layer=chosen, **get_cam(method).picture_options)
         try:
-            if isinstance(cam, PerturbationCAM):  # a forward per channel and class: its own progress, with an ETA
-                result = cam.explain(xb, target=classes, progress=None if progress is None else (
-                    lambda stage, done, total: progress(stage, done, done if total is None else total)))
+            if isinstance(cam, PerturbationCAM):  # its forwards reported, their count known before the first
+                result = cam.explain(xb, target=classes, progress=report)
             else:
                 result = cam.explain(xb, target=classes)
         except AttributionError as exc:
@@ -116,35 +129,31 @@ def _run_methods(
             skipped.append(f"{method} ({exc})")
             continue
         heat[method] = result.heatmap.detach().float().cpu()
-        layer_names = list(result.layers)
-        if isinstance(layer, str) and layer == "auto":
-            layer = layer_names  # one probe: every method explains the same layer
-        if progress is not None:
-            progress("CAM methods", i + 1, total)
+        layer_names = layer_names or list(result.layers)
     return heat, layer_names, skipped
 
 
 def _faithfulness(
-    model: nn.Module, x: torch.Tensor, target: int, heat: dict[str, torch.Tensor], methods: list[str], steps: int
+    model: nn.Module, x: torch.Tensor, target: int, heat: dict[str, torch.Tensor], methods: list[str], steps: int,
+    tick: Callable[[int], None],
 ) -> dict[str, dict[str, float]]:
-    """The top class's faithfulness scores per method, all methods in one batched evaluation."""
-    # identical maps (e.g. Grad-CAM and CAM on a GAP + linear head) are scored once
-    unique = [m for m in methods if _same_as(heat, methods, m, 0) is None]
-    stack = torch.stack([heat[m][0] for m in unique])  # (M, H, W): each distinct top-class map
-    xm = x.expand(len(unique), *x.shape[1:])
-    tm = [target] * len(unique)
-    values = {
-        "deletion_auc": deletion_auc(model, xm, stack, tm, steps=steps),
-        "insertion_auc": insertion_auc(model, xm, stack, tm, steps=steps),
-        "average_drop": average_drop(model, xm, stack, tm, reduction="none"),
-    }
-    scores = {}
-    for method in methods:
-        root = method
-        while root not in unique:  # follow "same as" back to a scored map
-            root = _same_as(heat, methods, root, 0) or root
-        j = unique.index(root)
-        scores[method] = {label: float(values[key][j]) for key, label in SCORE_LABELS.items() if key in values}
+    """The top class's faithfulness scores per method, from one unperturbed forward (:class:`Faithfulness`)."""
+    check = Faithfulness(model, x[:1], target)
+    scores: dict[str, dict[str, float]] = {}
+    for done, method in enumerate(methods, 1):
+        same = _same_as(heat, methods, method, 0)
+        if same is not None:  # identical maps (e.g. Grad-CAM and CAM on a GAP + linear head) are scored once
+            scores[method] = dict(scores[same])
+            tick(done)
+            continue
+        h = heat[method][:1]
+        values = {
+            "deletion_auc": check.deletion_auc(h, steps=steps),
+            "insertion_auc": check.insertion_auc(h, steps=steps),
+            "average_drop": check.average_drop(h, reduction="none"),
+        }
+        scores[method] = {label: float(values[key][0]) for key, label in SCORE_LABELS.items()}
+        tick(done)
     return scores
 
 

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import CaptureError, FeatureMapsError
+from ..layers import split_key
 
 __all__ = [
     "SynthesisError",
@@ -78,7 +78,6 @@ class SynthesisError(FeatureMapsError, ValueError):
     """
 
 
-_OUTPUT_KEY = re.compile(r"\[[^\]]*\]$")
 
 
 def layer_selector(layer: str) -> str:
@@ -88,10 +87,8 @@ def layer_selector(layer: str) -> str:
         >>> layer_selector("blocks.3:1[0]"), layer_selector("layer3.1.conv2")
         ('blocks.3:1', 'layer3.1.conv2')
     """
-    selector = layer
-    while _OUTPUT_KEY.search(selector):
-        selector = _OUTPUT_KEY.sub("", selector)
-    return selector
+    key = split_key(layer)[2]  # the one layer grammar: name[:call][key...]
+    return layer[: len(layer) - len(key)]
 
 
 class Activations:

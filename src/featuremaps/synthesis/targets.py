@@ -16,7 +16,7 @@ from typing import Any, Union
 from torch import nn
 
 from ..errors import LayerNotFoundError
-from ..layers import resolve_layers
+from ..layers import select, split_key
 from ..maps import LayerInfo
 from .objectives import Channel, ClassLogit, Objective, SynthesisError, layer_selector
 
@@ -108,11 +108,10 @@ def check_layers(model: nn.Module, items: Sequence[tuple[Objective | PendingRang
         layers = [item.layer] if isinstance(item, PendingRange) else sorted(item.layers)
         for layer in layers:
             sel = layer_selector(layer)
-            base, sep, call = sel.rpartition(":")
-            if sel in names or (sep and base in names and call.isdigit()):
+            if sel in names or split_key(sel)[0] in names:  # a module, or one call of it ("name:1")
                 continue
             try:
-                hits = list(resolve_layers(model, sel).modules)
+                hits = list(select(model, sel).modules)
             except LayerNotFoundError as exc:
                 raise LayerNotFoundError(f"target {what!r}: {exc}") from None
             except (TypeError, ValueError) as exc:
