@@ -390,7 +390,7 @@ def test_an_interrupt_inside_the_forward_checkpoints_the_last_complete_batch(tmp
         build_atlas(nn.Sequential(conv, _StopAfter(4)), x, out=tmp_path / "resumed", **opts)
     again = _StopAfter(None)
     build_atlas(nn.Sequential(conv, again), x, out=tmp_path / "resumed", **opts)
-    assert again.seen == 2 + 1  # batches 4 and 5, then one forward for the receptive fields
+    assert again.seen == 2  # batches 4 and 5 (the receptive fields of this architecture were measured once, by the first build)
     assert files(tmp_path / "resumed") == files(tmp_path / "full")
 
 

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from torch import nn
 from ..capture import FeatureExtractor
 from ..errors import FeatureMapsError
 
-__all__ = ["ReceptiveField", "receptive_field", "receptive_field_chain", "receptive_fields"]
+__all__ = ["ReceptiveField", "clear_cache", "receptive_field", "receptive_field_chain", "receptive_fields"]
 
 _GEOMETRIC = (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
 _POINTWISE: tuple[type[nn.Module], ...] = (
@@ -222,6 +223,10 @@ def receptive_fields(
 ) -> dict[str, ReceptiveField | None]:
     """Receptive fields of several captured layers, in one forward (and one backward per layer).
 
+    The fields are kept per architecture and input size for the rest of the
+    process (a later call with the same structure, whatever its weights,
+    costs nothing); ``FEATUREMAPS_RECEPTIVE_CACHE=0`` measures every time.
+
     Args:
         model: the model.
         layers: captured layer name -> module name (``LayerInfo.module_name``).
@@ -243,6 +248,55 @@ def receptive_fields(
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if os.environ.get("FEATUREMAPS_RECEPTIVE_CACHE", "1") == "0":  # measure, and keep nothing
+        return _measure(model, layers, shape, method, device, dtype)[0]
+    key = (_structure(model), shape, method, str(device), str(dtype))
+    known = _CACHE.get(key, {})
+    todo = {k: v for k, v in layers.items() if (k, v) not in known}
+    if todo:
+        found, complete = _measure(model, todo, shape, method, device, dtype)
+        if complete:  # (a measurement that failed is not kept: the next call tries again, and warns again)
+            known = {**known, **{(k, v): found[k] for k, v in todo.items()}}
+            _CACHE[key] = known
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
+        else:
+            return {k: found[k] if k in todo else known[(k, v)] for k, v in layers.items()}
+    return {k: known[(k, v)] for k, v in layers.items()}
+
+
+_CACHE: dict[tuple[Any, ...], dict[tuple[str, str], ReceptiveField | None]] = {}
+_CACHE_SIZE = 16  # architectures remembered per process
+
+
+def clear_cache() -> None:
+    """Forget the receptive fields measured so far in this process (the next call measures again).
+
+    Example:
+        >>> clear_cache()
+    """
+    _CACHE.clear()
+
+
+def _structure(model: nn.Module) -> tuple[Any, ...]:
+    """What a receptive field depends on: every module's name, class and settings, and the parameters' shapes.
+
+    Not the weights: a receptive field is a property of the architecture (the
+    gradient measurement uses several random probes so that dead units do not
+    shrink it). Two models with the same structure share their fields.
+    """
+    return (
+        repr(model),
+        tuple((name, id(type(m)), id(m.__dict__.get("forward"))) for name, m in model.named_modules()),
+        tuple((name, tuple(p.shape)) for name, p in model.named_parameters()),
+    )
+
+
+def _measure(
+    model: nn.Module, layers: Mapping[str, str], shape: tuple[int, ...], method: str, device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[dict[str, ReceptiveField | None], bool]:
+    """The fields of ``layers`` (chain where it applies, else gradients), and whether every measurement ran."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((4, *shape), generator=gen).to(device, dtype)  # two images for each of two probe positions
     out: dict[str, ReceptiveField | None] = {}
@@ -258,9 +312,11 @@ def receptive_fields(
                 f"the receptive field of {', '.join(sorted(todo))} cannot be computed from the module chain "
                 "(the data passes through functional ops or unknown modules); use method='gradient' or 'auto'"
             )
+    complete = True
     if todo:
-        out.update(_gradient_fields(model, x, todo))
-    return {k: out.get(k) for k in layers}
+        measured, complete = _gradient_fields(model, x, todo)
+        out.update(measured)
+    return {k: out.get(k) for k in layers}, complete
 
 
 def _chain_fields(model: nn.Module, x: torch.Tensor, keys: set[str]) -> dict[str, ReceptiveField]:
@@ -327,7 +383,9 @@ def _eval_forward(model: nn.Module, x: torch.Tensor) -> Any:
             m.training = flag
 
 
-def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str]) -> dict[str, ReceptiveField | None]:
+def _gradient_fields(
+    model: nn.Module, x: torch.Tensor, layers: Mapping[str, str]
+) -> tuple[dict[str, ReceptiveField | None], bool]:
     out: dict[str, ReceptiveField | None] = {k: None for k in layers}
     height, width = int(x.shape[2]), int(x.shape[3])
     xg = x.detach().clone().requires_grad_(True)
@@ -360,8 +418,9 @@ def _gradient_fields(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str
                     out[key] = _to_field((ay, ax), "gradient")
     except (RuntimeError, FeatureMapsError) as exc:
         warnings.warn(f"could not measure receptive fields with gradients ({exc}); patches show whole images",
-                      stacklevel=3)
-    return out
+                      stacklevel=4)
+        return out, False
+    return out, True
 
 
 def _spans(
