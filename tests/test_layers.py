@@ -235,3 +235,24 @@ def test_list_layers_moved_but_the_old_path_still_works(net: Net) -> None:
     assert old is list_layers is fm.list_layers
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
     assert fm.list_layers(net, layers="act:1").column("name") == ["act"]
+
+
+def test_maps_select_by_type_finds_subclasses_like_the_model_does(tmp_path) -> None:
+    """Selecting nn.Conv2d on captured maps includes a Conv2d subclass's maps, as selecting it on the model does."""
+    from torch import nn as _nn
+
+    import featuremaps as fm
+    from featuremaps.layers import select as _select
+
+    class SameConv(_nn.Conv2d):
+        pass
+
+    net = _nn.Sequential(SameConv(3, 4, 3, padding=1), _nn.ReLU(), _nn.Conv2d(4, 2, 1), _nn.BatchNorm2d(2))
+    maps = fm.get_feature_maps(net, torch.rand(1, 3, 8, 8), layers="all")
+    on_model = list(_select(net, _nn.Conv2d).names)
+    assert on_model == ["0", "2"]
+    assert list(maps.select(_nn.Conv2d)) == on_model
+    assert list(maps.select(SameConv)) == ["0"]
+    back = fm.load_maps(maps.save(tmp_path / "m.safetensors"))  # the bases travel with the saved maps
+    assert list(back.select(_nn.Conv2d)) == on_model
+

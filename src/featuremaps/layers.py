@@ -269,6 +269,7 @@ class _Candidate:
     call: int | None = None
     key: str | None = None
     full: str | None = None
+    bases: tuple[str, ...] = ()  # captured maps: the class names of the module's base classes
 
 
 def _wider(o: LayerRef, r: LayerRef) -> bool:
@@ -404,8 +405,8 @@ class _Resolver:
     def _type(self, kind: type) -> None:
         if self.model is not None:
             hits = [c for c in self.cands if isinstance(c.module, kind)]
-        else:  # captured maps keep their module's class name
-            hits = [c for c in self.cands if c.type_name == kind.__name__]
+        else:  # captured maps keep their module's class name and its base classes' (a subclass counts)
+            hits = [c for c in self.cands if kind.__name__ == c.type_name or kind.__name__ in c.bases]
         if not hits:
             types = sorted({c.type_name for c in self.cands})
             where = (f"{type(self.model).__name__} has no module" if self.model is not None
@@ -515,7 +516,7 @@ def select(target: nn.Module | Mapping[str, Any], layers: LayerSelector) -> Sele
         for key, lm in target.items():
             info = lm.info
             cands.append(_Candidate(info.module_name, None, info.module_type, lm, info.call_index,
-                                    info.output_key, key))
+                                    info.output_key, key, tuple(getattr(info, "module_bases", ()))))
         resolver = _Resolver(cands, None)
     else:
         raise TypeError(f"select() needs a model (nn.Module) or captured maps, got {type(target).__name__}")

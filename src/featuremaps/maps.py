@@ -45,6 +45,8 @@ class LayerInfo:
         grid: the token grid of a token output: (h, w), (t, h, w) for video, (T,) over time.
         dtype: the kept tensor's dtype (``"torch.float32"``...).
         device: where the kept tensor lives.
+        module_bases: the class names of the module's base classes up to
+            ``nn.Module`` (so that selecting ``nn.Conv2d`` finds a subclass's maps).
         reduction: ``None`` for full maps, else the reducer's name
             (``"mean"``, ``"max"``, ``"pool"``, ``"shape"``...).
 
@@ -73,6 +75,7 @@ class LayerInfo:
     dtype: str = "torch.float32"
     device: str = "cpu"
     reduction: str | None = None
+    module_bases: tuple[str, ...] = ()
 
     @property
     def layout_spec(self) -> LayoutSpec:
@@ -89,6 +92,7 @@ class LayerInfo:
         d = dict(data)
         for key in ("raw_shape", "shape", "spatial"):
             d[key] = tuple(d[key])
+        d["module_bases"] = tuple(d.get("module_bases", ()))
         for key in ("stride", "grid"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
