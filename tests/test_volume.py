@@ -146,3 +146,12 @@ def test_a_monai_3d_network_explained_on_a_nifti_volume() -> None:
     heat = cam(x, target=1)
     assert heat.shape == (1, 32, 48, 40) and float(heat.max()) == pytest.approx(1.0)
     assert cam.layer_names  # "auto" found a 3-D layer
+
+
+def test_a_multiframe_dicom_as_a_picture_says_it_is_the_first_frame() -> None:
+    ds = pydicom.dcmread(RTDOSE_MULTIFRAME)
+    with pytest.warns(UserWarning, match=r"holds 15 frames; the picture is the first \(fm.load_volume"):
+        img = fm.load_image(RTDOSE_MULTIFRAME, window="full")
+    first = ds.pixel_array[0].astype(np.float64)
+    expected = np.rint((first - first.min()) / (first.max() - first.min()) * 255)
+    assert np.abs(np.asarray(img.convert("L"), dtype=np.float64) - expected).max() <= 1

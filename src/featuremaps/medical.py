@@ -31,6 +31,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -521,6 +522,9 @@ def _dicom_picture(ds: Any, label: str, window: Window, max_pixels: int | None) 
         )
     stored = dicom_pixels(ds, label)
     frame = stored[0]
+    if stored.shape[0] > 1:  # never a silent choice of one frame
+        warnings.warn(f"{_plain(label)} holds {stored.shape[0]} frames; the picture is the first "
+                      "(fm.load_volume reads them all as a volume)", UserWarning, stacklevel=4)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     bits = getattr(ds, "BitsStored", None)
     base = ImageMeta(
