@@ -147,11 +147,11 @@ def test_cli_report_announces_the_forwards_and_bounds_the_classes(tmp_path) -> N
     from featuremaps.cli import cli
 
     result = CliRunner().invoke(cli, ["report", "--model", "test_cam_cost:counted", "--weights", "random",
-                                      "--cam-method", "scorecam", "--cam-layer", "act", "--classes", "2",
+                                      "--cam-method", "scorecam", "--cam-layer", "act", "--top-k-classes", "2",
                                       "--no-metrics", "--layers", "act", "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     lines = [ln for ln in result.output.splitlines() if "forwards to run" in ln]
-    # announced once, before the forwards: 6 channels x 2 classes (--classes 2, not the default 5; no channel
+    # announced once, before the forwards: 6 channels x 2 classes (--top-k-classes 2, not the default 5; no channel
     # of this net is constant on the cat photo, or Score-CAM would run fewer)
     assert len(lines) == 1 and lines[0].startswith("ScoreCAM: 12 forwards to run")
     # issue #14.9: one layer is "1 layer"; a model without class names names its class once

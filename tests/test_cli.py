@@ -295,3 +295,17 @@ def test_the_type_checking_imports_and_the_lazy_table_agree():
     assert {name for _, name in lazy} == set(fm.__all__) - {"__version__"}
     for module, name in sorted(lazy):
         assert getattr(fm, name) is getattr(importlib.import_module(f"featuremaps.{module}"), name)
+
+
+def test_no_command_has_an_option_twice() -> None:
+    """Options gathered from shared decorators and a command's own must not collide (click only warns)."""
+    import click as _click
+
+    from featuremaps.cli import cli as group
+
+    ctx = _click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        flags = [opt for p in command.params for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])]
+        assert len(flags) == len(set(flags)), (name, sorted(f for f in flags if flags.count(f) > 1))

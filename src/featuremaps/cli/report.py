@@ -27,7 +27,7 @@ __all__ = ["report_cmd"]
               help="Longest side of the embedded photo in pixels.")
 @click.option("--cam-method", "cam_methods", multiple=True,
               help="CAM methods to show (repeat; default: the gradient-based ones). See `featuremaps cam --help`.")
-@click.option("--classes", "n_classes", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--top-k-classes", "n_classes", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top classes listed and explained (each CAM method runs once per class; fewer is faster, "
               "notably for Score-CAM and Ablation-CAM).")
 @click.option("--cam-layer", default="auto", show_default=True, help="The CAM target layer.")
@@ -97,7 +97,7 @@ def _announcing(bar: Any) -> Any:
     def update(stage: str, done: int, total: int | None) -> None:
         if stage.endswith(" forwards") and done == 0 and total:
             click.echo(f"{stage.removesuffix(' forwards')}: {total:,} forwards to run (one per channel and class; "
-                       "--classes or --cam-method lower it)", err=True)
+                       "--top-k-classes or --cam-method lower it)", err=True)
         bar(stage, done, total)
 
     return update
