@@ -171,3 +171,23 @@ def test_the_concepts_render_in_chromium_with_no_accessibility_violation(saved, 
             page.locator("#concepts").screenshot(path=str(trb.ARTIFACTS / f"report-concepts-{drivers}.png"))
         finally:
             browser.close()
+
+
+def test_serving_the_report_serves_the_concept_pages_it_links(saved, tmp_path):
+    """``report --serve --concepts DIR``: every concept link of the page is on the server's allow-list."""
+    from posixpath import dirname, normpath
+
+    from featuremaps.report.serve import report_files
+
+    model, folder = saved
+    out = tmp_path / "pages" / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--model", "test_report_concepts:gap_model", "--weights", "random",
+                                      "--no-cams", "--concepts", str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = report_files(out, concepts=folder)
+    page_url = next(url for url, path in table.items() if path == out.resolve())
+    data = payload(out.read_text(encoding="utf-8"))["concepts"]
+    for href in [data["index"], *(m["href"].split("#")[0] for m in data["maps"])]:
+        url = normpath(dirname(page_url) + "/" + href)  # how the browser resolves the link
+        assert table.get(url) == (out.parent / href).resolve(), href
+    assert all(path.is_relative_to(folder.resolve()) or path == out.resolve() for path in table.values())

@@ -88,7 +88,7 @@ def report_cmd(
     )
     click.echo(f"wrote {path.resolve()}")
     if serve:
-        _serve(path, port, atlas_dir)
+        _serve(path, port, atlas_dir, concepts_dir)
 
 
 def _announcing(bar: Any) -> Any:
@@ -114,13 +114,13 @@ def _relative_href(target: str, page: str) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)).as_posix()
 
 
-def _serve(path: Path, port: int, atlas_dir: str | None = None) -> None:
-    """Serve the page (and the atlas pages it links) on 127.0.0.1 only, nothing else, until Ctrl-C."""
+def _serve(path: Path, port: int, atlas_dir: str | None = None, concepts_dir: str | None = None) -> None:
+    """Serve the page (and the atlas and concept pages it links) on 127.0.0.1 only, nothing else, until Ctrl-C."""
     from ..report.serve import serve_report  # lazy: as in report_cmd
 
-    with serve_report(path, atlas=atlas_dir, port=port) as server:
+    with serve_report(path, atlas=atlas_dir, concepts=concepts_dir, port=port) as server:
         others = len(server.files) - 1
-        what = "this page" + (f" and the {others} atlas files it links" if others else "")
+        what = "this page" + (f" and the {others} atlas and concept files it links" if others else "")
         click.echo(f"serving {server.url()} (Ctrl-C to stop)")
         click.echo(f"on 127.0.0.1 only: {what}; nothing else of the folder, requests for other hosts refused")
         try:

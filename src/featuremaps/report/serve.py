@@ -92,11 +92,12 @@ class _Links(html.parser.HTMLParser):
         self.links.extend(v for k, v in attrs if k in ("href", "src") and v)
 
 
-def _atlas_files(folder: Path) -> list[Path]:
-    """The atlas's pages and pictures: ``index.html`` and every local file its pages link, inside ``folder``."""
+def _atlas_files(folder: Path, command: str = "atlas") -> list[Path]:
+    """A linked folder's pages and pictures: ``index.html`` and every local file its pages link, inside ``folder``
+    (an atlas, or a concepts folder, whose index links its own atlas pages)."""
     start = folder / "index.html"
     if not _plain_file(start):
-        raise ServeError(f"{folder} has no index.html; pass a folder written by featuremaps atlas")
+        raise ServeError(f"{folder} has no index.html; pass a folder written by featuremaps {command}")
     found: dict[Path, None] = {start: None}
     todo = [start]
     while todo:
@@ -120,7 +121,8 @@ def _atlas_files(folder: Path) -> list[Path]:
 
 
 def report_files(
-    page: str | os.PathLike[str], *, atlas: str | os.PathLike[str] | None = None
+    page: str | os.PathLike[str], *, atlas: str | os.PathLike[str] | None = None,
+    concepts: str | os.PathLike[str] | None = None,
 ) -> dict[str, Path]:
     """The allow-list for serving a saved report: URL path -> file.
 
@@ -133,6 +135,8 @@ def report_files(
     Args:
         page: the saved report (``Report.save``).
         atlas: the atlas folder the page links (``report(atlas=...)``), if any.
+        concepts: the concepts folder the page links (``report(concepts=...)``), if any: its
+            ``index.html`` and every page and picture it links inside its folder, the same way.
 
     Returns:
         URL paths (decoded, starting with ``/``) mapped to resolved files.
@@ -150,11 +154,12 @@ def report_files(
     page_path = Path(os.path.realpath(os.path.abspath(page)))
     if not _plain_file(page_path):
         raise ServeError(f"cannot serve {os.fspath(page)!r}: it is not a file; save the report first")
-    if atlas is None:
+    linked = [(_real_dir(folder, what), what) for folder, what in ((atlas, "atlas"), (concepts, "concepts"))
+              if folder is not None]
+    if not linked:
         return {f"/{page_path.name}": page_path}
-    atlas_dir = _real_dir(atlas, "atlas")
-    files = _atlas_files(atlas_dir)
-    root = Path(os.path.commonpath([page_path.parent, atlas_dir]))
+    files = [f for folder, what in linked for f in _atlas_files(folder, what)]
+    root = Path(os.path.commonpath([page_path.parent, *(folder for folder, _ in linked)]))
     table = {"/" + page_path.relative_to(root).as_posix(): page_path}
     table.update(("/" + f.relative_to(root).as_posix(), f) for f in files)
     return table
@@ -313,7 +318,8 @@ class ReportServer:
 
 
 def serve_report(
-    page: str | os.PathLike[str], *, atlas: str | os.PathLike[str] | None = None, port: int = 0
+    page: str | os.PathLike[str], *, atlas: str | os.PathLike[str] | None = None,
+    concepts: str | os.PathLike[str] | None = None, port: int = 0,
 ) -> ReportServer:
     """A server for a saved report (and the atlas it links), not started yet.
 
@@ -333,4 +339,4 @@ def serve_report(
         ...     server.url().endswith("/r.html")
         True
     """
-    return ReportServer(report_files(page, atlas=atlas), port=port)
+    return ReportServer(report_files(page, atlas=atlas, concepts=concepts), port=port)
