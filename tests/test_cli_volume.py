@@ -91,3 +91,11 @@ def test_maps_on_a_dicom_series_folder_with_a_window(folder: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(maps["0"].tensor, conv(windowed.data[None]), atol=1e-5)
         assert not torch.allclose(maps["0"].tensor, conv(raw.data[None]), atol=1e-2)  # --window did apply
+
+
+def test_picture_options_on_a_volume_are_refused_not_ignored(folder: Path) -> None:
+    nii = nibabel_data() / "anatomical.nii"
+    res = run(folder, "cam", str(nii), "--size", "64", "--mean", "0.5", "-o", "refused")
+    assert res.returncode == 2
+    assert "--size, --mean apply to pictures; IMAGE is a volume" in res.stderr
+    assert not (folder / "refused").exists()

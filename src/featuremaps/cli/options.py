@@ -68,6 +68,10 @@ class ModelOptions:
         loaded = models.load_model(self.spec, weights=self.weights, device=device or self.device,
                                    trust_pickle=self.trust_pickle)
         if volume:
+            if self.preprocess:  # never silently dropped: a volume goes to the model as it is
+                given = ", ".join(f"--{k}" for k in self.preprocess)
+                raise click.UsageError(f"{given} apply to pictures; IMAGE is a volume, which goes to the model as "
+                                       "it is (use the API's preprocess= to transform a volume)")
             return loaded
         if self.preprocess:
             prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device, **self.preprocess)
