@@ -1,4 +1,4 @@
-"""Timing shared by the benchmark scripts: interleaved repetitions, medians, ratio tables.
+"""Timing shared by the benchmark scripts: interleaved repetitions, medians, ratio tables; a synthetic dataset.
 
 Interleaving (every variant once per round, rounds repeated) spreads the
 machine's load changes over all variants alike; medians drop the outliers.
@@ -11,6 +11,19 @@ import time
 from typing import Callable
 
 import torch
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Normalized random 3x224x224 images, made from their index."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))
 
 
 def _sync() -> None:

@@ -55,22 +55,9 @@ from torch import nn  # noqa: E402
 import featuremaps as fm  # noqa: E402
 from featuremaps.atlas import build_atlas  # noqa: E402
 from featuremaps.layers import LayerSelector  # noqa: E402
-from _timing import measure_all  # noqa: E402
+from _timing import RandomImages, measure_all  # noqa: E402
 
 BLOCKS = r"re:^_blocks\.\d+$"
-
-
-class RandomImages(torch.utils.data.Dataset):
-    """Normalized random 3x224x224 images, made from their index."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))
 
 
 class PremadeImages(torch.utils.data.Dataset):

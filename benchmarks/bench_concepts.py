@@ -33,21 +33,9 @@ from torch import nn  # noqa: E402
 import featuremaps as fm  # noqa: E402
 from featuremaps._progress import silent  # noqa: E402
 from featuremaps.datapass import make_source  # noqa: E402
+from featuremaps.datapass.checkpoint import CheckpointFiles  # noqa: E402
 from featuremaps.concepts.build import _run_pass  # noqa: E402
-from _timing import measure_all  # noqa: E402
-
-
-class RandomImages(torch.utils.data.Dataset):
-    """Normalized random 3x224x224 images, made from their index."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(i))
+from _timing import RandomImages, measure_all  # noqa: E402
 
 
 def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
@@ -62,7 +50,8 @@ def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
 def concept_pass(model: nn.Module, loader: torch.utils.data.DataLoader, layer: str) -> None:
     device = next(model.parameters()).device
     src = make_source(loader, None, None, 0)
-    _run_pass(model, layer, src, None, device, silent, None)
+    no_checkpoints = CheckpointFiles(None, None, None)  # the pass alone, as discover_concepts runs it without out=
+    _run_pass(model, layer, src, None, device, silent, None, no_checkpoints, resume=False)
 
 
 def main() -> None:

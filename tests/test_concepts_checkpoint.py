@@ -16,19 +16,7 @@ import featuremaps as fm
 from featuremaps.concepts.checkpoint import CONCEPTS_CHECKPOINT_FORMAT
 from featuremaps.datapass.checkpoint import checksum
 
-
-class _StopAfter(nn.Module):
-    """Raises KeyboardInterrupt in its ``calls``-th forward, after the captured layer ran; counts forwards."""
-
-    def __init__(self, calls: int | None) -> None:
-        super().__init__()
-        self.calls, self.seen = calls, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += 1
-        if self.calls is not None and self.seen == self.calls:
-            raise KeyboardInterrupt
-        return x
+from test_atlas import _StopAfter  # raises KeyboardInterrupt in its n-th forward; counts forwards
 
 
 def _conv() -> nn.Module:

@@ -38,7 +38,6 @@ atlas, save).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from ..errors import FeatureMapsError
 from ..layers import LayerSelector, resolve_layers
 from ..models import resolve
 from .atlas import Atlas, AtlasLayer
+from ..datapass.checkpoint import CheckpointFiles, model_signature
 from .checkpoint import discard_checkpoint, load_checkpoint, save_checkpoint
 from .data import LayerData
 from .receptive import receptive_fields
@@ -154,7 +154,7 @@ def build_atlas(
         >>> len(atlas.top_examples("0", channel=1)), atlas.num_images, atlas.synthesized("0", channel=1).size
         (2, 6, (8, 8))
     """
-    model, preprocess = _model_and_preprocess(model, preprocess)
+    model, preprocess = resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
     _check_options(k, score, batch_size, receptive, checkpoint_every, synthesize, synth_steps, synth_size)
     timeout = check_timeout(timeout)
     rank, world = rank_world()
@@ -181,9 +181,15 @@ def build_atlas(
     return atlas
 
 
-def _model_and_preprocess(model: Any, preprocess: Any) -> tuple[nn.Module, Any]:
-    """The ``nn.Module`` and its preprocessing (a LoadedModel's own, else the one the model was loaded with)."""
-    return resolve(model, preprocess).known()  # its own preprocessing, or None: no guess
+def check_pass_options(batch_size: Any, receptive: Any, checkpoint_every: Any) -> None:
+    """The options of a dataset pass that the atlas and concept discovery share (one-line errors)."""
+    if batch_size is not None and batch_size < 1:
+        raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
+    if receptive not in RECEPTIVE_METHODS:
+        raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise FeatureMapsError(f"checkpoint_every={checkpoint_every!r} must be >= 1 image, or None for no checkpoints")
 
 
 def _check_options(
@@ -194,26 +200,11 @@ def _check_options(
         raise FeatureMapsError(f"score={score!r} is not a score; use 'max' (spatial maximum) or 'mean'")
     if not isinstance(k, int) or k < 1:
         raise FeatureMapsError(f"k={k!r} must be a positive int: the number of examples kept per channel")
-    if batch_size is not None and batch_size < 1:
-        raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
-    if receptive not in RECEPTIVE_METHODS:
-        raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise FeatureMapsError(f"checkpoint_every={checkpoint_every} must be >= 1 image, or None for no checkpoints")
+    check_pass_options(batch_size, receptive, checkpoint_every)
     if not isinstance(synthesize, bool):
         raise FeatureMapsError(f"synthesize={synthesize!r} must be True or False")
     if synthesize:
         check_synthesis(synth_steps, synth_size)
-
-
-def _model_signature(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in [*model.named_parameters(), *model.named_buffers()]:
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            if t.numel() and not t.is_complex():
-                h.update(repr(float(t.detach().double().sum())).encode())
-    return h.hexdigest()
 
 
 def _fingerprint(
@@ -221,7 +212,7 @@ def _fingerprint(
 ) -> str:
     """What a checkpoint must have been made with to be resumed: the data, the model, the options, the ranks."""
     return digest({
-        "source": src.fingerprint, "model": _model_signature(model),
+        "source": src.fingerprint, "model": model_signature(model),
         "layers": sorted(resolve_layers(model, layers).modules), "k": k, "score": score,
         "world": world, "rank": rank,
     })
@@ -230,28 +221,9 @@ def _fingerprint(
 # --------------------------------------------------------------------------- checkpoints
 
 
-@dataclass
-class _Checkpoints:
-    """This rank's checkpoint file (``None``: no checkpoints), the run's fingerprint, and how often to save."""
-
-    folder: Path | None
-    file: Path | None
-    every: int | None
-    fingerprint: str = ""
-
-    @classmethod
-    def open(
-        cls, out: str | os.PathLike[str] | None, checkpoint_dir: str | os.PathLike[str] | None,
-        every: int | None, rank: int, world: int,
-    ) -> _Checkpoints:
-        folder: Path | None = None
-        if checkpoint_dir is not None:
-            folder = Path(checkpoint_dir)
-        elif out is not None:
-            target = Path(out)
-            folder = target.parent / f".{target.name}.partial"
-        file = folder / f"rank{rank}-of-{world}.safetensors" if folder is not None else None
-        return cls(folder, file, every)
+class _Checkpoints(CheckpointFiles):
+    """The atlas's checkpoints: the shared files (:class:`~featuremaps.datapass.checkpoint.CheckpointFiles`)
+    holding an :class:`AtlasState`."""
 
     def restore(self, resume: bool, device: torch.device, **expected: int) -> AtlasState | None:
         """The state to resume from (``resume``), after its checks; else None (and an old checkpoint is removed)."""
@@ -262,22 +234,9 @@ class _Checkpoints:
             return None
         return load_checkpoint(self.file, self.fingerprint, lambda t, m: AtlasState.restore(t, m, device), **expected)
 
-    def due(self, position: int, last_saved: int) -> bool:
-        return self.file is not None and self.every is not None and position - last_saved >= self.every
-
     def save(self, state: AtlasState) -> None:
         if self.file is not None:
             save_checkpoint(self.file, state.tensors(), state.meta(), self.fingerprint)
-
-    def remove(self) -> None:
-        """Delete this rank's checkpoint, then the folder if that left it empty."""
-        if self.file is not None:
-            self.file.unlink(missing_ok=True)
-            if self.folder is not None:
-                try:
-                    self.folder.rmdir()
-                except OSError:
-                    pass
 
 
 # --------------------------------------------------------------------------- the pass

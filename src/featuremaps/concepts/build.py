@@ -33,7 +33,7 @@ from torch import nn
 
 from .._outdir import check_output_folder
 from .._progress import Progress, ProgressArg, reporter
-from ..atlas.build import RECEPTIVE_METHODS, build_atlas
+from ..atlas.build import build_atlas, check_pass_options
 from ..atlas.receptive import receptive_fields
 from ..capture import FeatureExtractor
 from ..datapass import (
@@ -429,13 +429,7 @@ def _check_options(
         raise FeatureMapsError(f"sample_size={sample_size!r} must be an int >= n_concepts ({n_concepts})")
     if not isinstance(iters, int) or iters < 1:
         raise FeatureMapsError(f"iters={iters!r} must be a positive int: the most NMF sweeps")
-    if batch_size is not None and batch_size < 1:
-        raise FeatureMapsError(f"batch_size={batch_size} must be >= 1")
-    if receptive not in RECEPTIVE_METHODS:
-        raise FeatureMapsError(f"receptive={receptive!r} is not a method; use 'auto', 'chain', 'gradient' or 'none'")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise FeatureMapsError(f"checkpoint_every={checkpoint_every!r} must be >= 1 image, or None for no checkpoints")
+    check_pass_options(batch_size, receptive, checkpoint_every)
 
 
 def _factorize(

@@ -191,6 +191,9 @@ def model_signature(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+_Files = TypeVar("_Files", bound="CheckpointFiles")
+
+
 @dataclass
 class CheckpointFiles:
     """This rank's checkpoint file (``None``: no checkpoints), the run's fingerprint, and how often to save.
@@ -208,9 +211,9 @@ class CheckpointFiles:
 
     @classmethod
     def open(
-        cls, out: str | os.PathLike[str] | None, checkpoint_dir: str | os.PathLike[str] | None,
+        cls: type[_Files], out: str | os.PathLike[str] | None, checkpoint_dir: str | os.PathLike[str] | None,
         every: int | None, rank: int, world: int,
-    ) -> CheckpointFiles:
+    ) -> _Files:
         """The files of a run writing ``out`` (in ``.<name>.partial`` next to it) or in ``checkpoint_dir``."""
         folder: Path | None = None
         if checkpoint_dir is not None:

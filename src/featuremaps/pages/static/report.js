@@ -16,11 +16,11 @@
     Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
     return e;
   }
-  function fmt(v) {
+  function fmt(v, digits) {  // a number for people: `digits` significant digits (default 4)
     if (v === null || v === undefined || !isFinite(v)) { return "n/a"; }
     var a = Math.abs(v);
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) { return v.toExponential(2); }
-    return String(Number(v.toPrecision(4)));
+    return String(Number(v.toPrecision(digits || 4)));
   }
   // A name as text nodes with <wbr> after each dot, so long dotted names wrap at their parts.
   function breakable(node, name) {
@@ -632,6 +632,8 @@
     }, 150);
   });
   camSection();
+  // what the section scripts that run after this one share (report_concepts.js)
+  window.featuremapsReport = { el: el, fmt: fmt, luts: luts, loadImage: loadImage };
   if (layers.length) { selectLayer(0); } else { $("layer-name").textContent = "No layers with channels were captured."; }
   document.documentElement.setAttribute("data-ready", "true");
 })();

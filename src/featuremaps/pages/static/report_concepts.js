@@ -7,30 +7,9 @@
   var $ = function (id) { return document.getElementById(id); };
   if (!con || !$("concepts")) { return; }
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) { e.className = cls; }
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
-  function fmt(v) {
-    if (v === null || v === undefined || !isFinite(v)) { return "n/a"; }
-    var a = Math.abs(v);
-    if (a !== 0 && (a < 1e-3 || a >= 1e5)) { return v.toExponential(2); }
-    return String(Number(v.toPrecision(3)));
-  }
-  function lut(name) {
-    var hex = data.colormaps[name], a = new Uint8Array(hex.length / 2);
-    for (var i = 0; i < a.length; i++) { a[i] = parseInt(hex.substr(2 * i, 2), 16); }
-    return a;
-  }
-  var viridis = lut("viridis"), images = {};
-  function loadImage(uri) {
-    if (!images[uri]) {
-      images[uri] = new Promise(function (resolve) { var im = new Image(); im.onload = function () { resolve(im); }; im.src = uri; });
-    }
-    return images[uri];
-  }
+  var shared = window.featuremapsReport;  // report.js's helpers (it runs first)
+  var el = shared.el, loadImage = shared.loadImage, viridis = shared.luts.viridis;
+  function fmt(v) { return shared.fmt(v, 3); }
   function colorize(im) {  // grayscale presence through viridis; alpha follows presence so the photo shows where it is absent
     var c = el("canvas");
     c.width = im.naturalWidth; c.height = im.naturalHeight;
