@@ -144,6 +144,19 @@ def test_cam_alone_on_a_layer_it_cannot_use_is_one_error_and_writes_nothing(runn
     assert not out.exists()
 
 
+@pytest.mark.parametrize("target", [[], ["--target", "0"]])
+def test_cam_on_a_detector_says_the_command_explains_classifiers(runner, tmp_path, target):
+    """A detector's list of dicts used to get "pass --target", then, with it, the API's advice (output=)."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "cams"
+    result = runner.invoke(cli, ["cam", "--model", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+                                 "--weights", "random", *target, "-o", str(out)])
+    assert result.exit_code == 2 and result.output.count("Error:") == 1, result.output
+    assert "model's output is a list, not (batch, classes) scores" in result.output
+    assert "fm.DetectionTarget" in result.output and "output=" not in result.output
+    assert not out.exists()
+
+
 def test_library_wording_becomes_the_command_lines():
     from featuremaps.cli import cli_wording
 

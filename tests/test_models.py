@@ -320,6 +320,18 @@ def test_torchvision_random_weights() -> None:
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def test_torchvision_random_weights_never_fetch_a_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Detectors default to a pretrained backbone: weights="random" must not reach the network for it.
+    import torch.hub
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    model, _ = load_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    assert type(model).__name__ == "FasterRCNN"
+
+
 def test_torchvision_weights_file_reproduces_the_model(tmp_path: Path) -> None:
     import torchvision
 

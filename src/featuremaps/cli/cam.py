@@ -158,11 +158,19 @@ def _predict(net: Any, x: Any, preprocess: Any, cls: int | None) -> tuple[list[P
     import torch
 
     from ..attribution.runtime import hookless  # lazy: as in cam_cmd
+    from ..models import class_scores  # lazy: as in cam_cmd
 
     with torch.no_grad(), hookless(net):
         output = net(x)
     top = top_classes(output, preprocess)
     echo_predictions(top)
+    if class_scores(output) is None:
+        kind = f"a {output.ndim}-D tensor" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+        raise click.UsageError(
+            f"the model's output is {kind}, not (batch, classes) scores (a detector's or a segmenter's?): "
+            "`featuremaps cam` explains classifiers; for detections or masks use the Python API with "
+            "fm.DetectionTarget or fm.SegmentationTarget"
+        )
     if cls is None:
         if not top:
             raise click.UsageError("the model output is not a vector of class scores; pass --target")

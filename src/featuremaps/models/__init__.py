@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from .card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, imagenet_card
 from .channels import channel_error, check_channels, fit_card, input_channels, takes_images
-from .classes import imagenet_classes, read_classes, top_classes
+from .classes import class_scores, imagenet_classes, read_classes, top_classes
 from .load import DEFAULT_MODEL, LOADERS, available_models
 from .loaded import LoadedModel, PreprocessLike, as_batch, as_inputs, load_model, preprocess_for, resolve
 from .preprocess import Preprocess, resized_size
@@ -61,6 +61,7 @@ __all__ = [
     "available_models",
     "channel_error",
     "check_channels",
+    "class_scores",
     "fit_card",
     "imagenet_card",
     "imagenet_classes",

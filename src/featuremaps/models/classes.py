@@ -25,7 +25,7 @@ from ..errors import ModelLoadError
 if TYPE_CHECKING:
     from .card import ModelCard
 
-__all__ = ["imagenet_classes", "read_classes", "top_classes"]
+__all__ = ["class_scores", "imagenet_classes", "read_classes", "top_classes"]
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +68,25 @@ def read_classes(classes: Sequence[str] | str | os.PathLike[str]) -> tuple[str, 
     return names
 
 
+def class_scores(output: Any) -> torch.Tensor | None:
+    """The ``(N, classes)`` scores in a model's output, or ``None`` when it holds none (a detector, a segmenter).
+
+    Scores are the output itself, the first item of a tuple/list, or ``.logits`` (Hugging Face).
+
+    Example:
+        >>> import torch
+        >>> class_scores((torch.zeros(1, 3), torch.zeros(1, 8))).shape
+        torch.Size([1, 3])
+        >>> class_scores([{"boxes": torch.zeros(0, 4)}]) is None
+        True
+    """
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    elif hasattr(output, "logits"):
+        output = output.logits
+    return output if isinstance(output, torch.Tensor) and output.ndim == 2 else None
+
+
 def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[int, str, float]]:
     """The ``k`` most probable classes of the first sample: ``(index, name, probability)``.
 
@@ -82,13 +101,10 @@ def top_classes(output: Any, card: ModelCard | None, k: int = 5) -> list[tuple[i
         >>> top_classes(torch.tensor([[0.0, 2.0, 1.0]]), None, k=2)[0][:2]
         (1, 'class 1')
     """
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        output = output[0]
-    elif hasattr(output, "logits"):
-        output = output.logits
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < 2:
+    logits = class_scores(output)
+    if logits is None or logits.shape[1] < 2:
         return []
-    scores = output[0].detach().float()
+    scores = logits[0].detach().float()
     kind = card.outputs if card is not None else "softmax"
     probs = scores.softmax(-1) if kind == "softmax" else scores.sigmoid() if kind == "sigmoid" else scores
     values, indices = probs.topk(min(k, probs.numel()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -196,7 +197,10 @@ def _load_torchvision(spec: str, weights: str | os.PathLike[str] | None, trust_p
             ) from exc
         card = _torchvision_card(name, spec, model, weight_enum)
         return model, card
-    model = _build(lambda: tv_models.get_model(name, weights=None), spec)
+    config: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(tv_models.get_model_builder(name)).parameters:
+        config["weights_backbone"] = None  # detectors and segmenters would fetch their backbone's otherwise
+    model = _build(lambda: tv_models.get_model(name, **config), spec)
     if kind == "path":
         _load_weights_file(model, weights, spec, trust_pickle)
     return model, imagenet_card(name, spec, _guess_num_classes(model))
