@@ -157,6 +157,13 @@ def test_cam_on_a_detector_says_the_command_explains_classifiers(runner, tmp_pat
     assert not out.exists()
 
 
+def test_model_help_names_every_spec_prefix(runner):
+    from featuremaps.models import LOADERS
+
+    text = " ".join(runner.invoke(cli, ["cam", "--help"]).output.split())
+    assert all(f"{prefix}:NAME" in text for prefix in LOADERS), text
+
+
 def test_library_wording_becomes_the_command_lines():
     from featuremaps.cli import cli_wording
 

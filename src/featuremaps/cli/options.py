@@ -193,8 +193,8 @@ def model_options(*, image: bool = True, input_size: bool = True) -> Callable[[F
             "Weights for --model: a state-dict file, 'random', or 'download' (fetches the library's own)."),
             **hidden)(f)
         f = click.option("--model", "spec", default=DEFAULT_MODEL, show_default=True, callback=_keep, help=(
-            "Model spec: efficientnet_lite0, torchvision:NAME, timm:NAME, a TorchScript file, "
-            "or module:factory (with --weights)."), **hidden)(f)
+            "Model spec: efficientnet_lite0, torchvision:NAME, timm:NAME, xrv:NAME (torchxrayvision), "
+            "a TorchScript file, or module:factory (with --weights)."), **hidden)(f)
         return f
 
     return decorate

@@ -52,7 +52,7 @@ _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
 _SPEC_FORMS = (
-    "'efficientnet_lite0' (embedded default), 'torchvision:NAME', 'timm:NAME', "
+    "'efficientnet_lite0' (embedded default), 'torchvision:NAME', 'timm:NAME', 'xrv:NAME', "
     "'package.module:factory', a TorchScript file, a pickled model file (trust_pickle=True), "
     "or an nn.Module"
 )
