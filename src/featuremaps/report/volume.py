@@ -37,7 +37,7 @@ from ..attribution import Faithfulness, get_cam
 from ..capture import get_feature_maps
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
-from ..models import load_model, top_classes
+from ..models import LoadedModel, load_model, preprocess_for, top_classes
 from ..render import overlay
 from ..render.scalebar import nice_scale
 from ..volume import Volume
@@ -201,11 +201,15 @@ def volume_scores(
 
 
 def _model(model: Any) -> tuple[nn.Module, str, Any]:
+    """The network, its name and its card (class names): a module's from :func:`~featuremaps.load_model` if it
+    made it, a :class:`~featuremaps.LoadedModel`'s own (the CLI's ``--classes``), or a spec's."""
     if isinstance(model, nn.Module):
-        return model, type(model).__name__, None
+        return model, type(model).__name__, getattr(preprocess_for(model), "card", None)
     if model is None:
         raise FeatureMapsError("a volume needs a 3-D model: pass fm.report(model_3d, volume) (an nn.Module or "
                                "a 'module:factory' spec)")
+    if isinstance(model, LoadedModel):
+        return model.model, model.name, model.card
     loaded = load_model(model)
     return loaded.model, str(model), getattr(loaded.preprocess, "card", None)
 
