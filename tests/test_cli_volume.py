@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import featuremaps as fm
 
 from medical_files import CT_SERIES, nibabel_data
+from test_report_medical import white_run
 
 pytest.importorskip("pydicom")
 pytest.importorskip("nibabel")
@@ -75,6 +78,11 @@ def test_cam_on_a_nifti_volume_equals_the_library(folder: Path) -> None:
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in (folder / "out").glob("cam_*.png"))
     assert names == ["cam_gradcam_axial.png", "cam_gradcam_coronal.png", "cam_gradcam_sagittal.png"]
+    # 4 mm voxels, 26 x 21 axial: 12 px a voxel (256 / 21, rounded), 1/3 mm a pixel; 30% of 252 px is 25.2 mm,
+    # so the bar is 20 mm = 60 px
+    assert vol.shape == (22, 26, 21) and vol.spacing == (4.0, 4.0, 4.0)
+    axial = np.asarray(Image.open(folder / "out" / "cam_gradcam_axial.png").convert("RGB"))
+    assert axial.shape[:2] == (26 * 12, 21 * 12) and white_run(axial, 60) == 60
     got = fm.load_cams(folder / "out")["gradcam"].heatmap
     expected = fm.GradCAM(model(folder))(vol.data[None], target=int(res.stdout.split("explaining class ")[1].split()[0]))
     assert torch.allclose(got, expected, atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import featuremaps as fm
@@ -144,3 +145,22 @@ def test_volume_scores_batches_large_volumes_without_changing_them() -> None:
     check = fm.Faithfulness(net, x, 1, batch_size=1)
     assert got["deletion AUC \u2193"] == pytest.approx(float(check.deletion_auc(heat["m"], steps=10)[0]), abs=1e-6)
 
+
+
+def test_slice_pictures_are_drawn_to_the_voxel_spacing_with_a_scale_bar(tmp_path) -> None:
+    from featuremaps.report.volume import slice_overlays
+    from test_report_medical import white_run
+
+    vol = fm.Volume(torch.rand(1, 4, 64, 48, generator=torch.Generator().manual_seed(4)), (3.0, 0.5, 0.5),
+                    np.eye(4), ("S", "P", "L"), "demo")
+    paths = slice_overlays(tmp_path, vol, {"gradcam": torch.zeros(4, 64, 48)})
+    # by hand: axial and coronal have 48 columns of 0.5 mm -> 5 px a voxel (256 / 48, rounded), 0.1 mm a pixel;
+    # the longest 1-2-5 length within 30% of 240 px (7.2 mm) is 5 mm = 50 px. Coronal rows are 3 mm: 30 px each.
+    # Sagittal has 64 columns -> 4 px a voxel, 0.125 mm a pixel; 30% of 256 px is 9.6 mm -> 5 mm = 40 px.
+    expected = {"axial": ((240, 320), 50), "coronal": ((240, 120), 50), "sagittal": ((256, 96), 40)}
+    for path in paths:
+        view = path.stem.split("_")[-1]
+        picture = np.asarray(Image.open(path).convert("RGB"))
+        size, bar = expected[view]
+        assert (picture.shape[1], picture.shape[0]) == size
+        assert white_run(picture, bar) == bar

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from .._version import __version__
@@ -39,7 +40,7 @@ from ..errors import FeatureMapsError
 from ..layers import LayerSelector
 from ..models import LoadedModel, load_model, preprocess_for, top_classes
 from ..render import overlay
-from ..render.scalebar import nice_scale
+from ..render.scalebar import draw_scale_bar, nice_scale
 from ..volume import Volume
 from .cams import SCORE_LABELS
 from .data import ReportOptions, colormap_table, encode_layers, png_data_uri
@@ -272,6 +273,10 @@ def volume_data(
 def slice_overlays(folder: Path, vol: Volume, heat: dict[str, torch.Tensor], alpha: float = 0.5) -> list[Path]:
     """``cam_<method>_<view>.png``: each 3-D CAM over the middle axial, coronal and sagittal slice of ``vol``.
 
+    Each picture is drawn as the report's slice viewer draws it: voxels enlarged by an integer factor (nearest
+    neighbour, at least 256 pixels wide), rows stretched so that a pixel is as many mm tall as wide (the voxel
+    spacing), and a scale bar in mm (:func:`~featuremaps.render.scalebar.draw_scale_bar`).
+
     Args:
         folder: where to write.
         vol: the volume the model took as it is (``heat`` has its D, H, W).
@@ -285,14 +290,28 @@ def slice_overlays(folder: Path, vol: Volume, heat: dict[str, torch.Tensor], alp
         ['cam_gradcam_axial.png', 'cam_gradcam_coronal.png', 'cam_gradcam_sagittal.png']
     """
     written = []
+    views = _views(vol.shape, vol.spacing)
     for method, h in heat.items():
         values = h.detach().float().cpu().numpy()
-        for name, axis, _, flip in VIEWS:
+        for (name, axis, _, flip), view in zip(VIEWS, views):
             k = vol.shape[axis] // 2
             plane = np.take(values, k, axis=axis)
             picture = overlay(vol.slice(k, axis=name), plane[::-1].copy() if flip else plane, alpha=alpha,
                               vmin=0.0, vmax=1.0)
             path = folder / f"cam_{method}_{name}.png"
-            picture.save(path)
+            slice_picture(picture, view).save(path)
             written.append(path)
     return written
+
+
+def slice_picture(picture: Image.Image, view: dict[str, Any]) -> Image.Image:
+    """A slice at its native voxels, drawn at a view's size (:data:`VIEWS`) with the view's scale bar.
+
+    Example:
+        >>> from PIL import Image
+        >>> view = _views((4, 6, 5), (3.0, 1.0, 1.0))[0]
+        >>> slice_picture(Image.new("RGB", (5, 6)), view).size, view["bar"]["px"]
+        ((255, 306), 51)
+    """
+    big = picture.convert("RGB").resize((view["width"], view["height"]), Image.Resampling.NEAREST)
+    return draw_scale_bar(big, view["mm"][1] * view["cols"] / view["width"])[0]
