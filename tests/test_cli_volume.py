@@ -180,3 +180,18 @@ def test_each_picture_option_on_a_volume_is_one_usage_error_naming_it(folder: Pa
     assert res.returncode == 2
     assert f"{option[0]} applies to pictures; IMAGE is a volume" in res.stderr
     assert "Traceback" not in res.stderr and not (folder / "refused.html").exists()
+
+
+def test_cam_metrics_on_a_volume_rank_voxels_over_the_volume(folder: Path) -> None:
+    nii = nibabel_data() / "anatomical.nii"
+    res = run(folder, "cam", str(nii), "--method", "gradcam", "--metrics", "--metric-steps", "8", "-o", "scored")
+    assert res.returncode == 0, res.stderr
+    cls = int(res.stdout.split("explaining class ")[1].split()[0])
+    x = fm.load_volume(nii).data[None]
+    net = model(folder)
+    check = fm.Faithfulness(net, x, cls)
+    heat = fm.GradCAM(net)(x, target=cls)
+    header, _, row = res.stdout.split("method ")[1].splitlines()[:3]
+    assert "ROAD" not in header and "nan" not in res.stdout  # ROAD is 2-D only: no column, not a NaN
+    assert float(row.split()[1]) == pytest.approx(float(check.deletion_auc(heat, steps=8)[0]), abs=1e-4)
+    assert float(row.split()[2]) == pytest.approx(float(check.insertion_auc(heat, steps=8)[0]), abs=1e-4)
