@@ -34,9 +34,16 @@ def maps_page(browser, tmp_path_factory):  # noqa: F811
     page.page.close()
 
 
+def pick_layer(page, layer: str) -> None:
+    """Choose the layer by its name, as a user reads it in the list ("2 (Conv3d, 6 channels)")."""
+    labels = page.eval_on_selector_all("#vol-layer option", "os => os.map(o => o.textContent)")
+    [value] = [str(i) for i, text in enumerate(labels) if text.split(" (")[0] == layer]
+    page.select_option("#vol-layer", value)
+
+
 def choose(page, layer: str, channel_pos: int) -> None:
     page.select_option("#vol-method", "fmap")
-    page.select_option("#vol-layer", label=layer)
+    pick_layer(page, layer)
     page.select_option("#vol-channel", str(channel_pos))
     ch = page.eval_on_selector(f"#vol-channel option[value='{channel_pos}']", "o => o.textContent").split()[0]
     wait_until(page, f"document.getElementById('vol-axial').getAttribute('data-overlay') === "
@@ -110,7 +117,8 @@ def test_the_layer_choice_lists_its_kept_channels_and_says_how_many(maps_page) -
     page = p.page
     for L in rep.data["volume"]["maps"]["layers"]:
         page.select_option("#vol-method", "fmap")
-        page.select_option("#vol-layer", label=L["name"])
+        pick_layer(page, L["name"])
+        assert page.inner_text("#vol-layer option:checked") == f"{L['name']} ({L['type']}, {L['channels']} channels)"
         options = page.eval_on_selector_all("#vol-channel option", "os => os.map(o => o.textContent.split(' ')[0])")
         assert options == [str(c) for c in L["kept"]]
         assert f"{len(L['kept'])} of {L['channels']} channels kept" in page.inner_text("#vol-maps-note")
@@ -120,3 +128,14 @@ def test_the_feature_map_view_has_no_accessibility_violations(maps_page) -> None
     vol, rep, p = maps_page
     choose(p.page, LAYER, 1)
     assert axe_violations(p.page) == []
+
+
+def test_only_the_controls_of_the_chosen_overlay_are_enabled(maps_page) -> None:
+    vol, rep, p = maps_page
+    page = p.page
+    choose(page, LAYER, 0)
+    assert page.is_disabled("#vol-class") and page.is_enabled("#vol-layer") and page.is_enabled("#vol-channel")
+    page.select_option("#vol-method", "gradcam")
+    wait_until(page, "document.getElementById('vol-axial').getAttribute('data-overlay').startsWith('gradcam')")
+    assert page.is_enabled("#vol-class") and page.is_disabled("#vol-layer") and page.is_disabled("#vol-channel")
+    assert "inferno" in page.inner_text("#vol-legend")  # the legend follows the overlay

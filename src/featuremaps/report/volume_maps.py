@@ -102,7 +102,7 @@ def volume_maps(
 
     Returns:
         ``{"layers": [...], "channels": channels}``; each layer has ``name``, ``channels`` (its total),
-        ``kept`` (channel indices), ``peak`` (their maxima), ``captured`` and ``shape`` (the size as captured
+        ``type`` (the module's), ``kept`` (channel indices), ``peak`` (their maxima), ``captured`` and ``shape`` (the size as captured
         and as sent), ``sprites`` (one PNG per kept channel), ``cols``, ``lo``, ``hi``, ``cmap``, ``norm``.
 
     Example:
@@ -114,11 +114,11 @@ def volume_maps(
         [('0', 12, 3, [4, 6, 5], 'RdBu_r'), ('1', 12, 3, [4, 6, 5], 'viridis')]
     """
     scale = color_scale if color_scale is not None else ColorScale()
-    three_d = [(lm.name, lm.tensor[0]) for lm in maps.values()
+    three_d = [(lm.name, lm.info.module_type, lm.tensor[0]) for lm in maps.values()
                if lm.tensor.ndim == 5 and lm.tensor.device.type != "meta"]
     if not three_d or channels < 1:
         return None
     share = max(1, total_voxels // (len(three_d) * channels))
     limit = min(max_voxels, share)
-    layers = [_encode(name, t, channels, limit, scale) for name, t in three_d]
+    layers = [{**_encode(name, t, channels, limit, scale), "type": kind} for name, kind, t in three_d]
     return {"layers": layers, "channels": channels}

@@ -157,9 +157,15 @@
       L.captured.join("\u00d7") + " voxels" + (pooled ? ", averaged to " + L.shape.join("\u00d7") + " to keep the page small." : ".");
     note.appendChild(b);
   }
+  function enable() {  // the class applies to a CAM, the layer and channel to a feature map
+    var fmap = method && method.value === "fmap";
+    if (klass) { klass.disabled = fmap || !method.value; }
+    if (layerSel) { layerSel.disabled = channelSel.disabled = !fmap; }
+  }
   V.views.forEach(function (view) {
     $("vol-" + view.name + "-slider").addEventListener("input", function () { redraw([view]); });
   });
+  if (method) { method.addEventListener("input", enable); enable(); }
   if (M) {
     fillChannels();
     layerSel.addEventListener("input", function () { fillChannels(); redraw(V.views); });
