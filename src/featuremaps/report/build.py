@@ -163,7 +163,7 @@ def report(
         preprocess: the model's preprocessing (default: the model card's).
         layers: which layers to show (default: every leaf layer with a
             spatial output).
-        top_k: channels per layer (the most active ones; default all).
+        top_k: channels per layer (the most active ones; default all; a volume's slice viewer keeps 8).
         max_tile: channel thumbnails are pooled to at most this size.
         cam_methods: CAM methods to show (``None`` or ``()``: no CAM section).
         cam_layer: the CAM target layer (``"auto"``: the last spatial one).
