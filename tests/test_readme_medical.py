@@ -70,6 +70,8 @@ def test_the_x_ray_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     heat = np.asarray(Image.open(tmp_path / "cam-out" / "cam_gradcam.png"))
     assert heat.shape == (224, 224, 3)
     assert (tmp_path / "xray.html").stat().st_size > 10_000
-    assert 'id="vol-axial-slider" min="0" max="24"' in (tmp_path / "mr.html").read_text(encoding="utf-8")
+    mr = (tmp_path / "mr.html").read_text(encoding="utf-8")
+    assert 'id="vol-axial-slider" min="0" max="24"' in mr
+    assert 'class="cls">normal<' in mr and 'class="cls">abnormal<' in mr  # --classes named the 3-D model's outputs
     assert {p.name for p in (tmp_path / "mr-cam").glob("cam_*.png")} == {
         "cam_gradcam_axial.png", "cam_gradcam_coronal.png", "cam_gradcam_sagittal.png"}

@@ -249,8 +249,10 @@ _METRIC_COLUMNS = (
 
 
 def _print_metrics(scores: dict[str, dict[str, float]]) -> None:
-    head = ["method"] + [label for _, label in _METRIC_COLUMNS]
-    rows = [[m] + [f"{s.get(k, float('nan')):.4f}" for k, _ in _METRIC_COLUMNS] for m, s in scores.items()]
+    """The scores as a table; a score no method has (ROAD, 2-D only, on a volume) has no column."""
+    columns = [(k, label) for k, label in _METRIC_COLUMNS if any(k in s for s in scores.values())]
+    head = ["method"] + [label for _, label in columns]
+    rows = [[m] + [f"{s[k]:.4f}" if k in s else "n/a" for k, _ in columns] for m, s in scores.items()]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths], *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -59,7 +59,8 @@ class ModelOptions:
     def load(self, device: str | None = None, *, volume: bool = False) -> LoadedModel:
         """The model and its preprocessing (``device`` overrides ``--device``, e.g. a torchrun rank's GPU).
 
-        With ``volume``, the model takes the volume as it is (no picture preprocessing, no 2-D channel probe)."""
+        With ``volume``, the model takes the volume as it is (no picture preprocessing, no 2-D channel probe;
+        only ``--classes`` of the input options applies)."""
         from .. import models  # lazy: PyTorch stays out of `featuremaps --help`
         from ..models import check_channels  # lazy: as above
 
@@ -68,11 +69,7 @@ class ModelOptions:
         loaded = models.load_model(self.spec, weights=self.weights, device=device or self.device,
                                    trust_pickle=self.trust_pickle)
         if volume:
-            if self.preprocess:  # never silently dropped: a volume goes to the model as it is
-                given = ", ".join(f"--{k}" for k in self.preprocess)
-                raise click.UsageError(f"{given} apply to pictures; IMAGE is a volume, which goes to the model as "
-                                       "it is (use the API's preprocess= to transform a volume)")
-            return loaded
+            return _for_volume(loaded, self.preprocess)
         if self.preprocess:
             prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device, **self.preprocess)
             loaded = models.LoadedModel(loaded.model, prep)
@@ -95,6 +92,22 @@ class ModelOptions:
         if image is None or not is_volume_path(image):
             return None
         return load_volume(image, window=self.window)
+
+
+def _for_volume(loaded: LoadedModel, given: dict[str, Any]) -> LoadedModel:
+    """The model for a volume: the volume goes to it as it is, so the picture options (size, channels, mean,
+    std) are refused, never silently dropped; ``--classes`` names its outputs as for a picture."""
+    from .. import models  # lazy: as in ModelOptions.load
+
+    pictures = [f"--{k}" for k in given if k != "classes"]
+    if pictures:
+        verb = "applies" if len(pictures) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(pictures)} {verb} to pictures; IMAGE is a volume, which goes to the model "
+                               "as it is (use the API's preprocess= to transform a volume)")
+    if "classes" not in given:
+        return loaded
+    prep = models.Preprocess(loaded.preprocess.card, device=loaded.preprocess.device, classes=given["classes"])
+    return models.LoadedModel(loaded.model, prep, name=loaded.name)
 
 
 def _probe(channels: int) -> Any:

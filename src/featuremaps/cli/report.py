@@ -63,10 +63,11 @@ def report_cmd(
     from ..report.build import DEFAULT_CAM_METHODS  # lazy: as above
 
     vol = model.volume(image)  # a folder or a 3-D NIfTI: the volume report (slice viewer, 3-D CAMs)
-    net, preprocess = model.load(volume=vol is not None)
+    loaded = model.load(volume=vol is not None)
+    net, preprocess = loaded
     src: Any = image if image is None or model.window is None else _named(model.image(image), image)
-    if vol is not None:
-        src, preprocess = vol, None
+    if vol is not None:  # the volume as it is; the model with its card (class names: --classes)
+        net, src, preprocess = loaded, vol, None
     with progress_bar() as bar:
         progress = _announcing(bar)
         rep = report(

@@ -163,7 +163,7 @@ def report(
         preprocess: the model's preprocessing (default: the model card's).
         layers: which layers to show (default: every leaf layer with a
             spatial output).
-        top_k: channels per layer (the most active ones; default all).
+        top_k: channels per layer (the most active ones; default all; a volume's slice viewer keeps 8).
         max_tile: channel thumbnails are pooled to at most this size.
         cam_methods: CAM methods to show (``None`` or ``()``: no CAM section).
         cam_layer: the CAM target layer (``"auto"``: the last spatial one).
@@ -220,7 +220,8 @@ def _build(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if is_volume(image):  # a 3-D scan: slice viewer, 3-D maps and CAMs (report/volume.py)
-        vopts = VolumeOptions(layers, options.top_k, options.max_tile, cam_methods, cam_layer, classes, title, max_bytes)
+        vopts = VolumeOptions(layers, options.top_k, options.max_tile, cam_methods, cam_layer, classes, title, max_bytes,
+                              metrics)
         return _volume_report(model, image, preprocess, vopts, tick, t0)
     net, prep, model_name, src, img, x, view = _inputs(model, preprocess, image)
     linked = load_report_concepts(net, *concepts) if concepts[0] is not None else None  # checked first

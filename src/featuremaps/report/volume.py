@@ -7,37 +7,45 @@ picture (predictions, the layer view, statistics across depth), with:
   view), drawn at its native voxels (nearest neighbour, never smoothed),
   its aspect following the voxel spacing, with a scale bar in mm;
 * 3-D CAMs of the top classes (every requested method that applies to a
-  3-D layer), each overlaid on the slices of the same viewer;
+  3-D layer), each overlaid on the slices of the same viewer, with the top
+  class's faithfulness scores (deletion/insertion AUC, average drop, voxels
+  ranked over the whole volume);
+* any channel of a 3-D layer overlaid on the same slices (the most active
+  channels of each layer, one colour scale per layer: :mod:`.volume_maps`);
 * 3-D feature maps in the layer view as their maximum over depth (the
   summary photo is the input's maximum over depth, so the two align).
 
 The volume travels once, as one PNG "sprite" of its axial slices; the page
-reslices it for the coronal and sagittal views. CAMs travel the same way.
+reslices it for the coronal and sagittal views. CAMs and feature maps travel
+the same way.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from .._version import __version__
 from ..attribution import cams as run_cams
-from ..attribution import get_cam
+from ..attribution import Faithfulness, get_cam
 from ..capture import get_feature_maps
 from ..errors import FeatureMapsError
 from ..layers import LayerSelector
-from ..models import load_model, top_classes
+from ..models import LoadedModel, load_model, preprocess_for, top_classes
 from ..render import overlay
-from ..render.scalebar import nice_scale
+from ..render.scalebar import draw_scale_bar, nice_scale
 from ..volume import Volume
+from .cams import SCORE_LABELS
 from .data import ReportOptions, colormap_table, encode_layers, png_data_uri
+from .sprites import volume_sprite
+from .volume_maps import MAP_CHANNELS, volume_maps
 
 __all__ = ["VolumeOptions", "is_volume", "volume_data", "volume_input", "volume_sprite", "slice_overlays", "VIEWS"]
 
@@ -59,6 +67,7 @@ class VolumeOptions:
     classes: int = 5
     title: str | None = None
     max_bytes: int | str | None = "2GB"
+    metrics: bool = True
 
 
 def is_volume(obj: Any) -> bool:
@@ -88,26 +97,6 @@ def volume_input(vol: Volume, preprocess: Callable[..., torch.Tensor] | None = N
             "(or (C, D, H, W))"
         )
     return x if x.ndim == 5 else x[None]
-
-
-def volume_sprite(values: np.ndarray) -> tuple[str, int]:
-    """A ``(D, H, W)`` uint8 volume as one PNG of its D axial slices in a grid: the data URI and the columns.
-
-    Slice ``k`` is the tile at row ``k // cols``, column ``k % cols``.
-
-    Example:
-        >>> import numpy as np
-        >>> uri, cols = volume_sprite(np.zeros((5, 2, 3), np.uint8))
-        >>> uri[:22], cols
-        ('data:image/png;base64,', 3)
-    """
-    d, h, w = values.shape
-    cols = max(1, math.ceil(math.sqrt(d)))
-    rows = math.ceil(d / cols)
-    grid = np.zeros((rows * cols, h, w), np.uint8)
-    grid[:d] = values
-    sheet = grid.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
-    return png_data_uri(np.ascontiguousarray(sheet)), cols
 
 
 def _display(vol: Volume, x: torch.Tensor, default_input: bool) -> tuple[np.ndarray, str]:
@@ -148,8 +137,10 @@ def _views(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> 
 
 def _volume_cams(
     net: nn.Module, x: torch.Tensor, predictions: list[dict[str, Any]], methods: Sequence[str] | None, layer: Any,
+    metrics: bool = False,
 ) -> dict[str, Any] | None:
-    """Each method's 3-D CAM for each top class (one batch of one input copy per class), as sprites."""
+    """Each method's 3-D CAM for each top class (one batch of one input copy per class), as sprites; with
+    ``metrics``, the top class's faithfulness scores per method (:func:`volume_scores`)."""
     if not methods or not predictions:
         return None
     names = list(dict.fromkeys(get_cam(m).name for m in methods))
@@ -167,18 +158,59 @@ def _volume_cams(
             maps[m] = volume_sprite((np.clip(np.nan_to_num(heat), 0, 1) * 255).round().astype(np.uint8))[0]
         entries.append({"index": p["index"], "name": p["name"], "maps": maps})
     first = results[used[0]]
+    scores = volume_scores(net, x, classes[0], {m: results[m].heatmap[:1] for m in used}) if metrics else None
     return {
         "layer": ", ".join(first.layers), "methods": used, "classes": entries,
-        "skipped": [f"{m} ({e})" for m, e in results.skipped.items()],
+        "skipped": [f"{m} ({e})" for m, e in results.skipped.items()], "scores": scores,
+        "score_labels": list(SCORE_LABELS.values()), "score_steps": SCORE_STEPS,
     }
 
 
+#: Deletion and insertion steps of the volume report's faithfulness scores (as the picture report's).
+SCORE_STEPS = 10
+_SCORE_VOXELS = 1 << 22  # voxels per batch of perturbed volumes (at most 32 volumes)
+
+
+def volume_scores(
+    net: nn.Module, x: torch.Tensor, target: int, heat: dict[str, torch.Tensor], steps: int = SCORE_STEPS,
+) -> dict[str, dict[str, float]]:
+    """Faithfulness of each 3-D CAM for ``target``: deletion and insertion AUC and average drop (probability).
+
+    Voxels are removed (inserted) in decreasing heat order over the whole volume (D, H, W), from one
+    unperturbed forward (:class:`~featuremaps.Faithfulness`), in batches of at most 4M voxels.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
+        ...                     nn.Flatten(), nn.Linear(2, 2))
+        >>> s = volume_scores(net, torch.rand(1, 1, 4, 6, 5), 1, {"gradcam": torch.ones(1, 4, 6, 5)})
+        >>> s["gradcam"]["average drop % \u2193"]   # keeping every voxel drops nothing
+        0.0
+    """
+    voxels = max(1, int(x[0].numel()))
+    check = Faithfulness(net, x[:1], target, batch_size=max(1, min(32, _SCORE_VOXELS // voxels)))
+    out = {}
+    for method, h in heat.items():
+        values = {
+            "deletion_auc": check.deletion_auc(h, steps=steps),
+            "insertion_auc": check.insertion_auc(h, steps=steps),
+            "average_drop": check.average_drop(h, reduction="none"),
+        }
+        out[method] = {label: float(values[key][0]) for key, label in SCORE_LABELS.items()}
+    return out
+
+
 def _model(model: Any) -> tuple[nn.Module, str, Any]:
+    """The network, its name and its card (class names): a module's from :func:`~featuremaps.load_model` if it
+    made it, a :class:`~featuremaps.LoadedModel`'s own (the CLI's ``--classes``), or a spec's."""
     if isinstance(model, nn.Module):
-        return model, type(model).__name__, None
+        return model, type(model).__name__, getattr(preprocess_for(model), "card", None)
     if model is None:
         raise FeatureMapsError("a volume needs a 3-D model: pass fm.report(model_3d, volume) (an nn.Module or "
                                "a 'module:factory' spec)")
+    if isinstance(model, LoadedModel):
+        return model.model, model.name, model.card
     loaded = load_model(model)
     return loaded.model, str(model), getattr(loaded.preprocess, "card", None)
 
@@ -204,13 +236,14 @@ def volume_data(
     maps = get_feature_maps(net, x, layers=opts.layers, max_bytes=opts.max_bytes)
     encoded = encode_layers(maps, ReportOptions(max_tile=opts.max_tile, top_k=opts.top_k))
     predictions = [{"index": i, "name": n, "p": p} for i, n, p in top_classes(maps.output, card, opts.classes)]
+    feature_maps = volume_maps(maps, channels=opts.top_k or MAP_CHANNELS)  # top_k: also the viewer's
     del maps
     shape = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
     sd, sh, sw = (float(s) * vs / xs for s, vs, xs in zip(vol.spacing, vol.shape, shape))  # resampled: scaled
     spacing = (sd, sh, sw)
     grey, how = _display(vol, x, preprocess is None)
     sprite, cols = volume_sprite(grey)
-    cams = _volume_cams(net, x, predictions, opts.cam_methods, opts.cam_layer)
+    cams = _volume_cams(net, x, predictions, opts.cam_methods, opts.cam_layer, opts.metrics)
     if progress is not None:
         progress("CAM methods", 1, 1)
     source = Path(vol.source).name or vol.source
@@ -226,7 +259,7 @@ def volume_data(
     mip = grey.max(axis=0)
     volume = {
         "shape": list(shape), "spacing": list(spacing), "sprite": sprite, "cols": cols, "views": _views(shape, spacing),
-        "display": how, "cams": cams, "orientation": "".join(vol.orientation),
+        "display": how, "cams": cams, "orientation": "".join(vol.orientation), "maps": feature_maps,
     }
     return {
         "meta": meta, "photo": png_data_uri(np.stack([mip] * 3, axis=-1)),
@@ -239,6 +272,10 @@ def volume_data(
 
 def slice_overlays(folder: Path, vol: Volume, heat: dict[str, torch.Tensor], alpha: float = 0.5) -> list[Path]:
     """``cam_<method>_<view>.png``: each 3-D CAM over the middle axial, coronal and sagittal slice of ``vol``.
+
+    Each picture is drawn as the report's slice viewer draws it: voxels enlarged by an integer factor (nearest
+    neighbour, at least 256 pixels wide), rows stretched so that a pixel is as many mm tall as wide (the voxel
+    spacing), and a scale bar in mm (:func:`~featuremaps.render.scalebar.draw_scale_bar`).
 
     Args:
         folder: where to write.
@@ -253,14 +290,28 @@ def slice_overlays(folder: Path, vol: Volume, heat: dict[str, torch.Tensor], alp
         ['cam_gradcam_axial.png', 'cam_gradcam_coronal.png', 'cam_gradcam_sagittal.png']
     """
     written = []
+    views = _views(vol.shape, vol.spacing)
     for method, h in heat.items():
         values = h.detach().float().cpu().numpy()
-        for name, axis, _, flip in VIEWS:
+        for (name, axis, _, flip), view in zip(VIEWS, views):
             k = vol.shape[axis] // 2
             plane = np.take(values, k, axis=axis)
             picture = overlay(vol.slice(k, axis=name), plane[::-1].copy() if flip else plane, alpha=alpha,
                               vmin=0.0, vmax=1.0)
             path = folder / f"cam_{method}_{name}.png"
-            picture.save(path)
+            slice_picture(picture, view).save(path)
             written.append(path)
     return written
+
+
+def slice_picture(picture: Image.Image, view: dict[str, Any]) -> Image.Image:
+    """A slice at its native voxels, drawn at a view's size (:data:`VIEWS`) with the view's scale bar.
+
+    Example:
+        >>> from PIL import Image
+        >>> view = _views((4, 6, 5), (3.0, 1.0, 1.0))[0]
+        >>> slice_picture(Image.new("RGB", (5, 6)), view).size, view["bar"]["px"]
+        ((255, 306), 51)
+    """
+    big = picture.convert("RGB").resize((view["width"], view["height"]), Image.Resampling.NEAREST)
+    return draw_scale_bar(big, view["mm"][1] * view["cols"] / view["width"])[0]
