@@ -38,3 +38,16 @@ def test_a_segmenters_report_says_why_it_has_no_heatmaps(tmp_path) -> None:
     classifier = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     text = _text(fm.report(classifier, torch.rand(1, 3, 32, 32)).html)
     assert "Where the model looks" in text and "no class heatmaps" not in text
+
+
+def test_an_unnamed_class_is_not_listed_twice() -> None:
+    """A model without class names showed "class 1 ... class 1" in the predictions; a named one keeps its index."""
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    page = fm.report(classifier, torch.rand(1, 3, 32, 32), cam_methods=["gradcam"], metrics=False).html
+    preds = re.search(r'<ol id="predictions">(.*?)</ol>', page, re.S).group(1)
+    assert _text(preds).split().count("class") == 3  # three names, no repeated index
+    model, pre = fm.load_model()
+    page = fm.report(model, fm.sample_image("cat"), cam_methods=["gradcam"], metrics=False, layers="_conv_stem").html
+    preds = _text(re.search(r'<ol id="predictions">(.*?)</ol>', page, re.S).group(1))
+    assert "tabby" in preds and "class 281" in preds

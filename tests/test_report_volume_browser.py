@@ -46,6 +46,20 @@ def test_volume_page_draws_three_views_without_errors_or_violations(volume_page)
     assert axe_violations(p.page) == []
 
 
+def test_the_photos_long_note_does_not_squeeze_the_predictions_off_the_card(volume_page) -> None:
+    """The volume's photo note widened the photo's column: "Top predictions" broke mid-word, bars overflowed."""
+    _, _, p = volume_page
+    box = p.page.evaluate("""() => {
+        const r = (s) => document.querySelector(s).getBoundingClientRect();
+        const h = document.getElementById('summary-h');
+        return {card: r('#summary').right, preds: r('#predictions').right, photo: r('.photo').width,
+                img: r('#photo').width, lines: h.getBoundingClientRect().height / parseFloat(getComputedStyle(h).lineHeight),
+                scroll: document.documentElement.scrollWidth, inner: window.innerWidth};
+    }""")
+    assert box["preds"] <= box["card"] and box["scroll"] <= box["inner"], box
+    assert box["lines"] < 1.5 and box["photo"] <= box["img"] + 80, box
+
+
 def test_slider_moves_the_slice_and_the_views_read_the_right_voxels(volume_page) -> None:
     vol, rep, p = volume_page
     page = p.page
