@@ -62,16 +62,14 @@ def readme_blocks() -> list[Block]:
 # Blocks not run by a test, by their first line, with the reason.
 NOT_RUN = {
     'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu':
-        "needs PyTorch's CPU index (internet); tests/test_install_cpu.py checks that nothing featuremaps "
-        "declares replaces those builds",
+        "needs PyTorch's CPU index (internet) and installs: .ci/cpu_install runs the pair in a throwaway venv; "
+        "tests/test_install_cpu.py checks the installed dependencies for torch/torchvision pins",
     'pip install -e ".[test]" && pytest          # the whole suite, offline (also run by .ci/run)':
         "the installs and the whole suite are what .ci/run runs (mypy too); the benchmarks take minutes each: "
         "test_the_tests_and_benchmarks_block_names_real_scripts checks that each script exists",
 }
 # Lines left out of blocks that are run, with the reason.
 LINES_NOT_RUN = {
-    'fm.load_model("torchvision:resnet50", weights="download")':
-        "downloads from the internet (tests/test_models.py checks the spec is accepted without a download)",
     'pip install . && featuremaps report': "installing is the environment's (.ci/run); `featuremaps report` runs",
     'pip install -e ".[test]" && pytest': "the whole suite is .ci/run's",
 }
@@ -116,6 +114,14 @@ def make_your_files(folder: Path) -> None:
     small = torchvision.models.resnet18()
     torch.jit.script(small).save(str(folder / "model.torchscript.pt"))
     torch.save(small, folder / "full_model.pt")  # a pickled model
+    make_your_package(folder)
+    import torchxrayvision as xrv
+
+    torch.save(xrv.models.DenseNet(weights=None), folder / "xrv.pt")  # the pickled file XRV downloads
+
+
+def make_your_package(folder: Path) -> None:
+    """``mypackage/models.py`` with a factory ``build``, and ``w.pth``, a state dict of what it builds."""
     (folder / "mypackage").mkdir()
     (folder / "mypackage" / "__init__.py").write_text("", encoding="utf-8")
     (folder / "mypackage" / "models.py").write_text(
@@ -129,11 +135,12 @@ def make_your_files(folder: Path) -> None:
         torch.save(mypackage.models.build().state_dict(), folder / "w.pth")
     finally:
         sys.path.remove(str(folder))
-        sys.modules.pop("mypackage.models", None)
-        sys.modules.pop("mypackage", None)
-    import torchxrayvision as xrv
+        forget_your_package()
 
-    torch.save(xrv.models.DenseNet(weights=None), folder / "xrv.pt")  # the pickled file XRV downloads
+
+def forget_your_package() -> None:
+    for name in ("mypackage.models", "mypackage"):
+        sys.modules.pop(name, None)
 
 
 def _run(block: Block, namespace: dict[str, Any]) -> None:
@@ -148,7 +155,7 @@ def _check_api(ns: dict[str, Any], here: Path) -> None:
 
 
 def _check_repeated(ns: dict[str, Any], here: Path) -> None:
-    assert tuple(ns["batch"].shape) == (4, 3, 224, 224)  # the loader's last batch went through the extractor
+    assert tuple(ns["batch"].shape) == (4, 3, 224, 224)  # the loader's batches, as the README made them
     (grad,) = ns["grads"]
     assert grad.shape == ns["maps"]["_conv_head"].raw.shape == (1, 1280, 7, 7) and grad.abs().sum() > 0
 
@@ -217,14 +224,26 @@ def test_the_python_blocks_run_in_order(tmp_path: Path, monkeypatch: pytest.Monk
     make_your_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # a script in this folder imports mypackage from it
+    # weights="download": torchvision's own download, served from this folder instead of the internet
+    asked: list[str] = []
+
+    def download(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
+        asked.append(url)
+        shutil.copy(tmp_path / "resnet50.pth", dst)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     blocks = walkthrough_blocks()
     assert [b.section for b in blocks] == list(CHECKS)  # every Python block, each with its check
     namespace: dict[str, Any] = {"__name__": "readme"}
-    for block in blocks:
-        _run(block, namespace)
-        CHECKS[block.section](namespace, tmp_path)
-    sys.modules.pop("mypackage.models", None)
-    sys.modules.pop("mypackage", None)
+    try:
+        for block in blocks:
+            _run(block, namespace)
+            CHECKS[block.section](namespace, tmp_path)
+    finally:
+        forget_your_package()
+    assert [u.rsplit("/", 1)[-1].split("-")[0] for u in asked] == ["resnet50"]  # torchvision's resnet50 file
+    assert asked[0].startswith("https://download.pytorch.org/models/")
 
 
 # --- the command lines ---
@@ -269,6 +288,7 @@ def test_the_synopsis_shows_real_options_of_every_command() -> None:
 # the atlas and concepts folders the report links to first.
 COMMAND_LINES = [
     "featuremaps layers --layers *project_conv",
+    "featuremaps layers --model mypackage.models:build --weights w.pth",  # your module, in this folder
     "featuremaps maps --layers *project_conv --top-k 4 -o maps-out",
     "featuremaps cam --method gradcam --target 281 --metrics --metric-steps 8 -o cam-out",
     "featuremaps atlas photos/ --k 2 -o atlas/",
@@ -283,6 +303,7 @@ def test_the_command_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / "photos").mkdir()
     for name in fm.sample_images():
         shutil.copy(fm.sample_image(name), tmp_path / "photos")
+    make_your_package(tmp_path)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     # the Quickstart's command: the embedded model on the shipped cat photo
@@ -293,12 +314,17 @@ def test_the_command_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert page.stat().st_size > 1_000_000 and "report.html" in result.output and "cat" in result.output.lower()
 
     shown = synopsis()
-    for line in COMMAND_LINES:
-        args = shlex.split(line)
-        used = {a for a in args if a.startswith("-")}
-        assert used <= shown[args[1]], (line, used - shown[args[1]])  # only what the synopsis shows
-        result = runner.invoke(cli, args[1:])
-        assert result.exit_code == 0, (line, result.output)
+    try:
+        for line in COMMAND_LINES:
+            args = shlex.split(line)
+            used = {a for a in args if a.startswith("-")}
+            assert used <= shown[args[1]], (line, used - shown[args[1]])  # only what the synopsis shows
+            result = runner.invoke(cli, args[1:])
+            assert result.exit_code == 0, (line, result.output)
+            if "mypackage" in line:
+                assert "Conv2d" in result.output and "(1, 8, 222, 222)" in result.output  # 3x3 conv, 224 px
+    finally:
+        forget_your_package()
     assert fm.load_atlas(tmp_path / "atlas").top_examples("_blocks.15", channel=0)
     assert tuple(fm.load_concepts(tmp_path / "concepts").components.shape) == (3, 1280)
     assert Image.open(tmp_path / "synth.png").size == (64, 64)
