@@ -2,7 +2,8 @@
 
 ``pip install torch torchvision --index-url .../whl/cpu`` then ``pip install -e ".[test]"`` keeps the CPU builds
 only while every requirement on torch or torchvision that featuremaps declares (dependencies and every extra)
-is satisfied by any recent release: a lower bound at most, never ``==``, ``<`` or ``~=``.
+is satisfied by any recent release: a lower bound at most, never ``==``, ``<`` or ``~=``; and the same holds
+for every package those bring, as installed here. ``.ci/cpu_install`` runs the pair itself (it needs the index).
 """
 
 from __future__ import annotations
