@@ -156,8 +156,11 @@ def _check_api(ns: dict[str, Any], here: Path) -> None:
 
 def _check_repeated(ns: dict[str, Any], here: Path) -> None:
     assert tuple(ns["batch"].shape) == (4, 3, 224, 224)  # the loader's batches, as the README made them
+    assert all(lm.tensor.shape[0] == 4 for lm in ns["batch_maps"].values()) and len(ns["batch_maps"]) == 49
+    assert all(lm.tensor.ndim == 2 for lm in ns["pooled"].values())  # (N, C) per layer
     (grad,) = ns["grads"]
-    assert grad.shape == ns["maps"]["_conv_head"].raw.shape == (1, 1280, 7, 7) and grad.abs().sum() > 0
+    assert grad.shape == ns["head"]["_conv_head"].raw.shape == (1, 1280, 7, 7) and grad.abs().sum() > 0
+    assert len(ns["maps"]) == 49  # the API block's maps are still the ones the next blocks draw
 
 
 def _check_pictures(ns: dict[str, Any], here: Path) -> None:
