@@ -11,7 +11,9 @@ older checkout's ``src``), interleaved with this one (one run of each per
 round), so a before/after comparison sees the same machine load, and ends
 with the two side by side (medians, and this tree's share of the other's).
 ``--threads N`` sets ``OMP_NUM_THREADS`` for the command (e.g. 1: CPU
-seconds that other jobs on the machine disturb less).
+seconds that other jobs on the machine disturb less). Each tree first runs
+once untimed, with bytecode caching on (as after ``pip install``), so no
+timed run compiles the package's sources.
 
 Usage::
 
@@ -56,12 +58,15 @@ def main() -> None:
         trees["against"] = str(Path(args.against).resolve())
     folder = Path(tempfile.mkdtemp())
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
-    for _ in range(args.reps):
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for rep in range(-1, args.reps):  # round -1: untimed, writes the bytecode caches and warms the disk cache
         for label, path in trees.items():
-            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=path, **threads)
+            env = dict(base_env, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=path, **threads)
             out = folder / f"{label}.html"
             cmd = [sys.executable, "-m", "featuremaps", "report", "-o", str(out)] + (["--no-cams"] if args.no_cams else [])
-            runs[label].append(_run(cmd, env))
+            timed = _run(cmd, env)
+            if rep >= 0:
+                runs[label].append(timed)
     for label in trees:
         out = folder / f"{label}.html"
         html = out.read_text(encoding="utf-8")
