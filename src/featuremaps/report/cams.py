@@ -14,13 +14,14 @@ from .data import png_data_uri
 
 __all__ = ["cam_section", "SCORE_LABELS"]
 
+#: Perturbed inputs per forward of the scores: on a CPU, batches of about 4 cost the least per input (larger
+#: ones leave the caches); the default model gave the same scores bit for bit in batches of 2 to 8 (a batch of
+#: one differs by float rounding).
+METRIC_BATCH = 4
+
 #: The faithfulness scores shown, with the direction that is better. (ROAD is
 #: in the library and the ``cam`` command; its imputation is too slow for a
 #: page that should build in seconds.)
-#: Perturbed inputs per forward of the scores: on a CPU, batches of about 4 cost the least per input (larger
-#: ones leave the caches), and any batch of 2 or more gives the same scores bit for bit.
-METRIC_BATCH = 4
-
 SCORE_LABELS = {
     "deletion_auc": "deletion AUC \u2193",
     "insertion_auc": "insertion AUC \u2191",
