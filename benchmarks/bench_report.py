@@ -8,11 +8,16 @@ under 20 MB with all layers.
 
 ``--against DIR`` also runs the command from another source tree (e.g. an
 older checkout's ``src``), interleaved with this one (one run of each per
-round), so a before/after comparison sees the same machine load.
+round), so a before/after comparison sees the same machine load, and ends
+with the two side by side (medians, and this tree's share of the other's).
+``--threads N`` sets ``OMP_NUM_THREADS`` for the command (e.g. 1: CPU
+seconds that other jobs on the machine disturb less). Each tree first runs
+once untimed, with bytecode caching on (as after ``pip install``), so no
+timed run compiles the package's sources.
 
 Usage::
 
-    python benchmarks/bench_report.py [--reps 3] [--no-cams] [--against OLD/src]
+    python benchmarks/bench_report.py [--reps 3] [--no-cams] [--against OLD/src] [--threads N]
 """
 
 from __future__ import annotations
@@ -45,18 +50,23 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-cams", action="store_true")
     parser.add_argument("--against", default=None, help="another source tree to compare with, run interleaved")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the command")
     args = parser.parse_args()
+    threads = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}
     trees = {"this": os.environ.get("PYTHONPATH", "")}
     if args.against:
         trees["against"] = str(Path(args.against).resolve())
     folder = Path(tempfile.mkdtemp())
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
-    for _ in range(args.reps):
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for rep in range(-1, args.reps):  # round -1: untimed, writes the bytecode caches and warms the disk cache
         for label, path in trees.items():
-            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=path)
+            env = dict(base_env, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=path, **threads)
             out = folder / f"{label}.html"
             cmd = [sys.executable, "-m", "featuremaps", "report", "-o", str(out)] + (["--no-cams"] if args.no_cams else [])
-            runs[label].append(_run(cmd, env))
+            timed = _run(cmd, env)
+            if rep >= 0:
+                runs[label].append(timed)
     for label in trees:
         out = folder / f"{label}.html"
         html = out.read_text(encoding="utf-8")
@@ -75,6 +85,13 @@ def main() -> None:
         print(f"  layers       {meta['layers_total']}")
         print(f"  channels     {meta['channels']}")
         print(f"  CAM maps     {n_cams}")
+    if len(trees) == 2:
+        med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+        (w1, c1), (w0, c0) = med["this"], med["against"]
+        print(f"side by side, median of {args.reps} interleaved runs; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"  {'':14}{'this':>9}{'against':>9}{'this/against':>14}")
+        print(f"  {'seconds':14}{w1:9.2f}{w0:9.2f}{w1 / w0:14.2f}")
+        print(f"  {'CPU seconds':14}{c1:9.2f}{c0:9.2f}{c1 / c0:14.2f}")
 
 
 if __name__ == "__main__":

@@ -587,6 +587,45 @@ def test_auto_layer_is_the_last_spatial_one_and_is_reported(caplog):
     assert res.layers == ("layer4.1",)
 
 
+def test_auto_layer_probe_is_the_pass_one_forward_and_the_same_maps():
+    """layer='auto' probes with one forward and backward; the first call's maps come from that very pass
+    (one forward, not two) and equal the maps of the layer it picked named explicitly, bit for bit."""
+    from featuremaps.attribution import cams
+
+    torch.manual_seed(14)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    calls: list[int] = []
+    model.register_forward_hook(lambda m, args, out: calls.append(int(args[0].shape[0])))
+    auto = cams(model, x, ["gradcam", "gradcam++", "eigencam"], target=[1, 3])
+    assert calls == [2]  # the probe's forward is the pass
+    named = cams(model, x, ["gradcam", "gradcam++", "eigencam"], target=[1, 3], layer="layer4")
+    assert auto["gradcam"].layers == ("layer4",) and len(calls) == 2
+    for name in ("gradcam", "gradcam++", "eigencam"):
+        assert torch.equal(auto[name].heatmap, named[name].heatmap), name
+        assert torch.equal(auto[name].scores, named[name].scores), name
+    cam = GradCAM(model)
+    first, second = cam(x, target=2), cam(x, target=2)  # the second call: the cached layer, its own pass
+    assert torch.equal(first, second) and len(calls) == 4
+    # a deeper layer found by the probe (the last one's gradient is at one position only) is used the same way
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), _Corner(),
+                        nn.Linear(4, 2)).eval()
+    calls.clear()
+    net.register_forward_hook(lambda m, args, out: calls.append(int(args[0].shape[0])))
+    xs = torch.randn(2, 3, 8, 8)
+    deep = cams(net, xs, ["gradcam", "layercam"], target=0)
+    assert deep["gradcam"].layers == ("1",) and calls == [2]
+    for name, result in cams(net, xs, ["gradcam", "layercam"], target=0, layer="1").items():
+        assert torch.equal(deep[name].heatmap, result.heatmap), name
+
+
+class _Corner(nn.Module):
+    """The map's top-left position only: the gradient there is at one position, one layer down at four."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, 0, 0]
+
+
 def test_layer_given_as_module_type_glob_and_call_index():
     torch.manual_seed(13)
     model = torchvision.models.resnet18(num_classes=4).eval()

@@ -133,6 +133,43 @@ def test_metrics_are_batch_independent_and_batch_size_independent():
     assert bool(((probs >= 0) & (probs <= 1)).all())  # probabilities by default
 
 
+def test_evaluate_many_equals_the_single_calls_with_fewer_forwards():
+    """Several heatmaps scored together give each one's own scores (bit for bit with batch_size=1), run
+    the baseline and the blurred input once for all, and an identical heatmap once."""
+    from featuremaps.attribution import Faithfulness
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    heats = {"a": torch.rand(2, 8, 8), "b": torch.rand(2, 8, 8) * 3 - 1}
+    heats["a again"] = heats["a"].clone()
+    rows: list[int] = []
+    net.register_forward_hook(lambda m, args, out: rows.append(int(args[0].shape[0])))
+    metrics = ("deletion_auc", "insertion_auc", "average_drop", "increase")
+    for batch_size, exact in ((1, True), (7, False)):
+        check = Faithfulness(net, x, 3, batch_size=batch_size)
+        rows.clear()
+        ticks: list[int] = []
+        many = check.evaluate_many(heats, steps=5, metrics=metrics, progress=ticks.append)
+        # per sample: the zero input and the blurred input once, then per distinct heatmap 4 deletion
+        # rows, 4 insertion rows and the masked input (the unperturbed ends are the base score)
+        assert sum(rows) == 2 * (2 + 2 * (4 + 4 + 1))
+        assert ticks[-1] == 3 and ticks == sorted(set(ticks))
+        assert list(many) == ["a", "b", "a again"]
+        for name, heat in heats.items():
+            alone = check.evaluate(heat, steps=5)
+            for metric in metrics:
+                got, want = many[name][metric], alone[metric]
+                assert got.shape == (2,)
+                assert torch.equal(got, want) if exact else torch.allclose(got, want, atol=1e-6), (name, metric)
+    assert ticks == [2, 3]  # batch_size=7: "a" (and its copy) complete before "b"
+    with pytest.raises(AttributionError, match="road_morf"):
+        check.evaluate_many(heats, metrics=("road_morf",))
+    with pytest.raises(AttributionError, match="steps=0"):
+        check.evaluate_many(heats, steps=0)
+
+
 def _road_residual(filled: np.ndarray, removed: np.ndarray) -> float:
     """Each removed pixel must equal the weighted mean of its in-image neighbours (ROAD's equation)."""
     h, w = removed.shape

@@ -540,6 +540,21 @@ def test_stats_by_hand():
     assert s.channel_mean == pytest.approx((1.5, -1.0))
 
 
+def test_stats_of_non_finite_maps_by_hand():
+    """nan and inf are counted and left out; finite values whose sum overflows still count as finite."""
+    from featuremaps.maps import compute_stats
+
+    nan, inf = float("nan"), float("inf")
+    s = compute_stats(torch.tensor([[[1.0, nan, 3.0], [inf, -2.0, 0.0]]]))  # (N=1, C=2, L=3)
+    assert (s.nan_count, s.inf_count) == (1, 1)
+    assert (s.mean, s.min, s.max) == (pytest.approx(2.0 / 4), -2.0, 3.0)  # over 1, 3, -2, 0
+    assert s.channel_mean == pytest.approx((4.0 / 3, -2.0 / 3))  # nan and inf count as 0 in the channel means
+    assert s.channel_max == (3.0, inf) and s.dead_channels == ()
+    big = compute_stats(torch.tensor([[[3e38, 3e38], [-1.0, 0.0]]]))  # the sum overflows; no value is inf
+    assert (big.nan_count, big.inf_count, big.max, big.min) == (0, 0, pytest.approx(3e38), -1.0)
+    assert big.dead_channels == (1,) and big.zero_fraction == 0.25
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = TinyViT().eval()
     maps = fm.get_feature_maps(model, torch.randn(1, 3, 16, 24), layers=["patch", "norm"])

@@ -394,6 +394,24 @@ def test_apply_colormap_matches_matplotlib(name):
     np.testing.assert_array_equal(R.apply_colormap(v, name), mpl_rgb(name, v))
 
 
+def test_builtin_tables_equal_matplotlibs_and_need_no_matplotlib():
+    """The shipped default tables are matplotlib's, entry for entry; using them imports no matplotlib."""
+    import subprocess
+    import sys
+
+    from featuremaps.render.luts import BUILTIN_LUTS
+
+    assert set(BUILTIN_LUTS) == {R.DEFAULT_CMAP, R.DEFAULT_OVERLAY_CMAP, R.DEFAULT_DIVERGING_CMAP}
+    for name, table in BUILTIN_LUTS.items():
+        shipped = np.frombuffer(bytes.fromhex(table), dtype=np.uint8).reshape(256, 3)
+        np.testing.assert_array_equal(shipped, mpl_rgb(name, (np.arange(256) + 0.5) / 256), err_msg=name)
+    code = ("import sys; from featuremaps.render import colormap_lut, apply_colormap; "
+            "[colormap_lut(n) for n in ('viridis', 'inferno', 'RdBu_r')]; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_short_qualitative_colormap_uses_its_own_colours():
     lut = R.colormap_lut("tab10")
     colours = {tuple(c) for c in mpl_rgb("tab10", (np.arange(10) + 0.5) / 10)}

@@ -152,10 +152,10 @@ def compute_stats(t: torch.Tensor, channel_dim: int | None = 1) -> LayerStats:
         nan = float("nan")
         return LayerStats(nan, nan, nan, nan, nan, (), 0, 0)
     x = x.float()
-    finite = torch.isfinite(x)
-    nan_count = int(torch.isnan(x).sum())
-    inf_count = int(torch.isinf(x).sum())
-    vals = x[finite] if (nan_count or inf_count) else x.reshape(-1)
+    clean = bool(torch.isfinite(x.sum()))  # one pass: no nan or inf (the usual case), so no masks and copies
+    nan_count = 0 if clean else int(torch.isnan(x).sum())
+    inf_count = 0 if clean else int(torch.isinf(x).sum())
+    vals = x[torch.isfinite(x)] if (nan_count or inf_count) else x.reshape(-1)
     if vals.numel():
         mean = float(vals.mean())
         std = float(vals.std(unbiased=False))
@@ -168,8 +168,11 @@ def compute_stats(t: torch.Tensor, channel_dim: int | None = 1) -> LayerStats:
     ch_max: tuple[float, ...] = ()
     if channel_dim is not None and x.ndim >= 2:
         per = x.movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
-        safe = torch.where(torch.isfinite(per), per, torch.zeros((), dtype=per.dtype, device=per.device))
-        cmax = torch.where(torch.isnan(per), torch.full_like(per, float("-inf")), per).amax(dim=1)
+        if clean:
+            safe, cmax = per, per.amax(dim=1)
+        else:
+            safe = torch.where(torch.isfinite(per), per, torch.zeros((), dtype=per.dtype, device=per.device))
+            cmax = torch.where(torch.isnan(per), torch.full_like(per, float("-inf")), per).amax(dim=1)
         dead = tuple(int(i) for i in torch.nonzero(cmax <= 0).flatten().tolist())
         ch_mean = tuple(float(v) for v in safe.mean(dim=1).tolist())
         ch_max = tuple(float(v) for v in cmax.tolist())

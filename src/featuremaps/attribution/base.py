@@ -49,7 +49,6 @@ import copy
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 import torch
@@ -60,10 +59,11 @@ from ..layers import LayerSelector
 from ..layout import INSIDE_ATTENTION, PARAMETRIZATION, module_context, to_canonical
 from ..maps import LayerMap
 from ._errors import AttributionError, CAMLayerError, GradientsDisabledError, TargetError
-from .layerref import LayerContext, _has_extent, _LayerRef, _output_tensors, _user_refs
+from .layerref import LayerContext, _has_extent, _LayerRef, _output_tensors, _spread, _user_refs
 from .postprocess import CONVENTIONS, FUSE_MODES, PGC_EPS, channel_sum, minmax_per_image, postprocess_cams, resize_maps
 from .registry import cam_methods, create_cam, get_cam, register_cam, registered, unregister_cam
 from .result import CAMResult
+from .passes import _detach, _NoTarget, _Pass, _try_adapt
 from .runtime import flush_denormals, hookless, index_kwargs, prepare_input
 from .targets import OutputAdapter, Target, TargetLike, adapt_output, resolve_target
 
@@ -282,7 +282,9 @@ class BaseCAM:
         x = prepare_input(x, self.model)
         fkw = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in (forward_kwargs or {}).items()}
         n = int(x.shape[0])
-        refs = self._resolve(x, fkw, target)
+        refs, probed = self._resolve(x, fkw, target, keep=grad_mode)
+        if probed is not None:  # layer='auto' just probed this batch: its forward and backward are this pass's
+            return probed
         x_in = x.detach().requires_grad_(True) if grad_mode and x.is_floating_point() else x
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"layers .* did not run", category=UserWarning)
@@ -386,16 +388,19 @@ class BaseCAM:
                 grads[i] = torch.zeros_like(lm.raw)
         return grads
 
-    def _resolve(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike) -> list[_LayerRef]:
+    def _resolve(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike,
+                 keep: bool = False) -> tuple[list[_LayerRef], _Pass | None]:
+        """The layers; with ``keep``, also the pass of a layer='auto' probe that found one (else ``None``)."""
         if self._refs is not None:
-            return self._refs
+            return self._refs, None
         key = tuple(int(s) for s in x.shape[1:])
         refs = self._auto_cache.get(key)
+        probed = None
         if refs is None:
-            refs = [self._auto_layer(x, fkw, target)]
-            self._auto_cache[key] = refs
+            ref, probed = self._auto_layer(x, fkw, target, keep)
+            refs = self._auto_cache[key] = [ref]
             log.info("layer='auto' picked %s for inputs of shape %s", refs[0], key)
-        return refs
+        return refs, probed
 
     def _auto_candidates(self, maps: Mapping[str, LayerMap]) -> list[LayerMap]:
         """Maps that can be CAM targets: image maps with extent, outside attention internals.
@@ -411,11 +416,15 @@ class BaseCAM:
         backbone = [lm for lm in cands if _BACKBONE_NAMES & set(lm.info.module_name.split("."))]
         return backbone or cands
 
-    def _auto_layer(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike) -> _LayerRef:
+    def _auto_layer(self, x: torch.Tensor, fkw: dict[str, Any], target: TargetLike,
+                    keep: bool = False) -> tuple[_LayerRef, _Pass | None]:
         """The last input-aligned layer whose gradient for the target is not zero (see :class:`BaseCAM`).
 
         The probe is one forward of the user's batch (the model in the mode
-        the method uses) and one gradient of the user's target.
+        the method uses) and one gradient of the user's target. With
+        ``keep``, when it finds such a layer it also returns the gradient
+        pass of that layer it has just made (the same forward, scores and
+        gradient as :meth:`_pass` would make again).
         """
         grad = torch.is_grad_enabled()
         xi = x.detach().requires_grad_(True) if grad and x.is_floating_point() else x
@@ -433,22 +442,31 @@ class BaseCAM:
                         f"aligned with the input of shape {tuple(x.shape)}; pass layer= explicitly "
                         "(see fm.list_layers(model, x))"
                     )
+                probed = None
                 if not grad:
                     chosen = cands[-1]
                 else:
-                    chosen = self._probe(fx.output, int(x.shape[0]), cands, target)
+                    chosen, probed = self._probe(fx.output, int(x.shape[0]), cands, target)
         info = chosen.info
-        return _LayerRef(info.module_name, info.call_index, info.output_key or None)
+        ref = _LayerRef(info.module_name, info.call_index, info.output_key or None)
+        if not keep or probed is None or not xi.requires_grad:
+            return ref, None
+        tgt, output, scores, grad_map = probed
+        return ref, _Pass(x.detach(), fkw, tgt, scores.detach(), _detach(output), [chosen], [grad_map])
 
-    def _probe(self, raw_output: Any, n: int, cands: list[LayerMap], target: TargetLike) -> LayerMap:
-        """The last candidate where the target's gradient is non-zero at two positions of every sample."""
+    def _probe(self, raw_output: Any, n: int, cands: list[LayerMap],
+               target: TargetLike) -> tuple[LayerMap, tuple[Target, Any, torch.Tensor, torch.Tensor] | None]:
+        """The last candidate where the target's gradient is non-zero at two positions of every sample; when
+        the target has scores and one is found, also the target, output, scores and that layer's gradient."""
         tail = [lm for lm in cands[-AUTO_PROBE_LAYERS:] if lm.raw.requires_grad]
         score: torch.Tensor | None = None
+        found: tuple[Target, Any, torch.Tensor] | None = None
         try:
             output = adapt_output(raw_output, self.output)
             tgt = self._target(target, output, n)
             if not isinstance(tgt, _NoTarget):
-                score = self._scores(tgt, output, n).sum()
+                scores = self._scores(tgt, output, n)
+                score, found = scores.sum(), (tgt, output, scores)
         except TargetError:
             if self.needs_target:
                 raise
@@ -456,14 +474,14 @@ class BaseCAM:
             outs = [t for t in _output_tensors(raw_output) if t.is_floating_point() and t.requires_grad]
             score = torch.stack([t.float().sum() for t in outs]).sum() if outs else None
         if not tail or score is None or not score.requires_grad:
-            return cands[-1]
-        got = torch.autograd.grad(score, [lm.raw for lm in tail], allow_unused=True)
+            return cands[-1], None
+        # the last layer first (its backward is short, and it is usually the answer), then the others
+        last = torch.autograd.grad(score, [tail[-1].raw], allow_unused=True, retain_graph=len(tail) > 1)
+        got = (*torch.autograd.grad(score, [lm.raw for lm in tail[:-1]], allow_unused=True), *last) \
+            if len(tail) > 1 and not _spread(tail[-1], last[0]) else (None,) * (len(tail) - 1) + last
         for lm, g in zip(reversed(tail), reversed(got)):
-            if g is None:
-                continue
-            per_pos = to_canonical(g, lm.info.layout_spec).abs().sum(dim=1).reshape(g.shape[0], -1)
-            if bool(((per_pos != 0).sum(dim=1) > 1).all()):
-                return lm
+            if g is not None and _spread(lm, g):
+                return lm, None if found is None else (*found, g)
         names = ", ".join(lm.name for lm in tail[-3:])
         if self.uses_gradients:
             raise CAMLayerError(
@@ -476,7 +494,7 @@ class BaseCAM:
             f"using the last one, {cands[-1].name!r}",
             stacklevel=6,
         )
-        return cands[-1]
+        return cands[-1], None
 
     def _pick(self, maps: Mapping[str, LayerMap], ref: _LayerRef) -> LayerMap:
         cands = [
@@ -538,54 +556,3 @@ class BaseCAM:
     def __repr__(self) -> str:
         layer = self.layer_names or ["auto"]
         return f"{type(self).__name__}(layer={layer}, normalize={self.normalize}, fuse={self.fuse!r})"
-
-
-@dataclass
-class _Pass:
-    """One captured forward (and backward): what every method's override reads."""
-
-    x: torch.Tensor
-    forward_kwargs: dict[str, Any]
-    target: Target
-    scores: torch.Tensor
-    output: Any
-    picked: list[LayerMap]
-    grads: list[torch.Tensor | None]
-
-
-class _NoTarget(Target):
-    """Stands for "no target" with class-agnostic methods: NaN scores."""
-
-    def score(self, output: Any, samples: torch.Tensor | None = None) -> torch.Tensor:
-        n = samples.shape[0] if samples is not None else _rows_of(output)
-        return torch.full((n,), float("nan"))
-
-    def __repr__(self) -> str:
-        return "NoTarget()"
-
-
-def _rows_of(output: Any) -> int:
-    if isinstance(output, torch.Tensor) and output.ndim:
-        return int(output.shape[0])
-    if isinstance(output, (list, tuple)):
-        return len(output)
-    return 1
-
-
-def _try_adapt(output: Any, adapter: OutputAdapter) -> Any:
-    try:
-        return adapt_output(output, adapter)
-    except TargetError:
-        return output
-
-
-def _detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, list):
-        return [_detach(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_detach(v) for v in obj)
-    if isinstance(obj, Mapping):
-        return {k: _detach(v) for k, v in obj.items()}
-    return obj

@@ -7,6 +7,10 @@ sample's top class on ``x``) and records the base scores. Each metric then
 only runs its perturbed forwards, in batches of ``batch_size`` rows, without
 hooks, in eval mode (the model's state is restored). The functions of
 :mod:`featuremaps.attribution.metrics` are thin wrappers around it.
+:meth:`Faithfulness.evaluate_many` scores several heatmaps at once: their
+perturbed inputs run in shared batches, and an input that does not depend on
+the heatmap (everything deleted, nothing inserted) or an identical heatmap
+is scored once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ __all__ = ["Faithfulness", "ROADResult", "DEFAULT_PERCENTILES"]
 DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 Build = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+#: The metrics :meth:`Faithfulness.evaluate_many` computes.
+MANY_METRICS = ("deletion_auc", "insertion_auc", "average_drop", "increase")
+_DELETE, _INSERT, _MASK = 0, 1, 2  # the kinds of perturbed rows of evaluate_many
 
 
 @dataclass
@@ -180,6 +188,74 @@ class Faithfulness:
                 out["road_combined"] = ((lerf - morf) / 2).mean(dim=1)
         return out
 
+    def evaluate_many(
+        self,
+        heatmaps: Mapping[str, Any],
+        *,
+        steps: int = 32,
+        metrics: Sequence[str] = ("deletion_auc", "insertion_auc", "average_drop"),
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Scores of several heatmap batches, their perturbed inputs run together.
+
+        Each score is the one the metric's method gives for that heatmap
+        alone (deletion with the zero baseline, insertion into the blurred
+        input, average drop and increase as :meth:`evaluate`), with less
+        work: the perturbed inputs of all heatmaps share batches of
+        ``batch_size``; the fully deleted input (the baseline) and the empty
+        insertion (the blurred input), the same for every heatmap, are
+        scored once; a heatmap equal to an earlier one is scored once. With
+        ``batch_size=1`` the values are bit for bit those of the single
+        calls; otherwise they may differ by float rounding of the batched
+        forward (a few 1e-7), as any change of ``batch_size`` may.
+
+        Args:
+            heatmaps: ``{name: heatmap batch}``, each as :meth:`heat` takes it.
+            steps: deletion and insertion steps.
+            metrics: any of ``"deletion_auc"``, ``"insertion_auc"``,
+                ``"average_drop"``, ``"increase"``.
+            progress: called with the number of heatmaps fully scored after
+                each batch that completes one or more.
+
+        Returns:
+            ``{name: {metric: (N,) scores}}`` in the order given.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            ...                     nn.Flatten(), nn.Linear(4, 5))
+            >>> check = Faithfulness(net, torch.rand(1, 3, 8, 8), target=3, batch_size=1)
+            >>> heats = {"a": torch.rand(1, 8, 8), "b": torch.rand(1, 8, 8)}
+            >>> many = check.evaluate_many(heats, steps=4)
+            >>> bool(many["b"]["deletion_auc"] == check.deletion_auc(heats["b"], steps=4))
+            True
+        """
+        unknown = [m for m in metrics if m not in MANY_METRICS]
+        if unknown:
+            raise AttributionError(f"metrics {unknown} are not known to evaluate_many; choose from {list(MANY_METRICS)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise AttributionError(f"steps={steps!r} must be a positive int")
+        heats = {name: self.heat(h) for name, h in heatmaps.items()}
+        same: dict[str, str] = {}  # each name -> the first name with an identical heatmap
+        for name, h in heats.items():
+            same[name] = next((o for o in same if same[o] == o and torch.equal(heats[o], h)), name)
+        unique = [name for name in heats if same[name] == name]
+        plan = _ManyRows(self, [heats[u] for u in unique], steps, metrics)
+        last = plan.last_rows()
+        done_at = [last[unique.index(same[name])] for name in heats]  # a repeated heatmap: with the first
+        told = [0]
+
+        def tell(rows: int) -> None:
+            done = sum(1 for r in done_at if r < rows)
+            if progress is not None and done > told[0]:
+                told[0] = done
+                progress(done)
+
+        scores = self._run(len(plan.rows), plan.build, after=tell)
+        results = [plan.results(scores, u) for u in range(len(unique))]
+        return {name: dict(results[unique.index(same[name])]) for name in heats}
+
     def heat(self, heatmap: Any) -> torch.Tensor:
         """``heatmap`` checked against ``x`` and resized to it: ``(N, *spatial)`` float32 on ``x``'s device."""
         h = torch.as_tensor(heatmap).detach().to(self.x.device, torch.float32)
@@ -206,8 +282,9 @@ class Faithfulness:
         ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(self.n, -1).contiguous())
         return ranks
 
-    def _run(self, rows: int, build: Build) -> torch.Tensor:
-        """Score ``rows`` perturbed inputs; ``build(idx) -> (inputs, samples)`` makes a chunk."""
+    def _run(self, rows: int, build: Build, after: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Score ``rows`` perturbed inputs; ``build(idx) -> (inputs, samples)`` makes a chunk; ``after(rows
+        done)`` hears each chunk."""
         scores = torch.empty(rows, dtype=torch.float32, device=self.x.device)
         with hookless(self.model, self.eval_mode), torch.no_grad():
             for s in range(0, rows, self.batch_size):
@@ -216,6 +293,8 @@ class Faithfulness:
                 kw = index_kwargs(self.kwargs, samples, self.n)
                 out = adapt_output(self.model(inputs, **kw), self.output)
                 scores[idx] = torch.as_tensor(self.target.score(out, samples)).reshape(-1).float().to(scores.device)
+                if after is not None:
+                    after(int(idx[-1]) + 1)
         return scores
 
     def _baseline(self, baseline: Any) -> torch.Tensor:
@@ -264,9 +343,7 @@ class Faithfulness:
 
     def _masked_scores(self, heat: torch.Tensor) -> torch.Tensor:
         """Scores of ``x * heatmap`` (the heatmap scaled to [0, 1] per image when it is not already)."""
-        if bool((heat.amin() < 0) | (heat.amax() > 1)):
-            heat = minmax_per_image(heat)
-        masked = self.x * heat[:, None].to(self.x.dtype)
+        masked = self.x * _unit(heat)[:, None].to(self.x.dtype)
         return self._run(self.n, lambda idx: (masked[idx], idx))
 
     def _road(
@@ -305,6 +382,92 @@ class Faithfulness:
         morf = scores[:, orders.index("morf")] if "morf" in orders else None
         lerf = scores[:, orders.index("lerf")] if "lerf" in orders else None
         return morf, lerf
+
+
+class _ManyRows:
+    """The perturbed rows of :meth:`Faithfulness.evaluate_many`: each ``(kind, heatmap, sample, pixels)``.
+
+    A deletion row zeroes the ``pixels`` most relevant pixels of the heatmap,
+    an insertion row puts them into the blurred input, a mask row is ``x``
+    times the heatmap scaled to [0, 1]: the same inputs as
+    :meth:`Faithfulness._curve` and :meth:`Faithfulness._masked_scores`. A
+    row that does not depend on the heatmap (all pixels deleted, none
+    inserted) is shared.
+    """
+
+    def __init__(self, ev: Faithfulness, heats: list[torch.Tensor], steps: int, metrics: Sequence[str]) -> None:
+        self.ev, self.steps, self.metrics = ev, steps, tuple(metrics)
+        self.ranks = [ev._ranks(h) for h in heats]
+        pixels = int(heats[0][0].numel()) if heats else 0
+        self.counts = torch.round(torch.arange(steps + 1) * pixels / steps).long().tolist()
+        self.blur = gaussian_blur(ev.x) if "insertion_auc" in metrics else ev.x  # (ev.x: unused)
+        scaled = bool({"average_drop", "increase"} & set(metrics))
+        self.masked = [ev.x * _unit(h)[:, None].to(ev.x.dtype) for h in heats] if scaled else []
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.where: dict[tuple[int, int, int, int], int] = {}  # a row's key -> its index
+        self.index: list[dict[str, list[list[int]]]] = []  # per heatmap, per curve: row index per sample, step
+        for u in range(len(heats)):
+            own: dict[str, list[list[int]]] = {}
+            for kind, metric, known in ((_DELETE, "deletion_auc", 0), (_INSERT, "insertion_auc", steps)):
+                if metric in self.metrics:
+                    own[metric] = [[self._row(kind, u, s, self.counts[k], pixels) if k != known else -1
+                                    for k in range(steps + 1)] for s in range(ev.n)]
+            if scaled:
+                own["mask"] = [[self._row(_MASK, u, s, 0, pixels)] for s in range(ev.n)]
+            self.index.append(own)
+
+    def _row(self, kind: int, u: int, s: int, count: int, pixels: int) -> int:
+        shared = (kind == _DELETE and count == pixels) or (kind == _INSERT and count == 0)
+        key = (kind, -1 if shared else u, s, count)
+        if key not in self.where:
+            self.where[key] = len(self.rows)
+            self.rows.append(key if not shared else (kind, u, s, count))
+        return self.where[key]
+
+    def last_rows(self) -> list[int]:
+        """Per heatmap, the index of the last row it needs."""
+        return [max(i for rows in own.values() for per in rows for i in per) for own in self.index]
+
+    def build(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs of rows ``idx`` and their samples."""
+        ev = self.ev
+        spatial = ev.x.shape[2:]
+        inputs = []
+        for i in idx.tolist():
+            kind, u, s, count = self.rows[i]
+            if kind == _MASK:
+                inputs.append(self.masked[u][s])
+                continue
+            mask = (self.ranks[u][s] < count).reshape(1, *spatial)
+            if kind == _DELETE:
+                inputs.append(torch.where(mask, torch.zeros((), dtype=ev.x.dtype, device=ev.x.device), ev.x[s]))
+            else:
+                inputs.append(torch.where(mask, ev.x[s], self.blur[s]))
+        samples = torch.tensor([self.rows[i][2] for i in idx.tolist()], device=ev.x.device)
+        return torch.stack(inputs), samples
+
+    def results(self, scores: torch.Tensor, u: int) -> dict[str, torch.Tensor]:
+        """Heatmap ``u``'s metrics from the scores of all rows."""
+        ev, own = self.ev, self.index[u]
+        base = ev.base.to(scores.device)
+        out: dict[str, torch.Tensor] = {}
+        for metric in ("deletion_auc", "insertion_auc"):
+            if metric in own:
+                at = torch.tensor(own[metric], device=scores.device)
+                curve = torch.where(at >= 0, scores[at.clamp_min(0)], base[:, None])
+                out[metric] = _curve_auc(curve, False)
+        if "mask" in own:
+            o = scores[torch.tensor(own["mask"], device=scores.device)[:, 0]]
+            if "average_drop" in self.metrics:
+                out["average_drop"] = _drop(base, o)
+            if "increase" in self.metrics:
+                out["increase"] = 100 * (o > base).float()
+        return {m: out[m] for m in self.metrics}
+
+
+def _unit(heat: torch.Tensor) -> torch.Tensor:
+    """The heatmap scaled to [0, 1] per image when it is not already (as average drop takes it)."""
+    return minmax_per_image(heat) if bool((heat.amin() < 0) | (heat.amax() > 1)) else heat
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..layers import select
+from ..layout import to_canonical
 from ..maps import LayerMap
 from ._errors import CAMLayerError
 from .targets import Target
@@ -33,6 +34,14 @@ def _has_extent(lm: LayerMap) -> bool:
         and math.prod(info.spatial) > 1
         and lm.raw.is_floating_point()
     )
+
+
+def _spread(lm: LayerMap, grad: torch.Tensor | None) -> bool:
+    """Whether ``grad`` (of ``lm``'s raw output) is non-zero at two positions or more in every sample."""
+    if grad is None:
+        return False
+    per_pos = to_canonical(grad, lm.info.layout_spec).abs().sum(dim=1).reshape(grad.shape[0], -1)
+    return bool(((per_pos != 0).sum(dim=1) > 1).all())
 
 
 def _output_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:

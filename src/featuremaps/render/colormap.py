@@ -3,8 +3,9 @@
 Colouring is one ``np.take`` into a ``(256, 3)`` uint8 table, so a mosaic of
 thousands of channels is coloured in a single vectorized step. Tables come from
 matplotlib's registry (any colormap name works, ``"_r"`` reversed variants
-included); matplotlib is imported only when a table is first built, and each
-table is built once per process.
+included); the default tables (viridis, inferno, RdBu_r) are built in
+(:mod:`featuremaps.render.luts`), matplotlib is imported only when another
+table is first built, and each table is built once per process.
 
 The quantization is matplotlib's own: a normalized value ``v`` in ``[0, 1]``
 takes entry ``min(floor(v * 256), 255)``, so a pixel here has exactly the
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from featuremaps.render._common import Color, RenderError, check_color, to_numpy
+from featuremaps.render.luts import BUILTIN_LUTS
 
 __all__ = [
     "DEFAULT_CMAP",
@@ -76,6 +78,10 @@ def colormap_lut(name: str) -> Lut:
         >>> colormap_lut("gray")[[0, 255]].tolist()
         [[0, 0, 0], [255, 255, 255]]
     """
+    if name in BUILTIN_LUTS:  # the defaults: no matplotlib import (start-up time)
+        lut = np.frombuffer(bytes.fromhex(BUILTIN_LUTS[name]), dtype=np.uint8).reshape(256, 3)
+        lut.setflags(write=False)
+        return lut
     import matplotlib
 
     try:

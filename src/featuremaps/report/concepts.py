@@ -23,15 +23,17 @@ import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..concepts import Concepts, load_concepts
 from ..errors import FeatureMapsError
 from .data import png_data_uri
+
+if TYPE_CHECKING:
+    from ..concepts import Concepts
 
 __all__ = ["ReportConcepts", "load_report_concepts", "concept_section", "with_concept_layer", "MAX_SHEET_BYTES"]
 
@@ -98,6 +100,8 @@ def load_report_concepts(
         ...
         featuremaps.errors.FeatureMapsError: these concepts were found in layer 'conv' of tiny, which this model ...
     """
+    from ..concepts import Concepts, load_concepts  # lazy: the concepts package (and the atlas) only when used
+
     folder: Path | None = None
     if isinstance(concepts, Concepts):
         found = concepts
