@@ -182,3 +182,25 @@ def test_the_automatic_choice_follows_the_dataset_and_map_sizes(monkeypatch):
     assert fused.fused_mode() == "auto"  # an unknown value: the default
     monkeypatch.setenv("FEATUREMAPS_FUSED", "0")
     assert fused.fused_mode() == "0"
+
+
+@pytest.mark.parametrize("order", ["increasing", "decreasing", "shuffled"])
+def test_topk_with_many_ties_equals_a_sorted_list_whatever_the_reading_order(order):
+    """The merge that skips the sort by index when the data come in order gives the lexicographic top-k."""
+    from featuremaps.atlas import TopK
+
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.randint(0, 4, (40, 3), generator=gen).double()  # four values: ties everywhere
+    scores[5, 0] = float("nan")
+    ids = {"increasing": torch.arange(40), "decreasing": torch.arange(40).flip(0),
+           "shuffled": torch.randperm(40, generator=gen)}[order] + 100
+    top = TopK(3, k=5)
+    for start in range(0, 40, 6):
+        sl = slice(start, start + 6)
+        pos = torch.zeros(scores[sl].shape, dtype=torch.long) + ids[sl, None]
+        top.update(scores[sl], ids[sl], pos, -pos)
+    for c in range(3):
+        ranked = sorted(range(40), key=lambda i: (-(float(scores[i, c]) if scores[i, c] == scores[i, c] else -1e9),
+                                                  int(ids[i])))[:5]
+        assert [e.index for e in top.examples(c)] == [int(ids[i]) for i in ranked]
+        assert [e.position for e in top.examples(c)] == [(int(ids[i]), -int(ids[i])) for i in ranked]

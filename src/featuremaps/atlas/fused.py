@@ -12,10 +12,11 @@ block. The rest works on those few numbers:
 
 * the map's maximum is the largest block maximum (exact);
 * the mean and the variance come from the block sums added in float64
-  (``E[x^2] - E[x]^2``, with the same two-pass fallback as
-  :func:`~.stats.per_image_moments` where that could cancel);
+  (``E[x^2] - E[x]^2``; where that could cancel, two passes about the
+  float64 mean, as :func:`~.stats.per_image_moments` does in float32);
 * the first argmax of a candidate map is found in its first block whose
-  maximum is the map's maximum (:func:`first_argmax`): one block is read
+  maximum is the map's maximum, and in that block the same way with
+  sub-blocks of at most 16 values (:func:`first_argmax`): one block is read
   instead of the whole map, and the result is what :func:`torch.argmax`
   gives, first occurrence and NaN included. The PyTorch path uses it too.
 
@@ -45,7 +46,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["MIN_VALUES", "block_length", "first_argmax", "fused_mode", "map_numbers", "wanted"]
+__all__ = ["MIN_VALUES", "block_length", "block_length_below", "first_argmax", "fused_mode", "map_numbers", "wanted"]
 
 MIN_VALUES = 1 << 28
 """Values of a layer's maps over the whole dataset from which the compiled kernel pays for its compilation."""
@@ -120,7 +121,8 @@ def _numbers(
     Per block, the maximum, sum, sum of squares and count of positives
     (float32; counts are exact up to 2**24); per map, the block sums added in
     float64 give the mean (float64), ``E[x^2] - E[x]^2`` and where that could
-    cancel (``E[x^2] >= 64 var``: those maps get two passes afterwards).
+    cancel (``E[x^2] >= 64 var``: those maps get two passes afterwards; not
+    maps of zeros, whose moments are exact, common after a ReLU).
     """
     block_max = x.amax(2)
     n = x.shape[1] * x.shape[2]
@@ -128,7 +130,7 @@ def _numbers(
     square = (x * x).sum(2).to(torch.float64).sum(1) / n
     active = (x > 0).to(x.dtype).sum(2).to(torch.int64).sum(1)
     var64 = square - m64 * m64
-    cancels = ~(var64 * 64 > square)  # (or NaN / zero variance)
+    cancels = ~(var64 * 64 > square) & (square != 0)  # (or NaN / zero variance; all-zero maps are exact)
     return block_max, block_max.amax(1), m64, var64.to(x.dtype), cancels, active
 
 
@@ -208,8 +210,34 @@ def first_argmax(
     """
     b, c, nb, block = (int(v) for v in blocks.shape)
     maps = rows * c + chans
-    bm = block_max.reshape(b * c, nb).index_select(0, maps)
-    hit = (bm == maximum.reshape(-1).index_select(0, maps)[:, None]) | bm.isnan()  # NaN only where the maximum is
-    first = hit.to(torch.uint8).argmax(1)  # the first block that holds it
-    within = blocks.reshape(b * c * nb, block).index_select(0, maps * nb + first).argmax(1)
-    return first * block + within
+    target = maximum.reshape(-1).index_select(0, maps)
+    first = _first_hit(block_max.reshape(b * c, nb).index_select(0, maps), target)  # the first block holding it
+    seg = blocks.reshape(b * c * nb, block).index_select(0, maps * nb + first)
+    # and in that block, the same again with sub-blocks: a maximum per 16 values is cheaper than an argmax
+    sub = block_length_below(block, 16)
+    if sub < block:
+        parts = seg.view(-1, block // sub, sub)
+        part = _first_hit(parts.amax(2), target)
+        rows_of = torch.arange(parts.shape[0], device=seg.device) * (block // sub)
+        picked = parts.reshape(-1, sub).index_select(0, rows_of + part)
+        return first * block + part * sub + picked.argmax(1)
+    return first * block + seg.argmax(1)
+
+
+def _first_hit(block_max: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the first column equal to ``target`` (or NaN: a NaN block only where the target is NaN)."""
+    hit = (block_max == target[:, None]) | block_max.isnan()
+    return hit.to(torch.uint8).argmax(1)
+
+
+def block_length_below(n: int, most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``most`` (at least 4), else ``n``.
+
+    Example:
+        >>> block_length_below(256, 16), block_length_below(49, 16), block_length_below(13, 16)
+        (16, 7, 13)
+    """
+    for d in range(min(most, n), 3, -1):
+        if n % d == 0:
+            return d
+    return n

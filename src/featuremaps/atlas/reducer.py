@@ -31,14 +31,17 @@ def _candidate_argmax(
 ) -> torch.Tensor:
     """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
 
-    Only maps scoring at least their channel's current k-th best can enter a
-    top-k, so only theirs are located, each in the one block that holds its
-    first maximum (:func:`.fused.first_argmax`); the other entries are never
-    read.
+    Only maps scoring at least the k-th best of their channel's top-k and
+    this batch together can enter the top-k, so only theirs are located,
+    each in the one block that holds its first maximum
+    (:func:`.fused.first_argmax`); the other entries are never read.
     """
     dev = top.device
     s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
-    rows, chans = torch.nonzero(s >= top.score[:, -1], as_tuple=True)
+    # a map enters its channel's top-k only if it scores at least the k-th best of the top-k and this batch
+    # together (ties may win on the index): fewer maps to locate than against the top-k alone
+    kth = torch.cat([top.score, s.T], 1).topk(top.k, dim=1, sorted=False).values.amin(1)
+    rows, chans = torch.nonzero(s >= kth, as_tuple=True)
     out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
     if rows.numel():
         r, c = rows.to(blocks.device), chans.to(blocks.device)
