@@ -47,20 +47,24 @@ def test_block_length_divides_the_map_and_stays_short(n):
     assert fused.block_length(112 * 112) == 256 and fused.block_length(7 * 7) == 49
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_first_argmax_is_torch_argmax_first_occurrence_and_nan_included(shape):
+def test_first_argmax_is_torch_argmax_first_occurrence_and_nan_included(shape, compiled):
     b, c, n = shape
     x = awkward_maps(b, c, n, seed=n)
     block = fused.block_length(n)
     blocks = x.view(b, c, n // block, block)
     block_max = blocks.amax(3)
     rows, chans = (t.flatten() for t in torch.meshgrid(torch.arange(b), torch.arange(c), indexing="ij"))
-    got = fused.first_argmax(blocks, block_max, block_max.amax(2), rows, chans)
+    if compiled:
+        assert fused.map_numbers(blocks) is not None  # (the compiled position search follows the kernel)
+    got = fused.first_argmax(blocks, block_max, block_max.amax(2), rows, chans, compiled)
+    assert (fused._hit_kernel is not None) or not compiled
     assert torch.equal(got, x.argmax(2).flatten())
     if n > 1:
         assert int(got[2 * c + 1]) == 0  # a tie between the first and last positions: the first
     some_rows, some_chans = torch.tensor([2, 0, 1]), torch.tensor([1, 0, 2])  # a subset, in any order
-    subset = fused.first_argmax(blocks, block_max, block_max.amax(2), some_rows, some_chans)
+    subset = fused.first_argmax(blocks, block_max, block_max.amax(2), some_rows, some_chans, compiled)
     assert torch.equal(subset, x.argmax(2)[some_rows, some_chans])
 
 

@@ -54,6 +54,7 @@ MIN_VALUES = 1 << 28
 _MIN_BLOCK, _MAX_BLOCK, _TARGET_BLOCK = 16, 1024, 256
 
 _kernel: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+_hit_kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 _failed: str | None = None  # why compiling failed in this process (then the PyTorch path is used)
 
 
@@ -142,6 +143,17 @@ def _compiled() -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
     return _kernel
 
 
+def _give_up(exc: Exception) -> None:
+    """Use PyTorch's reductions from now on in this process, after one warning naming the failure."""
+    global _failed
+    _failed = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    warnings.warn(
+        f"the atlas's fused CPU kernel could not be compiled ({_failed[:200]}); the pass uses PyTorch's "
+        "reductions instead (slower). Set FEATUREMAPS_FUSED=0 to skip the attempt.",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
 def map_numbers(
     blocks: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -160,7 +172,6 @@ def map_numbers(
         >>> out is None or [t.flatten().tolist() for t in out] == [[1.0, 3.0], [3.0], [0.625], [3.171875], [3]]
         True
     """
-    global _failed
     if _failed is not None:
         return None
     b, c, nb, block = (int(v) for v in blocks.shape)
@@ -172,12 +183,7 @@ def map_numbers(
     try:
         block_max, maximum, m64, var, cancels, active = _compiled()(blocks.reshape(b * c, nb, block))
     except Exception as exc:  # any failure to compile (no compiler, an unsupported platform): PyTorch's path
-        _failed = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-        warnings.warn(
-            f"the atlas's fused CPU kernel could not be compiled ({_failed[:200]}); the pass uses PyTorch's "
-            "reductions instead (slower). Set FEATUREMAPS_FUSED=0 to skip the attempt.",
-            RuntimeWarning, stacklevel=2,
-        )
+        _give_up(exc)
         return None
     finally:
         if first:
@@ -191,7 +197,8 @@ def map_numbers(
 
 
 def first_argmax(
-    blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, rows: torch.Tensor, chans: torch.Tensor
+    blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, rows: torch.Tensor, chans: torch.Tensor,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """The flat position of the first maximum of the maps ``(rows[i], chans[i])``, as :func:`torch.argmax` gives.
 
@@ -199,7 +206,9 @@ def first_argmax(
     ``block_max`` their block maxima ``(batch, channels, blocks)`` and
     ``maximum`` the maps' maxima. The first block holding the maximum (or,
     where the maximum is NaN, the first NaN) is the first whose maximum
-    equals it; only that block is read.
+    equals it; only that block is read. ``compiled``: find the position in
+    that block with a compiled loop (reading the block in place, where the
+    maps took the compiled kernel) instead of through sub-block maxima.
 
     Example:
         >>> import torch
@@ -212,6 +221,11 @@ def first_argmax(
     maps = rows * c + chans
     target = maximum.reshape(-1).index_select(0, maps)
     first = _first_hit(block_max.reshape(b * c, nb).index_select(0, maps), target)  # the first block holding it
+    if compiled and _failed is None and _kernel is not None:
+        try:
+            return first * block + _compiled_hit()(blocks.reshape(b * c * nb, block), maps * nb + first, target)
+        except Exception as exc:  # (as for the kernel: PyTorch's path, after one warning)
+            _give_up(exc)
     seg = blocks.reshape(b * c * nb, block).index_select(0, maps * nb + first)
     # and in that block, the same again with sub-blocks: a maximum per 16 values is cheaper than an argmax
     sub = block_length_below(block, 16)
@@ -222,6 +236,21 @@ def first_argmax(
         picked = parts.reshape(-1, sub).index_select(0, rows_of + part)
         return first * block + part * sub + picked.argmax(1)
     return first * block + seg.argmax(1)
+
+
+def _hit_in_rows(x: torch.Tensor, rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per ``rows[i]`` of ``x`` ``(rows, n)``, the first column equal to ``target[i]`` or NaN (read in place)."""
+    seg = x[rows]
+    hit = (seg == target[:, None]) | seg.isnan()
+    column = torch.arange(x.shape[1], device=x.device)
+    return torch.where(hit, column, x.shape[1]).amin(1)
+
+
+def _compiled_hit() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    global _hit_kernel
+    if _hit_kernel is None:
+        _hit_kernel = torch.compile(_hit_in_rows, dynamic=True)
+    return _hit_kernel
 
 
 def _first_hit(block_max: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ __all__ = ["AtlasReducer", "Reduced"]
 
 
 def _candidate_argmax(
-    blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, score: torch.Tensor, top: TopK
+    blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, score: torch.Tensor, top: TopK,
+    compiled: bool,
 ) -> torch.Tensor:
     """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
 
@@ -45,7 +46,7 @@ def _candidate_argmax(
     out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
     if rows.numel():
         r, c = rows.to(blocks.device), chans.to(blocks.device)
-        out[rows, chans] = first_argmax(blocks, block_max, maximum, r, c).to(dev)
+        out[rows, chans] = first_argmax(blocks, block_max, maximum, r, c, compiled).to(dev)
     return out
 
 
@@ -121,6 +122,7 @@ class AtlasReducer:
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         argmax: torch.Tensor | None = None
+        numbers = None
         b, c, n = (int(v) for v in flat.shape)
         if not asynchronous(flat.device):
             block = block_length(n)
@@ -144,7 +146,7 @@ class AtlasReducer:
             if top.channels == flat.shape[1]:
                 score = maximum if self.score == "max" else mean
                 if argmax is None:
-                    located = _candidate_argmax(blocks, block_max, maximum, score, top)
+                    located = _candidate_argmax(blocks, block_max, maximum, score, top, numbers is not None)
                 else:
                     located = argmax.to(top.device)
                 self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
