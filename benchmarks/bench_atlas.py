@@ -1,21 +1,27 @@
 """Atlas throughput and memory, measured side by side and printed as ratios.
 
-Throughput (images/s, medians over interleaved repetitions, same model, same
-DataLoader, same batch size):
+Throughput (images/s; same model, same DataLoader, same batch size):
 
 * ``plain``            - ``model(x)`` under ``torch.no_grad()`` for every batch;
 * ``atlas blocks``     - the atlas pass (top-k + statistics) on the 16 block
                          outputs of the default EfficientNet-Lite0;
-* ``atlas all convs``  - the same on every convolution (~65 layers);
+* ``atlas all convs``  - the same on every convolution (49 layers);
 
 each atlas variant once without the fixed per-run cost (``receptive="none"``:
 the pass itself) and once as a whole ``build_atlas`` call (with the receptive
-fields: measured by gradients once per architecture, then cached). Goals:
-atlas pass / plain >= 0.85, whole call >= 0.80.
+fields: measured once per architecture, then cached). Goals: atlas pass /
+plain >= 0.85, whole call >= 0.80. Every variant runs once first (warm-up:
+lazy inits, the fused kernel's compilation); then each repetition runs plain
+inference and a variant back to back, and the ratios printed are medians
+over repetitions of those pairs' ratios, of wall time and of CPU time (a
+shared machine's load changes less between two neighbouring runs).
 
-The ``before:`` variants run the same calls as they ran before the field
-cache (``FEATUREMAPS_RECEPTIVE_CACHE=0``: fields measured every call), in the
-same run, so that the two compare under the same machine load.
+The atlas variants force the fused CPU kernel (``FEATUREMAPS_FUSED=1``: one
+compiled read of each map, see ``featuremaps.atlas.fused``); by default a
+layer takes it once its maps over the dataset hold 2**28 values (a long
+pass, where compiling pays), which 128 images do not. The ``before:``
+variants run the same calls with ``FEATUREMAPS_FUSED=0`` (PyTorch's separate
+reductions, as before the kernel) in the same run.
 
 Memory: peak RSS of a fresh process while it runs plain inference or the
 atlas pass over 1x and 10x the images (same k), above its RSS before the
@@ -31,9 +37,9 @@ Usage::
 
     python benchmarks/bench_atlas.py [--images 256] [--batch 16] [--reps 3] [--memory-images 64] [--device cuda]
 
-The top-k churn of the first batches (every map enters an empty top-k, so
-its argmax is needed) fades as the dataset grows; 256 images show the steady
-state better than a few batches do.
+The top-k churn of the first batches (many maps enter the young top-k, so
+their argmax is needed) fades as the dataset grows; 256 images show the
+steady state better than a few batches do.
 """
 
 from __future__ import annotations
@@ -165,7 +171,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
     parser.add_argument("--skip-before", action="store_true",
-                        help="leave out the 'before' variants (PyTorch reductions, fields measured every call)")
+                        help="leave out the 'before' variants (PyTorch's reductions: FEATUREMAPS_FUSED=0)")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

@@ -52,6 +52,7 @@ MIN_VALUES = 1 << 28
 """Values of a layer's maps over the whole dataset from which the compiled kernel pays for its compilation."""
 
 _MIN_BLOCK, _MAX_BLOCK, _TARGET_BLOCK = 16, 1024, 256
+_MIN_COMPILED_HIT = 1 << 15  # values of the candidates' blocks from which the compiled position search is used
 
 _kernel: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 _hit_kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -221,7 +222,8 @@ def first_argmax(
     maps = rows * c + chans
     target = maximum.reshape(-1).index_select(0, maps)
     first = _first_hit(block_max.reshape(b * c, nb).index_select(0, maps), target)  # the first block holding it
-    if compiled and _failed is None and _kernel is not None:
+    if compiled and _failed is None and _kernel is not None and int(maps.numel()) * block >= _MIN_COMPILED_HIT:
+        # (for a few maps, the few small operations below cost less than a compiled call's overhead)
         try:
             return first * block + _compiled_hit()(blocks.reshape(b * c * nb, block), maps * nb + first, target)
         except Exception as exc:  # (as for the kernel: PyTorch's path, after one warning)
