@@ -18,7 +18,7 @@ shared machine's load changes less between two neighbouring runs).
 
 The atlas variants force the fused CPU kernel (``FEATUREMAPS_FUSED=1``: one
 compiled read of each map, see ``featuremaps.atlas.fused``); by default a
-layer takes it once its maps over the dataset hold 2**28 values (a long
+layer takes it once its maps over the dataset hold 2**30 values (a long
 pass, where compiling pays), which 128 images do not. The ``before:``
 variants run the same calls with ``FEATUREMAPS_FUSED=0`` (PyTorch's separate
 reductions, as before the kernel) in the same run.

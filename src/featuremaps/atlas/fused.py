@@ -48,7 +48,7 @@ import torch
 
 __all__ = ["MIN_VALUES", "block_length", "block_length_below", "first_argmax", "fused_mode", "map_numbers", "wanted"]
 
-MIN_VALUES = 1 << 28
+MIN_VALUES = 1 << 30
 """Values of a layer's maps over the whole dataset from which the compiled kernel pays for its compilation."""
 
 _MIN_BLOCK, _MAX_BLOCK, _TARGET_BLOCK = 16, 1024, 256
@@ -102,7 +102,7 @@ def wanted(flat: torch.Tensor, items: int | None, mode: str) -> bool:
 
     Example:
         >>> import torch
-        >>> wanted(torch.zeros(2, 3, 49), 10**6, "auto"), wanted(torch.zeros(2, 3, 49), 10, "auto")
+        >>> wanted(torch.zeros(2, 3, 49), 10**7, "auto"), wanted(torch.zeros(2, 3, 49), 10, "auto")
         (True, False)
     """
     if mode == "0" or _failed is not None or flat.device.type != "cpu" or flat.dtype != torch.float32:
