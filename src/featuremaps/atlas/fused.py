@@ -164,8 +164,8 @@ def map_numbers(
     blocks)``; maximum, mean and variance (the maps' dtype) and count of
     positives (int64), each ``(batch, channels)``. The variance of maps where
     ``E[x^2] - E[x]^2`` could cancel is computed again in two passes (about
-    the float64 mean). None when the kernel cannot be
-    compiled here (after one warning per process).
+    the float64 mean). None when the kernel cannot be compiled here (after
+    one warning per process).
 
     Example:
         >>> import torch
