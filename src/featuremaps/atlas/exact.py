@@ -27,7 +27,7 @@ _LIMB_MASK = (1 << LIMB_BITS) - 1
 FRAC_BITS = 96  # bits kept below the binary point: values are multiples of 2**-96
 LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top limb
 _MAX_WEIGHT = (1 << 31) - 1
-_CHUNK = 1 << 14  # values per step when splitting into limbs
+_CHUNK = 1 << 16  # values per step when splitting into limbs
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
 
 

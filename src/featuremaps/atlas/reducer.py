@@ -19,32 +19,34 @@ import torch
 from ..datapass import asynchronous
 from ..errors import FeatureMapsError
 from ..maps import LayerInfo
+from .fused import block_length, first_argmax, fused_mode, map_numbers, wanted
 from .stats import per_image_moments
 from .topk import TopK, update_all
 
 __all__ = ["AtlasReducer", "Reduced"]
 
 
-def _candidate_argmax(flat: torch.Tensor, score: torch.Tensor, top: TopK) -> torch.Tensor:
+def _candidate_argmax(
+    blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, score: torch.Tensor, top: TopK,
+    compiled: bool,
+) -> torch.Tensor:
     """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
 
-    Only maps scoring at least their channel's current k-th best can enter a
-    top-k, so only theirs are located (finding an argmax costs a pass over the
-    map); the other entries are never read.
+    Only maps scoring at least the k-th best of their channel's top-k and
+    this batch together can enter the top-k, so only theirs are located,
+    each in the one block that holds its first maximum
+    (:func:`.fused.first_argmax`); the other entries are never read.
     """
     dev = top.device
     s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
-    rows, chans = torch.nonzero(s >= top.score[:, -1], as_tuple=True)
+    # a map enters its channel's top-k only if it scores at least the k-th best of the top-k and this batch
+    # together (ties may win on the index): fewer maps to locate than against the top-k alone
+    kth = torch.cat([top.score, s.T], 1).topk(top.k, dim=1, sorted=False).values.amin(1)
+    rows, chans = torch.nonzero(s >= kth, as_tuple=True)
     out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
     if rows.numel():
-        r, c = rows.to(flat.device), chans.to(flat.device)
-        if 3 * r.numel() > flat.shape[0] * flat.shape[1]:
-            # many maps may enter (the first batches): one pass over the whole batch costs less than
-            # copying a third of it out first
-            pos = flat.argmax(2)[r, c]  # the first maximum, as below
-        else:
-            pos = flat[r, c].argmax(1)
-        out[rows, chans] = pos.to(dev)
+        r, c = rows.to(blocks.device), chans.to(blocks.device)
+        out[rows, chans] = first_argmax(blocks, block_max, maximum, r, c, compiled).to(dev)
     return out
 
 
@@ -86,10 +88,12 @@ class AtlasReducer:
 
     name = "atlas"
 
-    def __init__(self, score: str, k: int, device: torch.device) -> None:
+    def __init__(self, score: str, k: int, device: torch.device, items: int | None = None) -> None:
         self.score = score
         self.k = k
         self.device = device
+        self.items = items  # the dataset's size: with a layer's map size, it picks the fused kernel or not
+        self.fused = fused_mode()
         self.tops: dict[str, TopK] = {}
         self.indices: torch.Tensor | None = None  # the dataset indices of the batch being run
         self.batch: dict[str, Reduced] = {}
@@ -118,9 +122,18 @@ class AtlasReducer:
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         argmax: torch.Tensor | None = None
+        numbers = None
+        b, c, n = (int(v) for v in flat.shape)
         if not asynchronous(flat.device):
-            maximum = flat.amax(2)
-            mean, var, active = per_image_moments(flat, self._scratch(flat))
+            block = block_length(n)
+            blocks = flat.view(b, c, n // block, block)  # (a view: flat is contiguous)
+            numbers = map_numbers(blocks) if wanted(flat, self.items, self.fused) else None
+            if numbers is not None:  # one read of the map (compiled)
+                block_max, maximum, mean, var, active = numbers
+            else:
+                block_max = blocks.amax(3)
+                maximum = block_max.amax(2)
+                mean, var, active = per_image_moments(flat, self._scratch(flat))
         else:
             # on an accelerator a pass over the map is cheap and a wait for the device is not: one
             # kernel gives every map's maximum and its position, and nothing in this hook waits
@@ -132,7 +145,10 @@ class AtlasReducer:
                 top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
             if top.channels == flat.shape[1]:
                 score = maximum if self.score == "max" else mean
-                located = _candidate_argmax(flat, score, top) if argmax is None else argmax.to(top.device)
+                if argmax is None:
+                    located = _candidate_argmax(blocks, block_max, maximum, score, top, numbers is not None)
+                else:
+                    located = argmax.to(top.device)
                 self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
         self.batch[info.name] = Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
         return None

@@ -156,10 +156,13 @@ class TopK:
         n = int(rows.numel())
         if n < b:
             batch, idx = batch[:, rows], idx[rows]
+        # Read in order (the usual case on the CPU: every slot filled, the batch's indices increasing and
+        # above all the state's), the columns of equal scores are already in index order: one sort suffices.
+        in_order = not asynchronous(dev) and bool((idx[1:] > idx[:-1]).all()) and int(idx[0]) > int(self.index.max())
         score = torch.cat([self.score, batch], 1)
         index = torch.cat([self.index, idx[None, :].expand(self.channels, n)], 1)
         column = torch.arange(k + n, device=dev).expand(self.channels, k + n)
-        score, index, column = _order(score, index, column, k)
+        score, index, column = _order(score, index, column, k, in_order)
         if locate is None:
             assert y is not None and x is not None
             # the positions of the state and of the batch side by side, in the columns' order
@@ -301,12 +304,17 @@ def update_all(
 
 
 def _order(
-    score: torch.Tensor, index: torch.Tensor, column: torch.Tensor, k: int
+    score: torch.Tensor, index: torch.Tensor, column: torch.Tensor, k: int, in_order: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``k`` candidates of each row under (score descending, index ascending)."""
+    """The first ``k`` candidates of each row under (score descending, index ascending).
+
+    ``in_order``: the columns of equal scores are already in ascending index
+    order in every row (then the sort by index is skipped).
+    """
     score = torch.nan_to_num(score, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     # lexicographic: stable sort by index, then stable sort by score
-    order = torch.argsort(index, dim=1, stable=True)
-    score, index, column = score.gather(1, order), index.gather(1, order), column.gather(1, order)
+    if not in_order:
+        order = torch.argsort(index, dim=1, stable=True)
+        score, index, column = score.gather(1, order), index.gather(1, order), column.gather(1, order)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
     return score.gather(1, order), index.gather(1, order), column.gather(1, order)
