@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -227,15 +229,24 @@ def _build(
     linked = load_report_concepts(net, *concepts) if concepts[0] is not None else None  # checked first
     maps = _capture(net, x, prep, with_concept_layer(layers, linked), max_bytes)
     timings["capture"] = time.perf_counter() - t0
-    encoded = encode_layers(maps, options, tick)
-    timings["layers"] = time.perf_counter() - t0 - timings["capture"]
-    predictions = _predictions(maps.output, prep, classes)
-    concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
+    tick = _serialized(tick)
+    # The layers' encoding is mostly single-threaded Python and zlib: it runs beside the CAMs' PyTorch work, which
+    # does not need it (only "what drove this prediction" does, after the CAMs).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-layers") as pool:
+        pending = pool.submit(_timed, encode_layers, maps, options, tick)
+        predictions = _predictions(maps.output, prep, classes)
+        concept_data = concept_section(net, x, predictions, linked) if linked is not None else None
+
+        def layers_done() -> list[dict[str, Any]]:
+            encoded, timings["layers"] = pending.result()
+            return encoded
+
+        cams, driving = _explanations(
+            net, x, view, predictions, layers_done, cam_methods, cam_layer, metrics, drivers, tick, timings
+        )
+        encoded = layers_done()
     _add_extras(net, prep, maps, encoded, atlas, atlas_href, synthesis, tick, timings)
     del maps
-    cams, driving = _explanations(
-        net, x, view, predictions, encoded, cam_methods, cam_layer, metrics, drivers, tick, timings
-    )
     data = {
         "meta": _meta(title, model_name, src, img, prep, x, encoded),
         **photo_fields(net, x, img, prep, view, photo_size, cams, encoded),  # a scan: scale bar, mm per CAM cell
@@ -281,12 +292,32 @@ def _add_extras(
         timings["synthesis"] = time.perf_counter() - t1
 
 
+def _serialized(progress: Progress) -> Progress:
+    """``progress`` called by one thread at a time (the layers' encoding reports from its own thread)."""
+    lock = threading.Lock()
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        with lock:
+            progress(stage, done, total)
+
+    return report
+
+
+def _timed(work: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``work(*args)`` and the seconds it took."""
+    t1 = time.perf_counter()
+    return work(*args), time.perf_counter() - t1
+
+
 def _explanations(
-    net: nn.Module, x: torch.Tensor, view: Any, predictions: list[dict[str, Any]], encoded: list[dict[str, Any]],
+    net: nn.Module, x: torch.Tensor, view: Any, predictions: list[dict[str, Any]],
+    encoded: Callable[[], list[dict[str, Any]]],
     cam_methods: Sequence[str] | None, cam_layer: Any, metrics: bool, drivers: int,
     progress: Progress, timings: dict[str, float],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The CAM section, then "what drove this prediction" on the CAM's layer (each timed into ``timings``).
+
+    ``encoded()`` gives the encoded layers (waiting for them), which the second links to.
 
     The second rides the first's pass (:class:`~.drivers.PassRelevance`); without CAMs it makes its own.
     """
@@ -303,7 +334,7 @@ def _explanations(
         t1 = time.perf_counter()
         picked = cams["layer"].split(", ") if cams else []
         layer = picked[0] if len(picked) == 1 else cam_layer
-        driving = driver_section(net, x, predictions, layer, encoded, drivers, shared=rider if cams else None)
+        driving = driver_section(net, x, predictions, layer, encoded(), drivers, shared=rider if cams else None)
         timings["drivers"] = time.perf_counter() - t1
     return cams, driving
 
