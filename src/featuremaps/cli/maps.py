@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,7 +46,12 @@ def maps_cmd(
     index.html that shows them all, summary.txt (shapes and statistics per
     layer), stats.png (statistics across depth), predictions.txt (the top-5
     classes) and maps.safetensors (the maps, loadable with
-    featuremaps.load_maps).
+    featuremaps.load_maps). On a volume (a 3-D NIfTI file or a DICOM series
+    folder) the layer pictures show each 3-D layer's maximum over depth, and
+    DIR/slices/LAYER.png each 3-D layer's middle axial, coronal and sagittal
+    slices of its --top-k (default 8) most active channels beside the input's,
+    on one colour scale per layer, with a scale bar in mm (slices.json says
+    which slices and channels).
     """
     from ..capture import get_feature_maps  # lazy: PyTorch stays out of `featuremaps --help`
     from ..render import colormap_lut  # lazy: as above
@@ -71,10 +77,28 @@ def maps_cmd(
     plot_stats(maps, title=f"{model.spec}: statistics per layer").savefig(stats_png, dpi=90)
     written += [summary, stats_png, maps.save(out / "maps.safetensors") if tensors else None,
                 write_predictions(out, top)]
+    slices = _volume_slices(out, vol, maps, top_k, norm, cmap) if vol is not None else []
     echo_top1(top)
     click.echo(f"captured {len(maps)} layer{'' if len(maps) == 1 else 's'} ({maps.nbytes / 1e6:.1f} MB) "
                f"from {model.spec}")
-    click.echo(f"wrote {count(len(vis), 'layer picture')} to {out / 'layers'}")
+    click.echo(f"wrote {count(len(vis), 'layer picture')} to {out / 'layers'}"
+               + (" (3-D layers as their maximum over depth D)" if vol is not None else ""))
+    for s in slices:
+        click.echo(f"wrote {s.path} (layer {s.layer}: channels {', '.join(map(str, s.channels))} of {s.total}, "
+                   "the middle axial, coronal and sagittal slices beside the input's)")
+    if slices:
+        click.echo(f"wrote {slices[0].path.parent / 'slices.json'}")
     for p in written:
         if p is not None:
             click.echo(f"wrote {p}")
+
+
+def _volume_slices(out: Path, vol: Any, maps: Any, top_k: int | None, norm: str, cmap: str | None) -> list[Any]:
+    """DIR/slices/: the middle slices of each 3-D layer's most active channels (one colour scale per layer:
+    ``--norm`` when it is one scale for a whole layer, else ``auto``)."""
+    from ..render import ColorScale  # lazy: as in maps_cmd
+    from ..report.volume_maps import MAP_CHANNELS  # lazy: as above
+    from ..report.volume_slices import write_layer_slices  # lazy: as above
+
+    scale = ColorScale(norm=norm if norm in ("layer", "robust", "symmetric") else "auto", cmap=cmap)
+    return write_layer_slices(out, vol, maps, channels=top_k or MAP_CHANNELS, color_scale=scale)

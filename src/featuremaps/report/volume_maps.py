@@ -25,7 +25,7 @@ from ..maps import FeatureMaps
 from ..render import ColorScale, apply_norm, norm_range
 from .sprites import volume_sprite
 
-__all__ = ["volume_maps", "MAP_CHANNELS", "MAX_VOXELS", "TOTAL_VOXELS"]
+__all__ = ["volume_maps", "most_active", "MAP_CHANNELS", "MAX_VOXELS", "TOTAL_VOXELS"]
 
 #: Channels kept per 3-D layer by default.
 MAP_CHANNELS = 8
@@ -53,15 +53,30 @@ def _pooled_size(shape: tuple[int, int, int], limit: int) -> tuple[int, int, int
     return size[0], size[1], size[2]
 
 
+def most_active(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``channels`` most active channels of ``x`` ``(C, ...)`` by maximum (finite) value, ties to the lower
+    index, in index order; and every channel's maximum.
+
+    Example:
+        >>> import torch
+        >>> kept, peak = most_active(torch.tensor([[1.0, 5.0], [7.0, 0.0], [5.0, 2.0]]), 2)
+        >>> kept.tolist(), peak.tolist()
+        ([0, 1], [5.0, 7.0, 5.0])
+    """
+    x = x.detach().float().cpu()
+    c = int(x.shape[0])
+    peak = torch.where(torch.isfinite(x), x, torch.full_like(x, -math.inf)).reshape(c, -1).amax(dim=1)
+    kept = torch.sort(peak, descending=True, stable=True).indices[:min(channels, c)].sort().values
+    return kept, peak
+
+
 def _encode(name: str, t: torch.Tensor, channels: int, limit: int, scale: ColorScale) -> dict[str, Any]:
     """One 3-D layer ``(C, D, H, W)``: its kept channels as sprites over one colour scale."""
     x = t.detach().float().cpu()
     c = int(x.shape[0])
-    finite = torch.isfinite(x)
-    clean = torch.where(finite, x, torch.zeros((), dtype=x.dtype))
-    peak = torch.where(finite, x, torch.full_like(x, -math.inf)).reshape(c, -1).amax(dim=1)
-    n = min(channels, c)
-    kept = torch.sort(peak, descending=True, stable=True).indices[:n].sort().values
+    clean = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
+    kept, peak = most_active(x, channels)
+    n = len(kept)
     captured = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     size = _pooled_size(captured, limit)
     xs = clean[kept]
