@@ -167,8 +167,8 @@ def _layer_picture(vol: Volume, name: str, kind: str, t: Any, channels: int, sca
         ki = input_slice(k, vol.shape[axis], shape[axis])
         rows.append([slice_picture(vol.slice(ki, axis=view), in_view),
                      *_channel_tiles(values, axis, k, flip, info, cmap, l_view)])
-        labels.append([f"input, {view} {ki}/{vol.shape[axis]}",
-                       *(f"ch {i}, {view} {k}/{shape[axis]}" for i in kept.tolist())])
+        labels.append([f"input, {view} {ki} of {vol.shape[axis]}",
+                       *(f"ch {i}, {view} {k} of {shape[axis]}" for i in kept.tolist())])
         views.append({"name": view, "layer_slice": k, "layer_size": shape[axis], "input_slice": ki,
                       "input_size": vol.shape[axis], "mm": [mm[r], mm[c]], "bar": l_view["bar"]})
     n = len(kept)
