@@ -78,6 +78,6 @@ def test_the_x_ray_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         "cam_gradcam_axial.png", "cam_gradcam_coronal.png", "cam_gradcam_sagittal.png"}
     # maps on a volume: one slice picture per 3-D layer (2 convs, 2 ReLUs, the pooling), 4 channels each at most
     slices = json.loads((tmp_path / "mr-maps" / "slices" / "slices.json").read_text(encoding="utf-8"))
-    assert [(s["path"], len(s["channels"])) for s in slices] == [("0.png", 4), ("1.png", 4), ("2.png", 4),
-                                                                ("3.png", 4), ("4.png", 4)]
+    assert [(s["path"], len(s["channels"])) for s in slices] == [("000_0.png", 4), ("001_1.png", 4),
+                                                                ("002_2.png", 4), ("003_3.png", 4), ("004_4.png", 4)]
     assert all((tmp_path / "mr-maps" / "slices" / s["path"]).is_file() for s in slices)

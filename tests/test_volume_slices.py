@@ -129,7 +129,7 @@ def test_the_layer_scale_bar_is_the_spacing_times_the_stride(maps_run) -> None:
     assert (x1 - x0, y1 - y0) == (255, round(21 * 15 * (82 / 21) / (66 / 17)))
     assert white_run(picture[y0:y1, x0:x1], 39) == 39
     assert "maximum over depth" in res.stdout
-    for name in ("0.png", "1.png", "2.png", "3.png", "slices.json"):
+    for name in ("000_0.png", "001_1.png", "002_2.png", "003_3.png", "slices.json"):
         assert f"wrote {Path('out') / 'slices' / name}" in res.stdout
 
 
@@ -153,3 +153,25 @@ def test_a_model_without_3d_layers_writes_no_slices(tmp_path: Path) -> None:
     vol = fm.Volume(torch.rand(1, 4, 6, 5), (1.0, 1.0, 1.0), np.eye(4), ("S", "P", "L"), "demo")
     maps = fm.get_feature_maps(nn.Sequential(nn.Flatten(), nn.Linear(120, 2)), vol.data[None])
     assert write_layer_slices(tmp_path, vol, maps) == [] and not (tmp_path / "slices").exists()
+
+
+class _Twice(nn.Module):
+    """``a`` runs twice (maps "a" and "a:1") beside a module named ``a_1``: "a:1" and "a_1" clean up alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(1, 1, 1)
+        self.a_1 = nn.Conv3d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a_1(self.a(self.a(x)))
+
+
+def test_layers_whose_names_clean_up_alike_keep_their_own_pictures(tmp_path: Path) -> None:
+    vol = fm.Volume(torch.rand(1, 4, 8, 8), (1.0, 1.0, 1.0), np.eye(4), ("S", "P", "L"), "demo")
+    maps = fm.get_feature_maps(_Twice(), vol.data[None], layers=["a", "a_1"])
+    assert list(maps) == ["a", "a:1", "a_1"]
+    written = write_layer_slices(tmp_path, vol, maps, channels=2)
+    assert [w.path.name for w in written] == ["000_a.png", "001_a_1.png", "002_a_1.png"]
+    assert all(w.path.is_file() for w in written) and len({w.path for w in written}) == 3
+    assert [len(w.channels) for w in written] == [1, 1, 2]  # each file holds its own layer (a_1 has 2 channels)

@@ -153,8 +153,8 @@ def _compose(title: str, rows: list[list[Image.Image]], labels: list[list[str]],
 
 
 def _layer_picture(vol: Volume, name: str, kind: str, t: Any, channels: int, scale: ColorScale,
-                   folder: Path) -> LayerSlices:
-    """One 3-D layer's ``(C, d, h, w)`` slice picture, written to ``folder``."""
+                   path: Path) -> LayerSlices:
+    """One 3-D layer's ``(C, d, h, w)`` slice picture, written to ``path``."""
     kept, _ = most_active(t, channels)
     values = t.detach().float().cpu().numpy()[kept.numpy()]
     info = norm_range(values, scale.norm, vmin=scale.vmin, vmax=scale.vmax, percentiles=scale.percentiles)
@@ -176,7 +176,6 @@ def _layer_picture(vol: Volume, name: str, kind: str, t: Any, channels: int, sca
              f"{int(t.shape[0])} (by maximum); the middle slice of each view, "
              "the input's on the left; voxel " + " x ".join(f"{s:.3g}" for s in mm) + " mm")
     picture, boxes = _compose(title, rows, labels, _legend(info, cmap, n))
-    path = folder / f"{safe_filename(name)}.png"
     picture.save(path)
     for v, b in zip(views, boxes):
         v["boxes"] = b
@@ -190,7 +189,7 @@ def _num(v: float) -> float:
 
 def write_layer_slices(folder: Path, vol: Volume, maps: FeatureMaps, *, channels: int = MAP_CHANNELS,
                        color_scale: ColorScale | None = None) -> list[LayerSlices]:
-    """``folder/slices/<layer>.png`` for each 3-D layer of ``maps`` (captured with ``vol`` as the model input),
+    """``folder/slices/NNN_<layer>.png`` (NNN: its position in ``maps``) for each 3-D layer of ``maps`` (captured with ``vol`` as the model input),
     and ``folder/slices/slices.json`` describing them; nothing (an empty list) when no layer is 3-D.
 
     Args:
@@ -208,15 +207,17 @@ def write_layer_slices(folder: Path, vol: Volume, maps: FeatureMaps, *, channels
         >>> maps = fm.get_feature_maps(nn.Sequential(nn.Conv3d(1, 4, 2, stride=2)), vol.data[None])
         >>> [(s.path.name, s.views[0]["mm"], s.views[0]["bar"]["px"])
         ...  for s in write_layer_slices(Path(tempfile.mkdtemp()), vol, maps, channels=2)]
-        [('0.png', [2.0, 2.0], 32)]
+        [('000_0.png', [2.0, 2.0], 32)]
     """
     scale = color_scale if color_scale is not None else ColorScale()
-    three_d = [(lm.name, lm.info.module_type, lm.tensor[0]) for lm in maps.values()
+    three_d = [(i, lm.name, lm.info.module_type, lm.tensor[0]) for i, lm in enumerate(maps.values())
                if lm.tensor.ndim == 5 and lm.tensor.device.type != "meta"]
     if not three_d or channels < 1:
         return []
     out = folder / "slices"
     out.mkdir(parents=True, exist_ok=True)
-    written = [_layer_picture(vol, name, kind, t, channels, scale, out) for name, kind, t in three_d]
+    # the layer's position first, as in layers/: names that clean up alike ("a.b:1", "a.b_1") keep their files
+    written = [_layer_picture(vol, name, kind, t, channels, scale, out / f"{i:03d}_{safe_filename(name)}.png")
+               for i, name, kind, t in three_d]
     (out / "slices.json").write_text(json.dumps([s.as_dict() for s in written], indent=1) + "\n", encoding="utf-8")
     return written
