@@ -6,7 +6,8 @@ inside each layer's hook, merges the batch into that layer's
 only for the maps that enter a top-k) and keeps a few numbers per image and
 channel (mean, variance, positive count, max); the feature map is dropped as
 soon as the hook returns. After each forward those numbers are merged, for
-all layers at once, into a :class:`~.stats.RunningStats`. Memory is
+all layers at once, into a :class:`~.stats.RunningStats` (in a worker thread,
+while the next forward runs). Memory is
 O(layers x channels x k), whatever the dataset's size, plus one scratch
 buffer the size of the largest map.
 
