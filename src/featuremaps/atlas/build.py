@@ -305,16 +305,24 @@ class _Pass:
         """Wait for the batch being merged in the worker; a merge that failed leaves the state inconsistent.
 
         ``quiet``: after another exception, record a failed merge (no checkpoint then) without raising it.
+        A wait that is interrupted (Ctrl-C) keeps the merge in flight, for the handler to wait for again.
         """
-        inflight, self.inflight = self.inflight, None
+        inflight = self.inflight
         if inflight is None:
             return
         try:
             inflight.result()
         except BaseException:
-            self.consistent = False  # a half-merged batch: never checkpointed
+            if inflight.done():
+                self.inflight = None
+                if inflight.exception() is not None:
+                    self.consistent = False  # a half-merged batch: never checkpointed
+            elif quiet:
+                self.consistent = False  # interrupted again while the merge runs: no checkpoint
             if not quiet:
                 raise
+            return
+        self.inflight = None
 
     def result(
         self, model: nn.Module, layers: LayerSelector, src: Source, k: int, device: torch.device, checkpoint: bool,
