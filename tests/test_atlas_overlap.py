@@ -99,3 +99,75 @@ def test_a_merge_that_fails_raises_and_is_never_checkpointed(tmp_path, monkeypat
     resumed = {p.relative_to(tmp_path / "resumed").as_posix(): p.read_bytes()
                for p in sorted((tmp_path / "resumed").rglob("*")) if p.is_file()}
     assert resumed == full
+
+
+class _Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_ctrl_c_while_waiting_for_a_merge_checkpoints_the_merged_batches(tmp_path, monkeypatch):
+    """Ctrl-C while the pass waits for the worker: the merge finishes and the checkpoint holds it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featuremaps.atlas import build as build_module
+
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.rand(10, 3, 9, 9, generator=torch.Generator().manual_seed(5))
+    opts = {"layers": "0", "k": 2, "batch_size": 2, "checkpoint_every": 100, "progress": False, "receptive": "none"}
+    build_atlas(nn.Sequential(conv), x, out=tmp_path / "full", **opts)
+    release = threading.Event()
+    real_merge, merges = reducer_module.AtlasReducer.merge, []
+
+    def held_merge(self, taken):  # the third batch's merge waits until Ctrl-C has come
+        merges.append(1)
+        if len(merges) == 3:
+            release.wait(timeout=60)
+        return real_merge(self, taken)
+
+    class Interrupted:
+        """The worker's future; the first wait for the third batch's merge is cut by Ctrl-C."""
+
+        def __init__(self, future, cut):
+            self.future, self.cut = future, cut
+
+        def result(self):
+            if self.cut:
+                self.cut = False
+                release.set()
+                raise KeyboardInterrupt
+            return self.future.result()
+
+        def done(self):
+            return self.future.done()
+
+        def exception(self):
+            return self.future.exception()
+
+    class Executor(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            Executor.submitted += 1
+            return Interrupted(super().submit(fn, *args, **kwargs), Executor.submitted == 3)
+
+    monkeypatch.setattr(reducer_module.AtlasReducer, "merge", held_merge)
+    monkeypatch.setattr(build_module, "ThreadPoolExecutor", Executor)
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(nn.Sequential(conv), x, out=tmp_path / "resumed", **opts)
+    assert release.is_set()
+    monkeypatch.undo()
+    again = _Counting()
+    build_atlas(nn.Sequential(conv, again), x, out=tmp_path / "resumed", **opts)
+    # batches 1-3 are in the checkpoint (Ctrl-C came after the 4th's forward, waiting for the 3rd's merge)
+    assert again.calls == 2
+    full = {p.relative_to(tmp_path / "full").as_posix(): p.read_bytes()
+            for p in sorted((tmp_path / "full").rglob("*")) if p.is_file()}
+    resumed = {p.relative_to(tmp_path / "resumed").as_posix(): p.read_bytes()
+               for p in sorted((tmp_path / "resumed").rglob("*")) if p.is_file()}
+    assert resumed == full
