@@ -6,7 +6,8 @@ inside each layer's hook, merges the batch into that layer's
 only for the maps that enter a top-k) and keeps a few numbers per image and
 channel (mean, variance, positive count, max); the feature map is dropped as
 soon as the hook returns. After each forward those numbers are merged, for
-all layers at once, into a :class:`~.stats.RunningStats`. Memory is
+all layers at once, into a :class:`~.stats.RunningStats` (in a worker thread,
+while the next forward runs). Memory is
 O(layers x channels x k), whatever the dataset's size, plus one scratch
 buffer the size of the largest map.
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,7 @@ class _Pass:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     last_saved: int = 0
     consistent: bool = True  # False while a batch is merged: an interrupt then must not be checkpointed
+    inflight: Future[None] | None = None  # the batch the worker is merging
 
     def __post_init__(self) -> None:
         if self.state is not None:
@@ -263,19 +266,25 @@ class _Pass:
         self, model: nn.Module, layers: LayerSelector, src: Source, reducer: AtlasReducer, report: Progress,
         rank: int, world: int,
     ) -> None:
-        """Read this rank's share from ``position`` on; on an interrupt, checkpoint what is consistent and re-raise."""
+        """Read this rank's share from ``position`` on; on an interrupt, checkpoint what is consistent and re-raise.
+
+        Each batch is merged into the state (top-k and statistics) in a worker thread while the next batch's
+        forward runs (PyTorch's operations release the GIL); the merges run one at a time, in order, and every
+        save, interrupt or end of the loop waits for the one in flight.
+        """
         n_items = len(src.dataset)
         loader = shard_loader(src, rank, world, self.position)
         if self.state is not None:
             reducer.tops = self.state.tops
         report("atlas", min(n_items, self.position * world), n_items)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), ThreadPoolExecutor(1, thread_name_prefix="atlas-merge") as worker:
                 warnings.filterwarnings("ignore", message=r"layers .* did not run")
                 with FeatureExtractor(model, layers, reduce=reducer) as fx:
                     for indices, batch, failed in loader:
-                        self._merge(fx, reducer, layers, indices, batch, failed)
+                        self._merge(fx, reducer, layers, indices, batch, failed, worker)
                         if self.state is not None and self.ckpt.due(self.position, self.last_saved):
+                            self._join()
                             # saving adds the statistics' queued batches to the state: an interrupt in there
                             # must not be followed by a save of the half-added state (the last file stays)
                             self.consistent = False
@@ -283,12 +292,37 @@ class _Pass:
                             self.consistent = True
                             self.last_saved = self.position
                         report("atlas", min(n_items, self.position * world), n_items)
+                    self._join()
         except BaseException:
+            self._join(quiet=True)
             if self.consistent and self.state is not None and self.position > self.last_saved:
                 self.ckpt.save(self.state)
             raise
         finally:
             reducer.release()
+
+    def _join(self, quiet: bool = False) -> None:
+        """Wait for the batch being merged in the worker; a merge that failed leaves the state inconsistent.
+
+        ``quiet``: after another exception, record a failed merge (no checkpoint then) without raising it.
+        A wait that is interrupted (Ctrl-C) keeps the merge in flight, for the handler to wait for again.
+        """
+        inflight = self.inflight
+        if inflight is None:
+            return
+        try:
+            inflight.result()
+        except BaseException:
+            if inflight.done():
+                self.inflight = None
+                if inflight.exception() is not None:
+                    self.consistent = False  # a half-merged batch: never checkpointed
+            elif quiet:
+                self.consistent = False  # interrupted again while the merge runs: no checkpoint
+            if not quiet:
+                raise
+            return
+        self.inflight = None
 
     def result(
         self, model: nn.Module, layers: LayerSelector, src: Source, k: int, device: torch.device, checkpoint: bool,
@@ -305,22 +339,23 @@ class _Pass:
 
     def _merge(
         self, fx: FeatureExtractor, reducer: AtlasReducer, layers: LayerSelector, indices: torch.Tensor, batch: Any,
-        failed: list[tuple[int, str]],
+        failed: list[tuple[int, str]], worker: ThreadPoolExecutor,
     ) -> None:
-        """Run one batch and merge it into the state."""
+        """Run one batch and have the worker merge it into the state (after the previous batch's merge)."""
         n = int(indices.shape[0])
         if n:
             reducer.batch, reducer.pending = {}, {}
             reducer.indices = to_device(indices, reducer.device)
             x = first_item(batch)
-            fx(x)  # (an interrupt in the forward leaves the state as it was after the last batch)
+            fx(x)  # (an interrupt in the forward leaves the state as it was after the last batch merged)
+            self._join()  # (the previous batch's merge ran beside this forward)
             self.consistent = False
-            reducer.commit()
+            taken, reduced = reducer.take(), reducer.batch
             if self.state is None:
                 self.state = new_state(reducer, layers)
                 if isinstance(x, torch.Tensor):
                     self.state.input_shape = tuple(int(s) for s in x.shape[1:])
-            self.state.update(reducer.batch)
+            self.inflight = worker.submit(_merge_batch, reducer, taken, self.state, reduced)
         reducer.batch = {}
         self.images += n
         self.skipped.extend(failed)
@@ -328,6 +363,15 @@ class _Pass:
         if self.state is not None:
             self.state.images, self.state.position, self.state.skipped = self.images, self.position, self.skipped
         self.consistent = True
+
+
+def _merge_batch(
+    reducer: AtlasReducer, taken: tuple[dict[str, Any], torch.Tensor | None], state: AtlasState,
+    reduced: dict[str, Any],
+) -> None:
+    """Merge one batch into the top-k and the statistics (in the worker thread)."""
+    reducer.merge(taken)
+    state.update(reduced)
 
 
 def _discover(model: nn.Module, layers: LayerSelector, src: Source, k: int, device: torch.device) -> AtlasState:

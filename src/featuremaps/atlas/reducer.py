@@ -155,14 +155,29 @@ class AtlasReducer:
 
     def commit(self) -> None:
         """Merge the batch just run into the top-k of every layer (one sort for all their channels)."""
-        if self.pending and self.indices is not None:
-            names = list(self.pending)
-            parts = [self.pending[n] for n in names]
+        self.merge(self.take())
+
+    def take(self) -> tuple[dict[str, _Pending], torch.Tensor | None]:
+        """The batch just run, for :meth:`merge`, which may then run beside the next forward (in one thread).
+
+        The next forward's hooks may read a top-k before the batch is merged
+        into it: they then locate the argmax of more maps than needed (a
+        top-k's k-th best score only grows), never fewer, so the result is
+        the same.
+        """
+        taken, self.pending = (self.pending, self.indices), {}
+        return taken
+
+    def merge(self, taken: tuple[dict[str, _Pending], torch.Tensor | None]) -> None:
+        """Merge a batch from :meth:`take` into the top-k of every layer (one sort for all their channels)."""
+        pending, indices = taken
+        if pending and indices is not None:
+            names = list(pending)
+            parts = [pending[n] for n in names]
             y, x = self._locate(parts)
             sizes = [int(p.score.shape[1]) for p in parts]
-            update_all([self.tops[n] for n in names], [p.score for p in parts], self.indices,
+            update_all([self.tops[n] for n in names], [p.score for p in parts], indices,
                        list(y.split(sizes, 1)), list(x.split(sizes, 1)))
-        self.pending = {}
 
     def _locate(self, parts: list[_Pending]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, x)``, ``(batch, all channels)``, of every part's flat argmax: two operations for all layers."""
