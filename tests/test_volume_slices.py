@@ -23,20 +23,11 @@ import featuremaps as fm
 from featuremaps.report.volume_slices import write_layer_slices
 
 from medical_files import nibabel_data
+from test_cli_volume import FACTORY  # the same tiny 3-D model and its factory file
 from test_report_medical import white_run
 
 pytest.importorskip("nibabel")
 
-FACTORY = '''
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 3))
-'''
 _BAR_ZONE = 40  # the bottom rows of a tile hold the scale bar and its label
 
 

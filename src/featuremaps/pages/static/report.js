@@ -497,15 +497,15 @@
     }
     return loadedImages[uri];
   }
-  function colorize(im, lut) {  // a grayscale picture through a colormap, as a canvas
+  function colorize(im, lut, alpha) {  // a grayscale picture through a colormap, as a canvas (alpha(v): opacity)
     var c = el("canvas");
     c.width = im.naturalWidth; c.height = im.naturalHeight;
     var ctx = c.getContext("2d");
     ctx.drawImage(im, 0, 0);
     var d = ctx.getImageData(0, 0, c.width, c.height);
     for (var k = 0; k < d.data.length; k += 4) {
-      var v = d.data[k] * 3;
-      d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = 255;
+      var g = d.data[k], v = g * 3;
+      d.data[k] = lut[v]; d.data[k + 1] = lut[v + 1]; d.data[k + 2] = lut[v + 2]; d.data[k + 3] = alpha ? alpha(g) : 255;
     }
     ctx.putImageData(d, 0, 0);
     return c;
@@ -633,7 +633,7 @@
   });
   camSection();
   // what the section scripts that run after this one share (report_concepts.js)
-  window.featuremapsReport = { el: el, fmt: fmt, luts: luts, loadImage: loadImage };
+  window.featuremapsReport = { el: el, fmt: fmt, luts: luts, loadImage: loadImage, colorize: colorize };
   if (layers.length) { selectLayer(0); } else { $("layer-name").textContent = "No layers with channels were captured."; }
   document.documentElement.setAttribute("data-ready", "true");
 })();

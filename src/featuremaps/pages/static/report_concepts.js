@@ -11,18 +11,7 @@
   var el = shared.el, loadImage = shared.loadImage, viridis = shared.luts.viridis;
   function fmt(v) { return shared.fmt(v, 3); }
   function colorize(im) {  // grayscale presence through viridis; alpha follows presence so the photo shows where it is absent
-    var c = el("canvas");
-    c.width = im.naturalWidth; c.height = im.naturalHeight;
-    var ctx = c.getContext("2d");
-    ctx.drawImage(im, 0, 0);
-    var d = ctx.getImageData(0, 0, c.width, c.height);
-    for (var k = 0; k < d.data.length; k += 4) {
-      var v = d.data[k];
-      d.data[k] = viridis[3 * v]; d.data[k + 1] = viridis[3 * v + 1]; d.data[k + 2] = viridis[3 * v + 2];
-      d.data[k + 3] = Math.round(60 + 0.75 * v);
-    }
-    ctx.putImageData(d, 0, 0);
-    return c;
+    return shared.colorize(im, viridis, function (v) { return Math.round(60 + 0.75 * v); });
   }
   var photo = $("photo");
   var photoReady = new Promise(function (resolve) {
