@@ -1,4 +1,4 @@
-"""The fused map reduction (one compiled read of each map) against PyTorch's reductions and direct answers.
+"""The atlas's map reduction (the C kernel: one read of each map) against PyTorch's reductions and direct answers.
 
 Every answer is computed independently: maxima, counts and argmax positions by
 PyTorch on the whole map, means and variances in float64 from the values.
@@ -6,14 +6,20 @@ PyTorch on the whole map, means and variances in float64 from the values.
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from featuremaps.atlas import build_atlas, fused
+from featuremaps.atlas import build_atlas, fused, native
 from featuremaps.atlas import reducer as reducer_module
 from featuremaps.atlas.stats import per_image_moments
 
@@ -35,6 +41,8 @@ def awkward_maps(b: int, c: int, n: int, seed: int) -> torch.Tensor:
 
 
 SHAPES = [(3, 4, 12544), (3, 3, 49), (3, 5, 196), (3, 3, 1000), (3, 3, 9), (3, 3, 1)]
+# sizes around the kernel's 16-value steps and blocks, and past the size at which it takes several threads
+KERNEL_SHAPES = SHAPES + [(3, 3, 15), (3, 3, 16), (3, 3, 17), (3, 3, 513), (3, 3, 1031), (4, 3, 2**16 + 3)]
 
 
 @pytest.mark.parametrize("n", [1, 9, 49, 196, 784, 1000, 1031, 3136, 12544, 2**16 + 1])
@@ -47,62 +55,71 @@ def test_block_length_divides_the_map_and_stays_short(n):
     assert fused.block_length(112 * 112) == 256 and fused.block_length(7 * 7) == 49
 
 
-@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_first_argmax_is_torch_argmax_first_occurrence_and_nan_included(monkeypatch, shape, compiled):
-    monkeypatch.setattr(fused, "_MIN_COMPILED_HIT", 0)  # the compiled search for any number of maps
+def test_first_argmax_is_torch_argmax_first_occurrence_and_nan_included(shape):
     b, c, n = shape
     x = awkward_maps(b, c, n, seed=n)
     block = fused.block_length(n)
     blocks = x.view(b, c, n // block, block)
     block_max = blocks.amax(3)
     rows, chans = (t.flatten() for t in torch.meshgrid(torch.arange(b), torch.arange(c), indexing="ij"))
-    if compiled:
-        assert fused.map_numbers(blocks) is not None  # (the compiled position search follows the kernel)
-    got = fused.first_argmax(blocks, block_max, block_max.amax(2), rows, chans, compiled)
-    assert (fused._hit_kernel is not None) or not compiled
+    got = fused.first_argmax(blocks, block_max, block_max.amax(2), rows, chans)
     assert torch.equal(got, x.argmax(2).flatten())
     if n > 1:
         assert int(got[2 * c + 1]) == 0  # a tie between the first and last positions: the first
     some_rows, some_chans = torch.tensor([2, 0, 1]), torch.tensor([1, 0, 2])  # a subset, in any order
-    subset = fused.first_argmax(blocks, block_max, block_max.amax(2), some_rows, some_chans, compiled)
+    subset = fused.first_argmax(blocks, block_max, block_max.amax(2), some_rows, some_chans)
     assert torch.equal(subset, x.argmax(2)[some_rows, some_chans])
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_compiled_numbers_equal_direct_answers(shape):
-    b, c, n = shape
-    x = awkward_maps(b, c, n, seed=7 * n)
-    block = fused.block_length(n)
-    out = fused.map_numbers(x.view(b, c, n // block, block))
-    assert out is not None, "torch.compile failed here; see the warning"
-    block_max, maximum, mean, var, active = out
-    torch.testing.assert_close(block_max, x.view(b, c, n // block, block).amax(3), rtol=0, atol=0, equal_nan=True)
+def check_numbers(x: torch.Tensor, out: tuple[torch.Tensor, ...] | None) -> None:
+    """The kernel's numbers of maps ``x`` against PyTorch on the whole map and float64 moments."""
+    assert out is not None, "the C kernel could not be built here; see the warning"
+    maximum, argmax, mean, var, active = out
+    b, c, n = x.shape
     np.testing.assert_array_equal(maximum.numpy(), x.amax(2).numpy())  # (NaN where the map has one, as amax)
+    assert torch.equal(argmax, x.argmax(2))  # the first maximum, or the first NaN
     assert torch.equal(active, (x > 0).sum(2))
     d = x.double()
     finite = torch.isfinite(d).all(2)
-    np.testing.assert_allclose(mean[finite].double().numpy(), d.mean(2)[finite].numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mean[finite].double().numpy(), d.mean(2)[finite].numpy(), rtol=3e-7, atol=1e-7)
     exact_var = d.var(2, correction=0)[finite]
     np.testing.assert_allclose(var[finite].double().numpy(), exact_var.numpy(), rtol=2e-6, atol=1e-6)
     assert float(var[2, 0]) == 0.0 and float(mean[2, 0]) == 2.5
     assert not torch.isfinite(mean[~finite]).all()  # NaN / inf maps give non-finite moments (left out later)
+    if n > 1:
+        assert int(argmax[2, 1]) == 0 and int(argmax[1, 1]) == n - 1 and int(argmax[0, 0]) == n // 3
     m2, v2, a2 = per_image_moments(x)  # the PyTorch path: the same to float rounding
     assert torch.equal(a2, active)
     np.testing.assert_allclose(mean[finite].numpy(), m2[finite].numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_a_maps_numbers_do_not_depend_on_its_batch():
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+def test_kernel_numbers_equal_direct_answers(shape):
+    b, c, n = shape
+    x = awkward_maps(b, c, n, seed=7 * n)
+    check_numbers(x, fused.map_numbers(x))
+    t = x.transpose(0, 1).contiguous().transpose(0, 1)  # maps that are not contiguous: copied, same numbers
+    assert not t.is_contiguous()
+    for a, w in zip(fused.map_numbers(t), fused.map_numbers(x)):
+        assert torch.equal(a.nan_to_num(nan=-1.0), w.nan_to_num(nan=-1.0))
+
+
+def test_a_maps_numbers_do_not_depend_on_its_batch_or_the_threads():
     """What makes resumed and multi-process atlases equal: each map's numbers come from that map alone."""
     x = awkward_maps(6, 5, 12544, seed=3)
-    blocks = x.view(6, 5, 49, 256)
-    whole = fused.map_numbers(blocks)
+    whole = fused.map_numbers(x)
     assert whole is not None
-    for i in range(6):
-        alone = fused.map_numbers(blocks[i : i + 1].clone())
-        assert alone is not None
-        for a, w in zip(alone, whole):
-            assert torch.equal(a[0].nan_to_num(nan=-1.0), w[i].nan_to_num(nan=-1.0))
+    threads = torch.get_num_threads()
+    try:
+        for i, count in zip(range(6), [1, 2, 3, 1, 4, 2]):
+            torch.set_num_threads(count)
+            alone = fused.map_numbers(x[i : i + 1].clone())
+            assert alone is not None
+            for a, w in zip(alone, whole):
+                assert torch.equal(a[0].nan_to_num(nan=-1.0), w[i].nan_to_num(nan=-1.0))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _net(kind: str) -> tuple[nn.Module, torch.Tensor, list[str]]:
@@ -121,13 +138,12 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
     opts = dict(layers=layers, k=4, batch_size=5, score=score, progress=False, receptive="none")
     monkeypatch.setenv("FEATUREMAPS_FUSED", "0")
     plain = build_atlas(net, x, **opts)
-    monkeypatch.setenv("FEATUREMAPS_FUSED", "1")
+    monkeypatch.delenv("FEATUREMAPS_FUSED")
     calls = []
     real = reducer_module.map_numbers
-    monkeypatch.setattr(reducer_module, "map_numbers", lambda blocks: calls.append(blocks.shape) or real(blocks))
+    monkeypatch.setattr(reducer_module, "map_numbers", lambda flat: calls.append(flat.shape) or real(flat))
     fast = build_atlas(net, x, **opts)
-    assert len(calls) == 2 * 5  # both layers, every batch: the compiled path ran
-    assert calls[0][2] > 1  # maps of several blocks
+    assert len(calls) == 2 * 5  # both layers, every batch: the kernel ran (by default)
     for layer in plain.layers():
         a, b = plain.stats(layer), fast.stats(layer)
         for c in plain.channels(layer):
@@ -136,7 +152,7 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
             if score == "max":
                 assert [e.score for e in pb] == [e.score for e in pa]
             else:
-                np.testing.assert_allclose([e.score for e in pb], [e.score for e in pa], rtol=1e-6)
+                np.testing.assert_allclose([e.score for e in pb], [e.score for e in pa], rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(b.max, a.max)
         np.testing.assert_array_equal(b.active_fraction, a.active_fraction)
         np.testing.assert_array_equal(b.count, a.count)
@@ -144,25 +160,30 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
         np.testing.assert_allclose(b.std, a.std, rtol=1e-5, atol=1e-7)
 
 
-def test_a_kernel_that_cannot_compile_warns_once_and_the_pytorch_path_runs(monkeypatch):
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """No kernel loaded in this process yet, and an empty cache folder of the test's own."""
+    monkeypatch.setattr(native, "_kernel", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setenv("FEATUREMAPS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "kernels"
+
+
+def test_no_compiler_warns_once_and_the_pytorch_path_runs(monkeypatch, fresh_kernel):
     net, x, layers = _net("image")
     opts = dict(layers=layers, k=3, batch_size=7, progress=False, receptive="none")
     monkeypatch.setenv("FEATUREMAPS_FUSED", "0")
     plain = build_atlas(net, x, **opts)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler found\nmore details")
-
-    monkeypatch.setattr(fused, "_kernel", None)
-    monkeypatch.setattr(fused, "_failed", None)
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
-    monkeypatch.setenv("FEATUREMAPS_FUSED", "1")
+    monkeypatch.delenv("FEATUREMAPS_FUSED")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fell_back = build_atlas(net, x, **opts)
         again = build_atlas(net, x, **opts)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) == 1 and "could not be compiled (RuntimeError: no C++ compiler found)" in messages[0]
+    assert len(messages) == 1 and "C kernel could not be built (" in messages[0]
+    assert "FEATUREMAPS_FUSED=0" in messages[0]
+    assert not fused.wanted(torch.zeros(2, 3, 4), "auto")  # decided once per process
     for atlas in (fell_back, again):  # the very same path as FEATUREMAPS_FUSED=0: the same bytes
         for layer in plain.layers():
             for c in plain.channels(layer):
@@ -171,18 +192,54 @@ def test_a_kernel_that_cannot_compile_warns_once_and_the_pytorch_path_runs(monke
             np.testing.assert_array_equal(atlas.stats(layer).std, plain.stats(layer).std)
 
 
-def test_the_automatic_choice_follows_the_dataset_and_map_sizes(monkeypatch):
-    monkeypatch.setattr(fused, "_failed", None)
-    maps = torch.zeros(2, 8, 1024)
-    per_image = 8 * 1024
-    assert fused.wanted(maps, fused.MIN_VALUES // per_image, "auto")
-    assert not fused.wanted(maps, fused.MIN_VALUES // per_image - 1, "auto")
-    assert not fused.wanted(maps, None, "auto")
-    assert fused.wanted(maps, 1, "1") and not fused.wanted(maps, 10**9, "0")
-    assert not fused.wanted(maps.double(), 10**9, "1")  # float32 maps only
-    assert not fused.wanted(torch.zeros(2, 8, 1031), 10**9, "1")  # no block length in range: PyTorch's path
-    monkeypatch.setattr(fused, "_failed", "RuntimeError: earlier")
-    assert not fused.wanted(maps, 10**9, "1")
+def test_the_kernel_is_compiled_once_then_loaded_and_a_damaged_file_is_rebuilt(monkeypatch, fresh_kernel):
+    assert native.kernel() is not None
+    built = list(fresh_kernel.glob("map_numbers-*.so"))
+    assert len(built) == 1 and not list(fresh_kernel.glob("*.tmp"))  # (no temporary file left)
+    if os.name == "posix":
+        assert stat.S_IMODE(fresh_kernel.stat().st_mode) == 0o700
+    compiled = []
+    real = native._compile
+    monkeypatch.setattr(native, "_compile", lambda *a: compiled.append(a) or real(*a))
+    monkeypatch.setattr(native, "_kernel", None)  # a new process, as it were: the file is loaded
+    x = awkward_maps(3, 3, 196, seed=1)
+    check_numbers(x, fused.map_numbers(x))
+    assert compiled == []
+    damaged = built[0].with_suffix(".damaged")
+    damaged.write_bytes(b"not a shared library")
+    os.replace(damaged, built[0])  # (a new file: this process's mapped library stays intact)
+    # a new process (this one's dlopen would hand back the library it has): no error, the file is built again
+    code = ("import warnings; warnings.simplefilter('error'); from featuremaps.atlas import native; "
+            "assert native.kernel() is not None, native.failure()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "FEATUREMAPS_CACHE_DIR": str(fresh_kernel.parent)})
+    assert done.returncode == 0, done.stderr
+    assert built[0].read_bytes()[:4] == b"\x7fELF" if sys.platform.startswith("linux") else True
+
+
+def test_a_compiler_that_refuses_the_cpu_tuning_builds_the_portable_kernel(monkeypatch, fresh_kernel, tmp_path):
+    """Without -march=native (refused here by a wrapper) the portable C path is built: the same answers."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler on this machine")  # (then the test above covers the fallback)
+    wrapper = tmp_path / "cc-no-native"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-march=native*) echo "unsupported option" >&2; exit 1;; esac\n'
+                       f'exec "{cc}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    for shape in KERNEL_SHAPES:
+        x = awkward_maps(*shape, seed=shape[2])
+        check_numbers(x, fused.map_numbers(x))
+    assert native.failure() is None and len(list(Path(fresh_kernel).glob("*.so"))) == 1
+
+
+def test_which_maps_take_the_kernel(monkeypatch):
+    maps = torch.zeros(2, 8, 1031)
+    assert fused.wanted(maps, "auto") and not fused.wanted(maps, "0")
+    assert not fused.wanted(maps.double(), "auto")  # float32 maps only (others: PyTorch's path)
+    assert not fused.wanted(torch.zeros(2, 8, 0), "auto")  # no positions
+    monkeypatch.setattr(native, "_failed", "RuntimeError: earlier")
+    assert not fused.wanted(maps, "auto")
     monkeypatch.setenv("FEATUREMAPS_FUSED", "off")
     assert fused.fused_mode() == "auto"  # an unknown value: the default
     monkeypatch.setenv("FEATUREMAPS_FUSED", "0")

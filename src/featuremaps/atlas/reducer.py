@@ -1,10 +1,11 @@
 """The atlas's capture reducer: each layer's top-k and a few numbers per (image, channel), inside the hook.
 
 :class:`AtlasReducer` runs inside the capture engine's forward hook: it
-merges the batch into the layer's :class:`~.topk.TopK` (on the model's
-device; the spatial argmax is located only for the maps that may enter a
-top-k) and keeps the per-image moments and maximum; the feature map is
-dropped as soon as the hook returns. The top-k of all layers are committed
+reads each map once for its maximum, the position of that maximum, its
+moments and its count of positives (the C kernel of :mod:`.fused` on the
+CPU; on PyTorch's path the position is located only for the maps that may
+enter a top-k) and keeps those numbers for the layer's
+:class:`~.topk.TopK`; the feature map is dropped as soon as the hook returns. The top-k of all layers are committed
 together once the whole forward has run, so an interrupt in the middle of a
 forward leaves every state as it was after the last batch.
 """
@@ -28,7 +29,6 @@ __all__ = ["AtlasReducer", "Reduced"]
 
 def _candidate_argmax(
     blocks: torch.Tensor, block_max: torch.Tensor, maximum: torch.Tensor, score: torch.Tensor, top: TopK,
-    compiled: bool,
 ) -> torch.Tensor:
     """Flat spatial argmax ``(batch, channels)`` of the maps that may enter ``top`` (0 for the others).
 
@@ -46,7 +46,7 @@ def _candidate_argmax(
     out = torch.zeros(s.shape, dtype=torch.int64, device=dev)
     if rows.numel():
         r, c = rows.to(blocks.device), chans.to(blocks.device)
-        out[rows, chans] = first_argmax(blocks, block_max, maximum, r, c, compiled).to(dev)
+        out[rows, chans] = first_argmax(blocks, block_max, maximum, r, c).to(dev)
     return out
 
 
@@ -81,9 +81,9 @@ class AtlasReducer:
 
     Called inside the forward hook; the map is dropped when it returns, leaving
     a few numbers per (image, channel): moments, maximum, score and the spatial
-    argmax of the maps that may enter a top-k (on the CPU only those are
-    located; on an accelerator all are, in the same kernel as the maximum). The
-    top-k and statistics of all layers are merged at the end of the forward.
+    argmax (of every map, in the same read as the maximum; on PyTorch's CPU
+    path only of the maps that may enter a top-k). The top-k and statistics
+    of all layers are merged at the end of the forward.
     """
 
     name = "atlas"
@@ -92,7 +92,7 @@ class AtlasReducer:
         self.score = score
         self.k = k
         self.device = device
-        self.items = items  # the dataset's size: with a layer's map size, it picks the fused kernel or not
+        self.items = items  # the dataset's size
         self.fused = fused_mode()
         self.tops: dict[str, TopK] = {}
         self.indices: torch.Tensor | None = None  # the dataset indices of the batch being run
@@ -122,15 +122,14 @@ class AtlasReducer:
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         argmax: torch.Tensor | None = None
-        numbers = None
         b, c, n = (int(v) for v in flat.shape)
         if not asynchronous(flat.device):
-            block = block_length(n)
-            blocks = flat.view(b, c, n // block, block)  # (a view: flat is contiguous)
-            numbers = map_numbers(blocks) if wanted(flat, self.items, self.fused) else None
-            if numbers is not None:  # one read of the map (compiled)
-                block_max, maximum, mean, var, active = numbers
+            numbers = map_numbers(flat) if wanted(flat, self.fused) else None
+            if numbers is not None:  # one read of each map (the C kernel), every position included
+                maximum, argmax, mean, var, active = numbers
             else:
+                block = block_length(n)
+                blocks = flat.view(b, c, n // block, block)  # (a view: flat is contiguous)
                 block_max = blocks.amax(3)
                 maximum = block_max.amax(2)
                 mean, var, active = per_image_moments(flat, self._scratch(flat))
@@ -146,7 +145,7 @@ class AtlasReducer:
             if top.channels == flat.shape[1]:
                 score = maximum if self.score == "max" else mean
                 if argmax is None:
-                    located = _candidate_argmax(blocks, block_max, maximum, score, top, numbers is not None)
+                    located = _candidate_argmax(blocks, block_max, maximum, score, top)
                 else:
                     located = argmax.to(top.device)
                 self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)

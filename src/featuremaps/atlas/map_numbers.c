@@ -1,0 +1,233 @@
+/* The atlas's per-map numbers on the CPU, in one read of each map from memory.
+ *
+ * For each of `maps` contiguous float32 maps of `n` values: the maximum, the
+ * position of its first occurrence (torch.argmax's answer, NaN included), the
+ * mean, the population variance and the count of values > 0.
+ *
+ *   pass 1 (from memory): maximum, sum, positives;
+ *   pass 2 (from cache):  the first position of the maximum (stops there);
+ *   pass 3 (from cache):  the mean of squared deviations about the mean.
+ *
+ * Sums run in float32 lanes over a few values each, then in float64. Pass 3
+ * sums the deviations from the float32 rounding of the mean, d = x - mf, and
+ * gives the variance as mean(d^2) - mean(d)^2 (exact algebra about the float64
+ * mean), so it loses no digits to a large mean. Maps holding NaN or
+ * infinities take plain scalar loops in float64. Each map is reduced by one thread in a fixed
+ * order: its numbers depend only on its values, whatever the batch or threads.
+ *
+ * featuremaps compiles this file on first use (featuremaps/atlas/native.py);
+ * on x86-64 with AVX2 and FMA it uses those instructions, elsewhere portable C.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#define FM_ABI 1
+#define BLOCK 64  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
+#define BLOCK3 128 /* the same in pass 3 */
+#define MAX_THREADS 64
+#define MIN_PARALLEL 65536 /* values below which one thread does all the maps */
+
+int fm_abi(void) { return FM_ABI; }
+
+typedef struct {
+    float max;
+    int64_t arg;
+    float mean;
+    float var;
+    int64_t pos;
+} numbers_t;
+
+/* Maps with NaN or infinities (or sums beyond float32): scalar loops, float64 sums. */
+static numbers_t scalar_numbers(const float *x, int64_t n) {
+    numbers_t r;
+    float m = x[0];
+    int64_t arg = 0, p = 0;
+    double s = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        float v = x[j];
+        if (m == m && (v != v || v > m)) { /* the first NaN wins for good, as in torch.argmax */
+            m = v;
+            arg = j;
+        }
+        p += v > 0.0f;
+        s += (double)v;
+    }
+    double mean = s / (double)n, q = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        double d = (double)x[j] - mean;
+        q += d * d;
+    }
+    r.max = m;
+    r.arg = arg;
+    r.mean = (float)mean;
+    r.var = (float)(q / (double)n);
+    r.pos = p;
+    return r;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+static inline double hsum_pd(__m256d a) {
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(lo) + _mm_cvtsd_f64(_mm_unpackhi_pd(lo, lo));
+}
+
+static inline __m256d widen_add(__m256d acc, __m256 f) {
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+}
+
+static numbers_t map_numbers(const float *x, int64_t n) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    __m256d sd = _mm256_setzero_pd();
+    __m256i p0 = _mm256_setzero_si256(), p1 = p0;
+    const int64_t full = n - n % 16;
+    int64_t j = 0;
+    while (j < full) { /* pass 1 */
+        int64_t end = j + BLOCK < full ? j + BLOCK : full;
+        __m256 s0 = zero, s1 = zero;
+        for (; j < end; j += 16) {
+            __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
+            m0 = _mm256_max_ps(a, m0); /* (a NaN leaves the lane as it was: the sum catches it) */
+            m1 = _mm256_max_ps(b, m1);
+            s0 = _mm256_add_ps(s0, a);
+            s1 = _mm256_add_ps(s1, b);
+            p0 = _mm256_sub_epi32(p0, _mm256_castps_si256(_mm256_cmp_ps(a, zero, _CMP_GT_OQ)));
+            p1 = _mm256_sub_epi32(p1, _mm256_castps_si256(_mm256_cmp_ps(b, zero, _CMP_GT_OQ)));
+        }
+        sd = widen_add(sd, _mm256_add_ps(s0, s1));
+    }
+    float lanes[8];
+    int32_t counts[8];
+    _mm256_storeu_ps(lanes, _mm256_max_ps(m0, m1));
+    _mm256_storeu_si256((__m256i *)counts, _mm256_add_epi32(p0, p1));
+    float m = -INFINITY;
+    int64_t p = 0;
+    for (int l = 0; l < 8; l++) {
+        m = lanes[l] > m ? lanes[l] : m;
+        p += counts[l];
+    }
+    double s = hsum_pd(sd);
+    for (; j < n; j++) {
+        float v = x[j];
+        m = v > m ? v : m;
+        s += (double)v;
+        p += v > 0.0f;
+    }
+    if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
+
+    int64_t first = -1; /* pass 2 */
+    const __m256 mm = _mm256_set1_ps(m);
+    for (j = 0; j < full; j += 8) {
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), mm, _CMP_EQ_OQ));
+        if (hit) {
+            first = j + __builtin_ctz((unsigned)hit);
+            break;
+        }
+    }
+    for (j = full; first < 0 && j < n; j++)
+        if (x[j] == m) first = j;
+
+    const double mean = s / (double)n; /* pass 3 */
+    const float mf = (float)mean;
+    const __m256 mv = _mm256_set1_ps(mf);
+    __m256d qd = _mm256_setzero_pd(), dd = _mm256_setzero_pd();
+    for (j = 0; j < full;) {
+        int64_t end = j + BLOCK3 < full ? j + BLOCK3 : full;
+        __m256 q0 = zero, q1 = zero, d0 = zero, d1 = zero;
+        for (; j < end; j += 16) {
+            __m256 a = _mm256_sub_ps(_mm256_loadu_ps(x + j), mv), b = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv);
+            q0 = _mm256_fmadd_ps(a, a, q0);
+            q1 = _mm256_fmadd_ps(b, b, q1);
+            d0 = _mm256_add_ps(d0, a);
+            d1 = _mm256_add_ps(d1, b);
+        }
+        qd = widen_add(qd, _mm256_add_ps(q0, q1));
+        dd = widen_add(dd, _mm256_add_ps(d0, d1));
+    }
+    double q = hsum_pd(qd), dm = hsum_pd(dd);
+    for (j = full; j < n; j++) {
+        double d = (double)(x[j] - mf);
+        q += d * d;
+        dm += d;
+    }
+    if (!isfinite(q)) return scalar_numbers(x, n); /* squares beyond float32 */
+    dm /= (double)n;
+    double var = q / (double)n - dm * dm;
+    numbers_t r = {m, first, (float)mean, (float)(var > 0.0 ? var : 0.0), p};
+    return r;
+}
+
+#else /* portable C: the same numbers, float64 sums, in the compiler's own vectorization */
+
+static numbers_t map_numbers(const float *x, int64_t n) {
+    float m = -INFINITY;
+    double s = 0.0;
+    int64_t p = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float v = x[j];
+        m = v > m ? v : m;
+        s += (double)v;
+        p += v > 0.0f;
+    }
+    if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
+    int64_t first = 0;
+    while (x[first] != m) first++;
+    const double mean = s / (double)n;
+    double q = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        double d = (double)x[j] - mean;
+        q += d * d;
+    }
+    numbers_t r = {m, first, (float)mean, (float)(q / (double)n), p};
+    return r;
+}
+#endif
+
+typedef struct {
+    const float *x;
+    int64_t lo, hi, n;
+    float *max, *mean, *var;
+    int64_t *arg, *pos;
+} job_t;
+
+static void *run(void *arg) {
+    const job_t *job = (const job_t *)arg;
+    for (int64_t i = job->lo; i < job->hi; i++) {
+        numbers_t r = map_numbers(job->x + i * job->n, job->n);
+        job->max[i] = r.max;
+        job->arg[i] = r.arg;
+        job->mean[i] = r.mean;
+        job->var[i] = r.var;
+        job->pos[i] = r.pos;
+    }
+    return 0;
+}
+
+/* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. */
+int fm_map_numbers(const float *x, int64_t maps, int64_t n, float *max, int64_t *arg, float *mean, float *var,
+                   int64_t *pos, int threads) {
+    if (n < 1 || maps < 0) return 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1 || maps * n < MIN_PARALLEL) threads = 1;
+    if (threads > maps) threads = maps > 0 ? (int)maps : 1;
+    job_t jobs[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int t = 0; t < threads; t++) {
+        job_t job = {x, maps * t / threads, maps * (t + 1) / threads, n, max, mean, var, arg, pos};
+        jobs[t] = job;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], 0, run, &jobs[t]) == 0;
+    run(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(tid[t], 0);
+        else
+            run(&jobs[t]); /* no thread to be had: this one does that share too */
+    }
+    return 0;
+}
