@@ -266,3 +266,39 @@ def test_topk_with_many_ties_equals_a_sorted_list_whatever_the_reading_order(ord
                                                   int(ids[i])))[:5]
         assert [e.index for e in top.examples(c)] == [int(ids[i]) for i in ranked]
         assert [e.position for e in top.examples(c)] == [(int(ids[i]), -int(ids[i])) for i in ranked]
+
+
+@pytest.mark.parametrize("with_locate", [False, True])
+def test_topk_merging_only_the_channels_with_a_candidate_equals_a_sorted_list(with_locate):
+    """Long runs: most batches have candidates in a few channels only (the merge then touches only those)."""
+    from featuremaps.atlas import TopK
+
+    gen = torch.Generator().manual_seed(4)
+    images, channels, k = 300, 40, 3
+    # scores fall over the run (later images rarely enter), with ties, NaN and a late burst in a few channels
+    scores = torch.randint(0, 6, (images, channels), generator=gen).double() + torch.linspace(20, 0, images)[:, None]
+    scores[250:260, :3] += 50.0
+    scores[17, 5] = float("nan")
+    ids = torch.arange(images) + 1000
+    top = TopK(channels, k=k)
+    located = []
+
+    def locate(rows, chans):
+        located.append(int(rows.numel()))
+        return batch_ids[rows] + chans, -chans
+
+    for start in range(0, images, 7):
+        sl = slice(start, start + 7)
+        batch_ids = ids[sl]
+        if with_locate:
+            top.update(scores[sl], batch_ids, locate=locate)
+        else:
+            pos = batch_ids[:, None] + torch.arange(channels)[None, :]
+            top.update(scores[sl], batch_ids, pos, -torch.arange(channels).expand(len(batch_ids), -1))
+    for c in range(channels):
+        ranked = sorted(range(images), key=lambda i: (-(float(scores[i, c]) if scores[i, c] == scores[i, c] else -1e9),
+                                                      int(ids[i])))[:k]
+        assert [e.index for e in top.examples(c)] == [int(ids[i]) for i in ranked]
+        assert [e.position for e in top.examples(c)] == [(int(ids[i]) + c, -c) for i in ranked]
+    if with_locate:  # located only the entries that entered a top-k (late batches: few or none)
+        assert sum(located) < images * channels // 4

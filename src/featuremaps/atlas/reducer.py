@@ -168,25 +168,38 @@ class AtlasReducer:
         return taken
 
     def merge(self, taken: tuple[dict[str, _Pending], torch.Tensor | None]) -> None:
-        """Merge a batch from :meth:`take` into the top-k of every layer (one sort for all their channels)."""
-        pending, indices = taken
-        if pending and indices is not None:
-            names = list(pending)
-            parts = [pending[n] for n in names]
-            y, x = self._locate(parts)
-            sizes = [int(p.score.shape[1]) for p in parts]
-            update_all([self.tops[n] for n in names], [p.score for p in parts], indices,
-                       list(y.split(sizes, 1)), list(x.split(sizes, 1)))
+        """Merge a batch from :meth:`take` into the top-k of every layer (one sort for all their channels).
 
-    def _locate(self, parts: list[_Pending]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y, x)``, ``(batch, all channels)``, of every part's flat argmax: two operations for all layers."""
+        The flat positions become ``(y, x)`` only for the entries that enter a top-k (on the CPU; on an
+        accelerator, for all at once: picking them out would make the host wait for the device).
+        """
+        pending, indices = taken
+        if not pending or indices is None:
+            return
+        names = list(pending)
+        parts = [pending[n] for n in names]
+        tops = [self.tops[n] for n in names]
+        scores = [torch.cat([p.score for p in parts], 1)]
+        flat = torch.cat([p.flat_index for p in parts], 1)
+        width = self._row_lengths(parts)
+        if asynchronous(flat.device):
+            update_all(tops, scores, indices, [flat // width], [flat % width])
+            return
+
+        def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            at, w = flat[rows, chans], width[chans]
+            return at // w, at % w
+
+        update_all(tops, scores, indices, locate=locate)
+
+    def _row_lengths(self, parts: list[_Pending]) -> torch.Tensor:
+        """Per channel of all parts side by side, its maps' row length (1-D maps: longer than any position)."""
         key = tuple((p.width, int(p.flat_index.shape[1])) for p in parts)
         if self._widths is None or self._widths[0] != key:
-            # per channel, the row length; 1-D maps get one longer than any index: y = 0, x = index
+            # 1-D maps get a row longer than any index: y = 0, x = index
             width = torch.tensor([w or (1 << 62) for w, _ in key]).repeat_interleave(torch.tensor([c for _, c in key]))
             self._widths = (key, width.to(parts[0].flat_index.device))
-        flat = torch.cat([p.flat_index for p in parts], 1)
-        return flat // self._widths[1], flat % self._widths[1]
+        return self._widths[1]
 
     def release(self) -> None:
         """Drop the scratch buffer."""

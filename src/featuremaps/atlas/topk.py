@@ -143,43 +143,67 @@ class TopK:
         if b == 0:
             return self.score, self.index, self.y, self.x
         k = self.k
-        batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf)
-        rows = torch.arange(b, device=dev)
-        if not asynchronous(dev):
-            # Only rows with a score >= some channel's k-th best can enter a top-k (a tie may win on
-            # the index): once the top-k have filled, most batches have few such rows, or none. (On
-            # an accelerator, finding them would make the host wait for the device: sort them all.)
-            rows = torch.nonzero((batch >= self.score[:, k - 1 :]).any(0)).flatten()
-            if rows.numel() == 0:
-                return self.score, self.index, self.y, self.x
+        batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf)  # (channels, batch)
         idx = indices.to(dev, torch.int64)
-        n = int(rows.numel())
+        if asynchronous(dev):
+            # on an accelerator, finding the few entries that can enter would make the host wait for the
+            # device: every channel and row is sorted
+            return self._merged(batch, idx, torch.arange(b, device=dev), None, y, x, locate, False)
+        # Only entries scoring at least their channel's k-th best can enter its top-k (a tie may win on the
+        # index): once the top-k have filled, most channels have none in a batch and most rows enter none.
+        enters = batch >= self.score[:, k - 1 :]
+        chans = torch.nonzero(enters.any(1)).flatten()
+        if chans.numel() == 0:
+            return self.score, self.index, self.y, self.x
+        some = int(chans.numel()) * 4 < self.channels * 3  # worth selecting the channels (else all)
+        rows = torch.nonzero((enters[chans] if some else enters).any(0)).flatten()
+        # Read in order (the usual case: every slot filled, the batch's indices increasing and above all the
+        # state's), the columns of equal scores are already in index order: one sort suffices.
+        in_order = bool((idx[1:] > idx[:-1]).all()) and int(idx[0]) > int(self.index.max())
+        return self._merged(batch, idx, rows, chans if some else None, y, x, locate, in_order)
+
+    def _merged(
+        self, batch: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, chans: torch.Tensor | None,
+        y: torch.Tensor | None, x: torch.Tensor | None,
+        locate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None, in_order: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The state with ``batch`` ``(channels, batch)``'s ``rows`` merged in, on ``chans`` only (None: all)."""
+        dev, k = self.device, self.k
+        n, b = int(rows.numel()), int(batch.shape[1])
+        state = [self.score, self.index, self.y, self.x]
+        if chans is not None:
+            state = [t.index_select(0, chans) for t in state]
+            batch = batch.index_select(0, chans)
         if n < b:
-            batch, idx = batch[:, rows], idx[rows]
-        # Read in order (the usual case on the CPU: every slot filled, the batch's indices increasing and
-        # above all the state's), the columns of equal scores are already in index order: one sort suffices.
-        in_order = not asynchronous(dev) and bool((idx[1:] > idx[:-1]).all()) and int(idx[0]) > int(self.index.max())
-        score = torch.cat([self.score, batch], 1)
-        index = torch.cat([self.index, idx[None, :].expand(self.channels, n)], 1)
-        column = torch.arange(k + n, device=dev).expand(self.channels, k + n)
-        score, index, column = _order(score, index, column, k, in_order)
+            batch, idx = batch.index_select(1, rows), idx.index_select(0, rows)
+        c = int(batch.shape[0])
+        score = torch.cat([state[0], batch], 1)
+        index = torch.cat([state[1], idx[None, :].expand(c, n)], 1)
+        column = torch.arange(k + n, device=dev).expand(c, k + n)
+        score, index, column = _order(score, index, column, k, in_order, clean=True)  # (NaN: -inf above)
         if locate is None:
             assert y is not None and x is not None
             # the positions of the state and of the batch side by side, in the columns' order
-            yb, xb = y.to(dev, torch.int64), x.to(dev, torch.int64)
-            if n < b:
-                yb, xb = yb[rows], xb[rows]
-            ys = torch.cat([self.y, yb.T], 1).gather(1, column)
-            xs = torch.cat([self.x, xb.T], 1).gather(1, column)
+            pos = []
+            for old, new in ((state[2], y), (state[3], x)):
+                new = new.to(dev, torch.int64)
+                if n < b:
+                    new = new.index_select(0, rows)
+                new = new.T if chans is None else new.index_select(1, chans).T
+                pos.append(torch.cat([old, new], 1).gather(1, column))
+            ys, xs = pos
+        else:
+            keep = column.clamp(max=k - 1)
+            ys, xs = state[2].gather(1, keep), state[3].gather(1, keep)
+            sub, slots = torch.nonzero(column >= k, as_tuple=True)
+            if sub.numel():
+                ny, nx = locate(rows[column[sub, slots] - k], sub if chans is None else chans[sub])
+                ys[sub, slots] = ny.to(dev, torch.int64)
+                xs[sub, slots] = nx.to(dev, torch.int64)
+        if chans is None:
             return score, index, ys, xs
-        keep = column.clamp(max=k - 1)
-        ys, xs = self.y.gather(1, keep), self.x.gather(1, keep)
-        chans, slots = torch.nonzero(column >= k, as_tuple=True)
-        if chans.numel():
-            ny, nx = locate(rows[column[chans, slots] - k], chans)
-            ys[chans, slots] = ny.to(dev, torch.int64)
-            xs[chans, slots] = nx.to(dev, torch.int64)
-        return score, index, ys, xs
+        return (self.score.index_copy(0, chans, score), self.index.index_copy(0, chans, index),
+                self.y.index_copy(0, chans, ys), self.x.index_copy(0, chans, xs))
 
     def merge(self, other: TopK) -> TopK:
         """A new state with the top-k of both (associative and commutative, exactly).
@@ -268,14 +292,20 @@ def update_all(
     tops: Sequence[TopK],
     scores: Sequence[torch.Tensor],
     indices: torch.Tensor,
-    y: Sequence[torch.Tensor],
-    x: Sequence[torch.Tensor],
+    y: Sequence[torch.Tensor] | None = None,
+    x: Sequence[torch.Tensor] | None = None,
+    *,
+    locate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """Merge one batch into several states at once: the same as ``top.update`` for each, with one sort.
 
-    ``scores[i]``, ``y[i]`` and ``x[i]`` are ``(batch, channels of tops[i])``;
-    every state must have the same ``k`` and device. Sorting the channels of
-    many layers together costs a fraction of sorting each layer on its own.
+    ``scores``, ``y`` and ``x`` are lists of ``(batch, channels)`` tensors
+    whose channels, side by side, are those of ``tops`` in order (one per
+    state, or fewer, already joined); every state must have the same ``k`` and
+    device. Instead of ``y`` and ``x``, ``locate(batch_rows, channels) -> (y,
+    x)`` may give the positions of the entries that enter a top-k, with
+    ``channels`` counted across all the states. Sorting the channels of many
+    layers together costs a fraction of sorting each layer on its own.
 
     Example:
         >>> import torch
@@ -296,7 +326,11 @@ def update_all(
     joined.index = torch.cat([t.index for t in tops])
     joined.y = torch.cat([t.y for t in tops])
     joined.x = torch.cat([t.x for t in tops])
-    joined.update(torch.cat(list(scores), 1), indices, torch.cat(list(y), 1), torch.cat(list(x), 1))
+    if locate is None and (y is None or x is None):
+        raise FeatureMapsError("update_all needs the positions: pass y and x, or locate=")
+    yy = torch.cat(list(y), 1) if y is not None and locate is None else None
+    xx = torch.cat(list(x), 1) if x is not None and locate is None else None
+    joined.update(torch.cat(list(scores), 1), indices, yy, xx, locate=locate)
     sizes = [t.channels for t in tops]
     parts = zip(joined.score.split(sizes), joined.index.split(sizes), joined.y.split(sizes), joined.x.split(sizes))
     for top, (score, index, yy, xx) in zip(tops, parts):
@@ -304,14 +338,17 @@ def update_all(
 
 
 def _order(
-    score: torch.Tensor, index: torch.Tensor, column: torch.Tensor, k: int, in_order: bool = False
+    score: torch.Tensor, index: torch.Tensor, column: torch.Tensor, k: int, in_order: bool = False,
+    clean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``k`` candidates of each row under (score descending, index ascending).
 
     ``in_order``: the columns of equal scores are already in ascending index
-    order in every row (then the sort by index is skipped).
+    order in every row (then the sort by index is skipped). ``clean``: the
+    scores hold no NaN (else NaN ranks as ``-inf``).
     """
-    score = torch.nan_to_num(score, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    if not clean:
+        score = torch.nan_to_num(score, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     # lexicographic: stable sort by index, then stable sort by score
     if not in_order:
         order = torch.argsort(index, dim=1, stable=True)
