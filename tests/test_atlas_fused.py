@@ -42,7 +42,8 @@ def awkward_maps(b: int, c: int, n: int, seed: int) -> torch.Tensor:
 
 SHAPES = [(3, 4, 12544), (3, 3, 49), (3, 5, 196), (3, 3, 1000), (3, 3, 9), (3, 3, 1)]
 # sizes around the kernel's 16-value steps and blocks, and past the size at which it takes several threads
-KERNEL_SHAPES = SHAPES + [(3, 3, 15), (3, 3, 16), (3, 3, 17), (3, 3, 513), (3, 3, 1031), (4, 3, 2**16 + 3)]
+KERNEL_SHAPES = SHAPES + [(3, 3, 15), (3, 3, 16), (3, 3, 17), (3, 3, 40), (3, 3, 136), (3, 3, 263), (3, 3, 513),
+                          (3, 3, 1031), (4, 3, 2**16 + 3)]
 
 
 @pytest.mark.parametrize("n", [1, 9, 49, 196, 784, 1000, 1031, 3136, 12544, 2**16 + 1])

@@ -23,8 +23,8 @@
 #include <stdint.h>
 
 #define FM_ABI 1
-#define BLOCK 64  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
-#define BLOCK3 128 /* the same in pass 3 */
+#define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
+#define BLOCK3 256 /* the same in pass 3 (8 a lane) */
 #define MAX_THREADS 64
 #define MIN_PARALLEL 65536 /* values below which one thread does all the maps */
 
@@ -79,31 +79,39 @@ static inline __m256d widen_add(__m256d acc, __m256 f) {
     return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
 }
 
+/* Four independent accumulators of 8 lanes each: a chain of dependent additions or maxima would wait on
+ * each instruction's latency; four keep the CPU's vector units busy. */
 static numbers_t map_numbers(const float *x, int64_t n) {
     const __m256 zero = _mm256_setzero_ps();
-    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+    __m256i p0 = _mm256_setzero_si256(), p1 = p0, p2 = p0, p3 = p0;
     __m256d sd = _mm256_setzero_pd();
-    __m256i p0 = _mm256_setzero_si256(), p1 = p0;
-    const int64_t full = n - n % 16;
+    const int64_t full = n - n % 8;
     int64_t j = 0;
+#define FM_PASS1(m, p, sum, at)                                                                   \
+    do {                                                                                          \
+        __m256 v_ = _mm256_loadu_ps(x + (at));                                                    \
+        m = _mm256_max_ps(v_, m); /* (a NaN leaves the lane as it was: the sum catches it) */    \
+        sum = _mm256_add_ps(sum, v_);                                                             \
+        p = _mm256_sub_epi32(p, _mm256_castps_si256(_mm256_cmp_ps(v_, zero, _CMP_GT_OQ)));       \
+    } while (0)
     while (j < full) { /* pass 1 */
-        int64_t end = j + BLOCK < full ? j + BLOCK : full;
-        __m256 s0 = zero, s1 = zero;
-        for (; j < end; j += 16) {
-            __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
-            m0 = _mm256_max_ps(a, m0); /* (a NaN leaves the lane as it was: the sum catches it) */
-            m1 = _mm256_max_ps(b, m1);
-            s0 = _mm256_add_ps(s0, a);
-            s1 = _mm256_add_ps(s1, b);
-            p0 = _mm256_sub_epi32(p0, _mm256_castps_si256(_mm256_cmp_ps(a, zero, _CMP_GT_OQ)));
-            p1 = _mm256_sub_epi32(p1, _mm256_castps_si256(_mm256_cmp_ps(b, zero, _CMP_GT_OQ)));
+        const int64_t end = j + BLOCK < full ? j + BLOCK : full;
+        __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+        for (; j + 32 <= end; j += 32) {
+            FM_PASS1(m0, p0, s0, j);
+            FM_PASS1(m1, p1, s1, j + 8);
+            FM_PASS1(m2, p2, s2, j + 16);
+            FM_PASS1(m3, p3, s3, j + 24);
         }
-        sd = widen_add(sd, _mm256_add_ps(s0, s1));
+        for (; j < end; j += 8) FM_PASS1(m0, p0, s0, j);
+        sd = widen_add(sd, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
     }
+#undef FM_PASS1
     float lanes[8];
     int32_t counts[8];
-    _mm256_storeu_ps(lanes, _mm256_max_ps(m0, m1));
-    _mm256_storeu_si256((__m256i *)counts, _mm256_add_epi32(p0, p1));
+    _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+    _mm256_storeu_si256((__m256i *)counts, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
     float m = -INFINITY;
     int64_t p = 0;
     for (int l = 0; l < 8; l++) {
@@ -119,9 +127,17 @@ static numbers_t map_numbers(const float *x, int64_t n) {
     }
     if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
 
-    int64_t first = -1; /* pass 2 */
+    int64_t first = -1; /* pass 2: 32 values a step, then the 8 that hold the hit */
     const __m256 mm = _mm256_set1_ps(m);
-    for (j = 0; j < full; j += 8) {
+    for (j = 0; j + 32 <= full; j += 32) {
+        __m256 h = _mm256_or_ps(
+            _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), mm, _CMP_EQ_OQ),
+                         _mm256_cmp_ps(_mm256_loadu_ps(x + j + 8), mm, _CMP_EQ_OQ)),
+            _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j + 16), mm, _CMP_EQ_OQ),
+                         _mm256_cmp_ps(_mm256_loadu_ps(x + j + 24), mm, _CMP_EQ_OQ)));
+        if (_mm256_movemask_ps(h)) break;
+    }
+    for (; j < full; j += 8) {
         int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), mm, _CMP_EQ_OQ));
         if (hit) {
             first = j + __builtin_ctz((unsigned)hit);
@@ -135,19 +151,26 @@ static numbers_t map_numbers(const float *x, int64_t n) {
     const float mf = (float)mean;
     const __m256 mv = _mm256_set1_ps(mf);
     __m256d qd = _mm256_setzero_pd(), dd = _mm256_setzero_pd();
+#define FM_PASS3(q, d, at)                                                                        \
+    do {                                                                                          \
+        __m256 v_ = _mm256_sub_ps(_mm256_loadu_ps(x + (at)), mv);                                 \
+        q = _mm256_fmadd_ps(v_, v_, q);                                                           \
+        d = _mm256_add_ps(d, v_);                                                                 \
+    } while (0)
     for (j = 0; j < full;) {
-        int64_t end = j + BLOCK3 < full ? j + BLOCK3 : full;
-        __m256 q0 = zero, q1 = zero, d0 = zero, d1 = zero;
-        for (; j < end; j += 16) {
-            __m256 a = _mm256_sub_ps(_mm256_loadu_ps(x + j), mv), b = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv);
-            q0 = _mm256_fmadd_ps(a, a, q0);
-            q1 = _mm256_fmadd_ps(b, b, q1);
-            d0 = _mm256_add_ps(d0, a);
-            d1 = _mm256_add_ps(d1, b);
+        const int64_t end = j + BLOCK3 < full ? j + BLOCK3 : full;
+        __m256 q0 = zero, q1 = zero, q2 = zero, q3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
+        for (; j + 32 <= end; j += 32) {
+            FM_PASS3(q0, d0, j);
+            FM_PASS3(q1, d1, j + 8);
+            FM_PASS3(q2, d2, j + 16);
+            FM_PASS3(q3, d3, j + 24);
         }
-        qd = widen_add(qd, _mm256_add_ps(q0, q1));
-        dd = widen_add(dd, _mm256_add_ps(d0, d1));
+        for (; j < end; j += 8) FM_PASS3(q0, d0, j);
+        qd = widen_add(qd, _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3)));
+        dd = widen_add(dd, _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
     }
+#undef FM_PASS3
     double q = hsum_pd(qd), dm = hsum_pd(dd);
     for (j = full; j < n; j++) {
         double d = (double)(x[j] - mf);
