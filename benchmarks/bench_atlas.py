@@ -11,17 +11,16 @@ each atlas variant once without the fixed per-run cost (``receptive="none"``:
 the pass itself) and once as a whole ``build_atlas`` call (with the receptive
 fields: measured once per architecture, then cached). Goals: atlas pass /
 plain >= 0.85, whole call >= 0.80. Every variant runs once first (warm-up:
-lazy inits, the fused kernel's compilation); then each repetition runs plain
-inference and a variant back to back, and the ratios printed are medians
-over repetitions of those pairs' ratios, of wall time and of CPU time (a
-shared machine's load changes less between two neighbouring runs).
+lazy inits, the C kernel's compilation or loading); then each repetition
+runs plain inference and a variant back to back, and the ratios printed are
+medians over repetitions of those pairs' ratios, of wall time and of CPU
+time (a shared machine's load changes less between two neighbouring runs).
 
-The atlas variants force the fused CPU kernel (``FEATUREMAPS_FUSED=1``: one
-compiled read of each map, see ``featuremaps.atlas.fused``); by default a
-layer takes it once its maps over the dataset hold 2**30 values (a long
-pass, where compiling pays), which 128 images do not. The ``before:``
-variants run the same calls with ``FEATUREMAPS_FUSED=0`` (PyTorch's separate
-reductions, as before the kernel) in the same run.
+The atlas variants use the C kernel (``featuremaps.atlas.fused``: one read
+of each map for its maximum, first argmax, moments and positives). The
+``before:`` variants run the same calls with ``FEATUREMAPS_FUSED=0``
+(PyTorch's separate reductions, the argmax looked up for the maps that may
+enter a top-k), in the same run.
 
 Memory: peak RSS of a fresh process while it runs plain inference or the
 atlas pass over 1x and 10x the images (same k), above its RSS before the
@@ -37,9 +36,10 @@ Usage::
 
     python benchmarks/bench_atlas.py [--images 256] [--batch 16] [--reps 3] [--memory-images 64] [--device cuda]
 
-The top-k churn of the first batches (many maps enter the young top-k, so
-their argmax is needed) fades as the dataset grows; 256 images show the
-steady state better than a few batches do.
+The top-k churn of the first batches (entries enter most channels' young
+top-k, so every channel is merged) fades as the dataset grows (then a batch
+is merged into the few channels where something can enter); 256 images show
+the steady state better than a few batches do.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def plain(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
 def atlas(
     model: nn.Module, loader: torch.utils.data.DataLoader, layers: LayerSelector, receptive: str, fast: bool = True
 ) -> None:
-    """One build_atlas with the fused kernel on every layer (``fast=False``: PyTorch's reductions, as before it)."""
+    """One build_atlas with the C kernel (``fast=False``: PyTorch's reductions, ``FEATUREMAPS_FUSED=0``)."""
     os.environ["FEATUREMAPS_FUSED"] = "1" if fast else "0"
     try:
         build_atlas(model, loader, layers=layers, k=9, progress=False, checkpoint_every=None, receptive=receptive)

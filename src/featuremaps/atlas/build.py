@@ -1,12 +1,12 @@
 """``build_atlas``: one streaming pass of the capture engine over a dataset.
 
 The pass runs :class:`~featuremaps.FeatureExtractor` with a reducer that,
-inside each layer's hook, merges the batch into that layer's
-:class:`~.topk.TopK` (on the model's device; the spatial argmax is looked up
-only for the maps that enter a top-k) and keeps a few numbers per image and
-channel (mean, variance, positive count, max); the feature map is dropped as
-soon as the hook returns. After each forward those numbers are merged, for
-all layers at once, into a :class:`~.stats.RunningStats` (in a worker thread,
+inside each layer's hook, reads each map once for a few numbers per image
+and channel (maximum and its position, mean, variance, positive count; on a
+CPU with the C kernel of :mod:`.fused`); the feature map is dropped as soon
+as the hook returns. After each forward those numbers are merged, for all
+layers at once, into each layer's :class:`~.topk.TopK` and a
+:class:`~.stats.RunningStats` (on the model's device, in a worker thread,
 while the next forward runs). Memory is
 O(layers x channels x k), whatever the dataset's size, plus one scratch
 buffer the size of the largest map.
