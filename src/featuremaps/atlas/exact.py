@@ -7,6 +7,18 @@ commutative, so adding values, or merging partial sums, in any order gives
 the same limbs; the only rounding happens when the sum is read
 (:meth:`ExactSum.fractions` is exact). :mod:`.stats` builds the atlas's
 order-free statistics on it.
+
+On the CPU a batch is added column by column in groups rather than value by
+value: each column is scaled by the power of two that puts its largest
+magnitude just below ``2**(62 - bits(rows))``, the scaled values are
+truncated to integers and summed in int64 (exact: a power-of-two scaling
+loses nothing, and the sum cannot overflow), and only the remainders that
+truncation leaves (values far smaller than their column's largest) go round
+again with a larger scale; at scale ``2**96`` the values are floored
+instead, which drops the bits below ``2**-96`` exactly as a value added on
+its own would. Each column then adds a few integers instead of one split
+per value, and the limbs come out the same as the per-value path
+(:func:`_add_limbs`, which accelerators and out-of-range batches use).
 """
 
 from __future__ import annotations
@@ -29,6 +41,12 @@ LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top 
 _MAX_WEIGHT = (1 << 31) - 1
 _CHUNK = 1 << 16  # values per step when splitting into limbs
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
+_RANGE_LIMIT = 2.0**244  # the per-value split raises for magnitudes from here (the top limbs must stay free)
+_GROUP_ROWS = 1 << 14  # batches of fewer rows are summed in groups on the CPU (_add_grouped)
+_GROUP_CHUNK = 1 << 15  # values per step there (in the cache)
+# the most integers _add_grouped adds to a channel in one call, each < 2**33 to any limb, like one value:
+# the scale grows by at least 62 - 15 bits a round, from 2**(62 - 15 - 244) or more up to 2**96
+_GROUP_ROUNDS = -(-(FRAC_BITS + 244) // (62 - _GROUP_ROWS.bit_length()))
 
 
 class ExactSum:
@@ -104,7 +122,8 @@ class ExactSum:
             w = torch.as_tensor(weight, device=self._limbs.device).to(torch.int64).expand(self.channels)
             if bool(((w < 0) | (w > _MAX_WEIGHT)).any()):
                 raise FeatureMapsError(f"ExactSum.add: weights must lie in 0..{_MAX_WEIGHT}")
-        batch_values = values.shape[0] if values.ndim == 2 else 1
+        # counted as values against _MAX_PENDING: a grouped add counts as up to _GROUP_ROUNDS values
+        batch_values = max(values.shape[0] if values.ndim == 2 else 1, _GROUP_ROUNDS)
         pending = self._pending
         if pending is not None and (
             self._pending_values + batch_values > _MAX_PENDING
@@ -156,6 +175,8 @@ class ExactSum:
             if self._overflow is None:
                 self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
             _add_limbs(v, flat, 0, self.channels, self._overflow)
+            return out
+        if v.shape[0] < _GROUP_ROWS and _add_grouped(v, flat, self.channels):
             return out
         # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
         step = max(1, _CHUNK // v.shape[0])
@@ -247,6 +268,98 @@ def _add_limbs(
     out.index_add_(0, index.flatten(), ((lo >> LIMB_BITS) + (hi & _LIMB_MASK)).flatten())
     index += channels
     out.index_add_(0, index.flatten(), (hi >> LIMB_BITS).flatten())
+
+
+def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
+    """:func:`_add_limbs` for a whole CPU batch of fewer than ``_GROUP_ROWS`` rows, summing columns in groups.
+
+    Per column, with ``2**e`` above its largest magnitude, ``y = v * 2**s`` for
+    ``s = min(62 - bits(rows) - e, 96)`` has ``|y| < 2**(62 - bits(rows))``, so
+    the column's sum of ``trunc(y)`` is exact in int64 and adds
+    ``sum * 2**(96 - s)`` (an integer, as ``s <= 96``) to the fixed-point sum.
+    What truncation leaves (``|r| < 2**-s``, exact) goes round again with a
+    larger ``s``; at ``s = 96`` the values are floored instead
+    (``floor(v * 2**96)``, the per-value rounding). Columns whose values are
+    all integers at their first scale, the usual case, take one round. A
+    power-of-two scaling is exact unless it underflows, which only a scaling
+    down (``s < 0``) can: such columns go round again whatever they show.
+
+    Returns:
+        False, having added nothing, when a value is not finite or beyond the
+        range (the per-value path then raises, or treats it as it always has).
+    """
+    a = v.detach().numpy()
+    columns = np.arange(a.shape[1], dtype=np.int64)
+    first = True
+    while True:
+        sums = _column_sums(a, range_check=first)
+        if sums is None:
+            return False
+        first = False
+        s, total, inexact = sums
+        final = s == FRAC_BITS
+        fix = np.flatnonzero(final & inexact)
+        if fix.size:  # floor, not trunc: a negative non-integer rounds down once more
+            y = a[:, fix] * np.ldexp(1.0, s[fix])
+            total[fix] -= (y < np.trunc(y)).sum(0)
+        _add_integers(total, FRAC_BITS - s, columns, out, channels)
+        keep = np.flatnonzero((inexact | (s < 0)) & ~final)
+        if not keep.size:
+            return True
+        a, s, columns = a[:, keep], s[keep], columns[keep]
+        a = a - np.trunc(a * np.ldexp(1.0, s)) * np.ldexp(1.0, -s)  # exact: the bits of v below 2**-s
+
+
+def _column_sums(a: np.ndarray, range_check: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per column of ``a``: the scale ``s``, the sum of ``trunc(a * 2**s)``, and whether any was cut.
+
+    ``s = min(62 - bits(rows) - e, 96)`` with ``2**e`` above the column's
+    largest magnitude. In chunks of columns that stay in the cache (the
+    largest magnitude and the sums from one read), into buffers made once.
+    None (with ``range_check``) when a value is not finite or beyond the range.
+    """
+    rows, n = a.shape
+    width = 62 - rows.bit_length()  # |y| < 2**width: rows of them sum below 2**62
+    step = max(1, _GROUP_CHUNK // rows)
+    s, total, inexact = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    top = np.empty(step)
+    y, t = np.empty((rows, step)), np.empty((rows, step))
+    whole, cut = np.empty((rows, step), dtype=np.int64), np.empty((rows, step), dtype=bool)
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        w, part = end - start, a[:, start:end]
+        np.maximum(part.max(0), -part.min(0), out=top[:w])  # NaN stays NaN
+        if range_check and not bool((top[:w] < _RANGE_LIMIT).all()):
+            return None
+        np.minimum(width - np.frexp(top[:w])[1], FRAC_BITS, out=s[start:end])
+        np.multiply(part, np.ldexp(1.0, s[start:end]), out=y[:, :w])  # exact
+        np.copyto(whole[:, :w], y[:, :w], casting="unsafe")  # truncates, exactly
+        whole[:, :w].sum(0, out=total[start:end])
+        np.trunc(y[:, :w], out=t[:, :w])
+        np.not_equal(y[:, :w], t[:, :w], out=cut[:, :w])
+        cut[:, :w].any(0, out=inexact[start:end])
+    return s, total, inexact
+
+
+def _add_integers(total: np.ndarray, pos: np.ndarray, columns: np.ndarray, out: torch.Tensor, channels: int) -> None:
+    """Add each ``total * 2**pos`` (``|total| < 2**62``, ``pos >= 0``) to its column's limbs in ``out``.
+
+    ``out`` is the flat view of a ``(limbs, channels)`` tensor. Each adds less
+    than ``2**33`` to any limb, as one value does in :func:`_add_limbs`.
+    """
+    pos = pos.astype(np.int64)
+    step = _POWERS[pos & (LIMB_BITS - 1)]  # multiplying: numpy's shifts by arrays are slow
+    lo = (total & _LIMB_MASK) * step  # < 2**63
+    hi = (total >> LIMB_BITS) * step  # |hi| < 2**61, signed
+    index = torch.from_numpy((pos >> 5) * channels + columns)
+    out.index_add_(0, index, torch.from_numpy(lo & _LIMB_MASK))
+    index += channels
+    out.index_add_(0, index, torch.from_numpy((lo >> LIMB_BITS) + (hi & _LIMB_MASK)))
+    index += channels
+    out.index_add_(0, index, torch.from_numpy(hi >> LIMB_BITS))
+
+
+_POWERS = np.left_shift(1, np.arange(LIMB_BITS, dtype=np.int64))
 
 
 def _carry(limbs: torch.Tensor) -> None:
