@@ -174,6 +174,16 @@ def test_many_rows(rows):
     assert grouped.integers() == floor_sums(values)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 15, 16, 63, 64, 4095, exact._GROUP_ROWS - 1])
+def test_columns_of_equal_largest_values_sum_without_overflow(rows):
+    """The headroom: ``rows`` values just below a power of two, all of one sign, must not overflow int64."""
+    top = math.nextafter(2.0, 0)  # 53 bits set
+    values = np.array([[top * 2.0**100, -top, -top * 2.0**-60, top * 2.0**-97]] * rows)
+    grouped, old = both(lambda: _added(values))
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
 def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
     """End to end: build_atlas with the grouped path gives the same statistics, bit for bit."""
     torch.manual_seed(0)
