@@ -44,8 +44,9 @@ _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2
 _RANGE_LIMIT = 2.0**244  # the per-value split raises for magnitudes from here (the top limbs must stay free)
 _GROUP_ROWS = 1 << 14  # batches of fewer rows are summed in groups on the CPU (_add_grouped)
 _GROUP_CHUNK = 1 << 15  # values per step there (in the cache)
-# the most integers _add_grouped adds to a channel in one call, each < 2**33 to any limb, like one value:
-# the scale grows by at least 62 - 15 bits a round, from 2**(62 - 15 - 244) or more up to 2**96
+# the most integers _add_grouped adds to a channel in one call (one a round, each < 2**33 to any limb, like
+# one value): a round's scale exceeds the last one's by its width (62 - bits(rows) > 47 bits), the first is
+# 2**(width - 244) or more and the last at most 2**96, so there are at most ceil((96 + 244) / 47) rounds
 _GROUP_ROUNDS = -(-(FRAC_BITS + 244) // (62 - _GROUP_ROWS.bit_length()))
 
 
@@ -156,7 +157,8 @@ class ExactSum:
     def _limbs_of(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Add the exact sum over the batch of ``values`` to ``out`` (new zeros by default), unnormalized.
 
-        Each value adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
+        Each value (each round of a grouped add: counted as ``_GROUP_ROUNDS``
+        values) adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
         values per channel can be summed before the limbs need a carry.
         """
         v = values.to(device=self._limbs.device, dtype=torch.float64)
@@ -176,7 +178,7 @@ class ExactSum:
                 self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
             _add_limbs(v, flat, 0, self.channels, self._overflow)
             return out
-        if v.shape[0] < _GROUP_ROWS and _add_grouped(v, flat, self.channels):
+        if v.device.type == "cpu" and v.shape[0] < _GROUP_ROWS and _add_grouped(v, flat, self.channels):
             return out
         # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
         step = max(1, _CHUNK // v.shape[0])
@@ -288,7 +290,7 @@ def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
         False, having added nothing, when a value is not finite or beyond the
         range (the per-value path then raises, or treats it as it always has).
     """
-    a = v.detach().numpy()
+    a = v.detach().resolve_neg().numpy()
     columns = np.arange(a.shape[1], dtype=np.int64)
     first = True
     while True:
