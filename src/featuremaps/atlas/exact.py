@@ -44,6 +44,7 @@ _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2
 _RANGE_LIMIT = 2.0**244  # the per-value split raises for magnitudes from here (the top limbs must stay free)
 _GROUP_ROWS = 1 << 14  # batches of fewer rows are summed in groups on the CPU (_add_grouped)
 _GROUP_CHUNK = 1 << 15  # values per step there (in the cache)
+_PLACE_CHUNK = 1 << 13  # columns per step when adding their sums to the limbs
 # the most integers _add_grouped adds to a channel in one call (one a round, each < 2**33 to any limb, like
 # one value): a round's scale exceeds the last one's by its width (62 - bits(rows) > 47 bits), the first is
 # 2**(width - 244) or more and the last at most 2**96, so there are at most ceil((96 + 244) / 47) rounds
@@ -293,54 +294,58 @@ def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
     a = v.detach().resolve_neg().numpy()
     columns = np.arange(a.shape[1], dtype=np.int64)
     first = True
-    while True:
-        sums = _column_sums(a, range_check=first)
-        if sums is None:
+    while a.shape[1]:
+        left = _add_round(a, columns, out, channels, range_check=first)
+        if left is None:
             return False
         first = False
-        s, total, inexact = sums
-        final = s == FRAC_BITS
-        fix = np.flatnonzero(final & inexact)
-        if fix.size:  # floor, not trunc: a negative non-integer rounds down once more
-            y = a[:, fix] * np.ldexp(1.0, s[fix])
-            total[fix] -= (y < np.trunc(y)).sum(0)
-        _add_integers(total, FRAC_BITS - s, columns, out, channels)
-        keep = np.flatnonzero((inexact | (s < 0)) & ~final)
-        if not keep.size:
-            return True
-        a, s, columns = a[:, keep], s[keep], columns[keep]
-        a = a - np.trunc(a * np.ldexp(1.0, s)) * np.ldexp(1.0, -s)  # exact: the bits of v below 2**-s
+        a, columns = left
+    return True
 
 
-def _column_sums(a: np.ndarray, range_check: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per column of ``a``: the scale ``s``, the sum of ``trunc(a * 2**s)``, and whether any was cut.
+def _add_round(
+    a: np.ndarray, columns: np.ndarray, out: torch.Tensor, channels: int, range_check: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One round of :func:`_add_grouped`: add the columns' sums, return what is left and of which columns.
 
-    ``s = min(62 - bits(rows) - e, 96)`` with ``2**e`` above the column's
-    largest magnitude. In chunks of columns that stay in the cache (the
-    largest magnitude and the sums from one read), into buffers made once.
-    None (with ``range_check``) when a value is not finite or beyond the range.
+    The sums and remainders are made in chunks of columns that stay in the
+    cache, into buffers made once. None, having added nothing, (with
+    ``range_check``) when a value is not finite or beyond the range.
     """
     rows, n = a.shape
     width = 62 - rows.bit_length()  # |y| < 2**width: rows of them sum below 2**62
     step = max(1, _GROUP_CHUNK // rows)
-    s, total, inexact = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
-    top = np.empty(step)
+    top = np.maximum(a.max(0), -a.min(0))  # NaN stays NaN; whole rows at a time read fastest
+    if range_check and not bool((top < _RANGE_LIMIT).all()):
+        return None
+    s = np.minimum(width - np.frexp(top)[1], FRAC_BITS)
+    total, inexact = np.empty(n, dtype=np.int64), np.empty(step, dtype=bool)
     y, t = np.empty((rows, step)), np.empty((rows, step))
     whole, cut = np.empty((rows, step), dtype=np.int64), np.empty((rows, step), dtype=bool)
+    left: list[np.ndarray] = []
+    which: list[np.ndarray] = []
     for start in range(0, n, step):
         end = min(n, start + step)
-        w, part = end - start, a[:, start:end]
-        np.maximum(part.max(0), -part.min(0), out=top[:w])  # NaN stays NaN
-        if range_check and not bool((top[:w] < _RANGE_LIMIT).all()):
-            return None
-        np.minimum(width - np.frexp(top[:w])[1], FRAC_BITS, out=s[start:end])
-        np.multiply(part, np.ldexp(1.0, s[start:end]), out=y[:, :w])  # exact
+        w, part, sc = end - start, a[:, start:end], s[start:end]
+        np.multiply(part, np.ldexp(1.0, sc), out=y[:, :w])  # exact, unless it underflows (s < 0)
         np.copyto(whole[:, :w], y[:, :w], casting="unsafe")  # truncates, exactly
         whole[:, :w].sum(0, out=total[start:end])
         np.trunc(y[:, :w], out=t[:, :w])
         np.not_equal(y[:, :w], t[:, :w], out=cut[:, :w])
-        cut[:, :w].any(0, out=inexact[start:end])
-    return s, total, inexact
+        more = np.logical_or(cut[:, :w].any(0, out=inexact[:w]), sc < 0)
+        if not bool(more.any()):
+            continue
+        final = np.flatnonzero(inexact[:w] & (sc == FRAC_BITS))
+        if final.size:  # floor, not trunc: a negative non-integer rounds down once more
+            total[start + final] -= (y[:, final] < t[:, final]).sum(0)
+        more = np.flatnonzero(more & (sc != FRAC_BITS))
+        if more.size:  # what truncation left, exactly (the bits of v below 2**-s), for the next round
+            left.append(part[:, more] - t[:, more] * np.ldexp(1.0, -sc[more]))
+            which.append(more + start)
+    _add_integers(total, FRAC_BITS - s, columns, out, channels)
+    if not left:
+        return np.empty((rows, 0)), columns[:0]
+    return np.concatenate(left, 1), columns[np.concatenate(which)]
 
 
 def _add_integers(total: np.ndarray, pos: np.ndarray, columns: np.ndarray, out: torch.Tensor, channels: int) -> None:
@@ -349,16 +354,16 @@ def _add_integers(total: np.ndarray, pos: np.ndarray, columns: np.ndarray, out: 
     ``out`` is the flat view of a ``(limbs, channels)`` tensor. Each adds less
     than ``2**33`` to any limb, as one value does in :func:`_add_limbs`.
     """
-    pos = pos.astype(np.int64)
-    step = _POWERS[pos & (LIMB_BITS - 1)]  # multiplying: numpy's shifts by arrays are slow
-    lo = (total & _LIMB_MASK) * step  # < 2**63
-    hi = (total >> LIMB_BITS) * step  # |hi| < 2**61, signed
-    index = torch.from_numpy((pos >> 5) * channels + columns)
-    out.index_add_(0, index, torch.from_numpy(lo & _LIMB_MASK))
-    index += channels
-    out.index_add_(0, index, torch.from_numpy((lo >> LIMB_BITS) + (hi & _LIMB_MASK)))
-    index += channels
-    out.index_add_(0, index, torch.from_numpy(hi >> LIMB_BITS))
+    for start in range(0, len(total), _PLACE_CHUNK):  # small temporaries: no fresh pages to fault in
+        block = slice(start, start + _PLACE_CHUNK)
+        at = pos[block].astype(np.int64)
+        step = _POWERS[at & (LIMB_BITS - 1)]  # multiplying: numpy's shifts by arrays are slow
+        lo = (total[block] & _LIMB_MASK) * step  # < 2**63
+        hi = (total[block] >> LIMB_BITS) * step  # |hi| < 2**61, signed
+        index = (at >> 5) * channels + columns[block]
+        for part in (lo & _LIMB_MASK, (lo >> LIMB_BITS) + (hi & _LIMB_MASK), hi >> LIMB_BITS):
+            out.index_add_(0, torch.from_numpy(index), torch.from_numpy(part))
+            index += channels
 
 
 _POWERS = np.left_shift(1, np.arange(LIMB_BITS, dtype=np.int64))
