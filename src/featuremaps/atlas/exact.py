@@ -18,7 +18,8 @@ again with a larger scale; at scale ``2**96`` the values are floored
 instead, which drops the bits below ``2**-96`` exactly as a value added on
 its own would. Each column then adds a few integers instead of one split
 per value, and the limbs come out the same as the per-value path
-(:func:`_add_limbs`, which accelerators and out-of-range batches use).
+(:func:`_add_limbs`, which accelerators, batches of ``_GROUP_ROWS`` rows or
+more, and batches with a non-finite or out-of-range value still use).
 """
 
 from __future__ import annotations
