@@ -7,6 +7,19 @@ commutative, so adding values, or merging partial sums, in any order gives
 the same limbs; the only rounding happens when the sum is read
 (:meth:`ExactSum.fractions` is exact). :mod:`.stats` builds the atlas's
 order-free statistics on it.
+
+On the CPU a batch is added column by column in groups rather than value by
+value: each column is scaled by the power of two that puts its largest
+magnitude just below ``2**(62 - bits(rows))``, the scaled values are
+truncated to integers and summed in int64 (exact: a power-of-two scaling
+loses nothing, and the sum cannot overflow), and only the remainders that
+truncation leaves (values far smaller than their column's largest) go round
+again with a larger scale; at scale ``2**96`` the values are floored
+instead, which drops the bits below ``2**-96`` exactly as a value added on
+its own would. Each column then adds a few integers instead of one split
+per value, and the limbs come out the same as the per-value path
+(:func:`_add_limbs`, which accelerators, batches of ``_GROUP_ROWS`` rows or
+more, and batches with a non-finite or out-of-range value still use).
 """
 
 from __future__ import annotations
@@ -29,6 +42,14 @@ LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top 
 _MAX_WEIGHT = (1 << 31) - 1
 _CHUNK = 1 << 16  # values per step when splitting into limbs
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
+_RANGE_LIMIT = 2.0**244  # the per-value split raises for magnitudes from here (the top limbs must stay free)
+_GROUP_ROWS = 1 << 14  # batches of fewer rows are summed in groups on the CPU (_add_grouped)
+_GROUP_CHUNK = 1 << 15  # values per step there (in the cache)
+_PLACE_CHUNK = 1 << 13  # columns per step when adding their sums to the limbs
+# the most integers _add_grouped adds to a channel in one call (one a round, each < 2**33 to any limb, like
+# one value): a round's scale exceeds the last one's by its width (62 - bits(rows) > 47 bits), the first is
+# 2**(width - 244) or more and the last at most 2**96, so there are at most ceil((96 + 244) / 47) rounds
+_GROUP_ROUNDS = -(-(FRAC_BITS + 244) // (62 - _GROUP_ROWS.bit_length()))
 
 
 class ExactSum:
@@ -104,7 +125,8 @@ class ExactSum:
             w = torch.as_tensor(weight, device=self._limbs.device).to(torch.int64).expand(self.channels)
             if bool(((w < 0) | (w > _MAX_WEIGHT)).any()):
                 raise FeatureMapsError(f"ExactSum.add: weights must lie in 0..{_MAX_WEIGHT}")
-        batch_values = values.shape[0] if values.ndim == 2 else 1
+        # counted as values against _MAX_PENDING: a grouped add counts as up to _GROUP_ROUNDS values
+        batch_values = max(values.shape[0] if values.ndim == 2 else 1, _GROUP_ROUNDS)
         pending = self._pending
         if pending is not None and (
             self._pending_values + batch_values > _MAX_PENDING
@@ -137,7 +159,8 @@ class ExactSum:
     def _limbs_of(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Add the exact sum over the batch of ``values`` to ``out`` (new zeros by default), unnormalized.
 
-        Each value adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
+        Each value (each round of a grouped add: counted as ``_GROUP_ROUNDS``
+        values) adds less than ``2**33`` to any limb, so up to ``_MAX_PENDING``
         values per channel can be summed before the limbs need a carry.
         """
         v = values.to(device=self._limbs.device, dtype=torch.float64)
@@ -156,6 +179,8 @@ class ExactSum:
             if self._overflow is None:
                 self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
             _add_limbs(v, flat, 0, self.channels, self._overflow)
+            return out
+        if v.device.type == "cpu" and v.shape[0] < _GROUP_ROWS and _add_grouped(v, flat, self.channels):
             return out
         # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
         step = max(1, _CHUNK // v.shape[0])
@@ -247,6 +272,102 @@ def _add_limbs(
     out.index_add_(0, index.flatten(), ((lo >> LIMB_BITS) + (hi & _LIMB_MASK)).flatten())
     index += channels
     out.index_add_(0, index.flatten(), (hi >> LIMB_BITS).flatten())
+
+
+def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
+    """:func:`_add_limbs` for a whole CPU batch of fewer than ``_GROUP_ROWS`` rows, summing columns in groups.
+
+    Per column, with ``2**e`` above its largest magnitude, ``y = v * 2**s`` for
+    ``s = min(62 - bits(rows) - e, 96)`` has ``|y| < 2**(62 - bits(rows))``, so
+    the column's sum of ``trunc(y)`` is exact in int64 and adds
+    ``sum * 2**(96 - s)`` (an integer, as ``s <= 96``) to the fixed-point sum.
+    What truncation leaves (``|r| < 2**-s``, exact) goes round again with a
+    larger ``s``; at ``s = 96`` the values are floored instead
+    (``floor(v * 2**96)``, the per-value rounding). Columns whose values are
+    all integers at their first scale, the usual case, take one round. A
+    power-of-two scaling is exact unless it underflows, which only a scaling
+    down (``s < 0``) can: such columns go round again whatever they show.
+
+    Returns:
+        False, having added nothing, when a value is not finite or beyond the
+        range (the per-value path then raises, or treats it as it always has).
+    """
+    a = v.detach().resolve_neg().numpy()
+    columns = np.arange(a.shape[1], dtype=np.int64)
+    first = True
+    while a.shape[1]:
+        left = _add_round(a, columns, out, channels, range_check=first)
+        if left is None:
+            return False
+        first = False
+        a, columns = left
+    return True
+
+
+def _add_round(
+    a: np.ndarray, columns: np.ndarray, out: torch.Tensor, channels: int, range_check: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One round of :func:`_add_grouped`: add the columns' sums, return what is left and of which columns.
+
+    The sums and remainders are made in chunks of columns that stay in the
+    cache, into buffers made once. None, having added nothing, (with
+    ``range_check``) when a value is not finite or beyond the range.
+    """
+    rows, n = a.shape
+    width = 62 - rows.bit_length()  # |y| < 2**width: rows of them sum below 2**62
+    step = max(1, _GROUP_CHUNK // rows)
+    top = np.maximum(a.max(0), -a.min(0))  # NaN stays NaN; whole rows at a time read fastest
+    if range_check and not bool((top < _RANGE_LIMIT).all()):
+        return None
+    s = np.minimum(width - np.frexp(top)[1], FRAC_BITS)
+    total, inexact = np.empty(n, dtype=np.int64), np.empty(step, dtype=bool)
+    y, t = np.empty((rows, step)), np.empty((rows, step))
+    whole, cut = np.empty((rows, step), dtype=np.int64), np.empty((rows, step), dtype=bool)
+    left: list[np.ndarray] = []
+    which: list[np.ndarray] = []
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        w, part, sc = end - start, a[:, start:end], s[start:end]
+        np.multiply(part, np.ldexp(1.0, sc), out=y[:, :w])  # exact, unless it underflows (s < 0)
+        np.copyto(whole[:, :w], y[:, :w], casting="unsafe")  # truncates, exactly
+        whole[:, :w].sum(0, out=total[start:end])
+        np.trunc(y[:, :w], out=t[:, :w])
+        np.not_equal(y[:, :w], t[:, :w], out=cut[:, :w])
+        more = np.logical_or(cut[:, :w].any(0, out=inexact[:w]), sc < 0)
+        if not bool(more.any()):
+            continue
+        final = np.flatnonzero(inexact[:w] & (sc == FRAC_BITS))
+        if final.size:  # floor, not trunc: a negative non-integer rounds down once more
+            total[start + final] -= (y[:, final] < t[:, final]).sum(0)
+        more = np.flatnonzero(more & (sc != FRAC_BITS))
+        if more.size:  # what truncation left, exactly (the bits of v below 2**-s), for the next round
+            left.append(part[:, more] - t[:, more] * np.ldexp(1.0, -sc[more]))
+            which.append(more + start)
+    _add_integers(total, FRAC_BITS - s, columns, out, channels)
+    if not left:
+        return np.empty((rows, 0)), columns[:0]
+    return np.concatenate(left, 1), columns[np.concatenate(which)]
+
+
+def _add_integers(total: np.ndarray, pos: np.ndarray, columns: np.ndarray, out: torch.Tensor, channels: int) -> None:
+    """Add each ``total * 2**pos`` (``|total| < 2**62``, ``pos >= 0``) to its column's limbs in ``out``.
+
+    ``out`` is the flat view of a ``(limbs, channels)`` tensor. Each adds less
+    than ``2**33`` to any limb, as one value does in :func:`_add_limbs`.
+    """
+    for start in range(0, len(total), _PLACE_CHUNK):  # small temporaries: no fresh pages to fault in
+        block = slice(start, start + _PLACE_CHUNK)
+        at = pos[block].astype(np.int64)
+        step = _POWERS[at & (LIMB_BITS - 1)]  # multiplying: numpy's shifts by arrays are slow
+        lo = (total[block] & _LIMB_MASK) * step  # < 2**63
+        hi = (total[block] >> LIMB_BITS) * step  # |hi| < 2**61, signed
+        index = (at >> 5) * channels + columns[block]
+        for part in (lo & _LIMB_MASK, (lo >> LIMB_BITS) + (hi & _LIMB_MASK), hi >> LIMB_BITS):
+            out.index_add_(0, torch.from_numpy(index), torch.from_numpy(part))
+            index += channels
+
+
+_POWERS = np.left_shift(1, np.arange(LIMB_BITS, dtype=np.int64))
 
 
 def _carry(limbs: torch.Tensor) -> None:

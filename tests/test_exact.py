@@ -1,0 +1,210 @@
+"""ExactSum's grouped CPU path: the same limbs as the per-value path and as exact rational arithmetic."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from typing import TypeVar
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import nn
+
+from featuremaps.atlas import ExactSum, build_atlas
+from featuremaps.atlas import exact
+from featuremaps.errors import FeatureMapsError
+
+T = TypeVar("T")
+
+
+@contextmanager
+def per_value() -> Iterator[None]:
+    """Force today's per-value split (every batch has at least _GROUP_ROWS = 0 rows)."""
+    saved = exact._GROUP_ROWS
+    exact._GROUP_ROWS = 0
+    try:
+        yield
+    finally:
+        exact._GROUP_ROWS = saved
+
+
+def both(run: Callable[[], T]) -> tuple[T, T]:
+    """``run()`` with the grouped path, then with the per-value path."""
+    grouped = run()
+    with per_value():
+        return grouped, run()
+
+
+def floor_sums(values: np.ndarray) -> list[int]:
+    """Per column, the exact sum of ``floor(v * 2**96)``: what ExactSum keeps (an independent oracle)."""
+    return [sum(math.floor(Fraction(float(x)) * (1 << 96)) for x in values[:, c]) for c in range(values.shape[1])]
+
+
+# magnitudes mixed within a column: zeros, -0.0, subnormals, bits below 2**-96, integers, float32 squares, huge
+VALUES = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0**-96, -(2.0**-96), 2.0**-97, -(2.0**-97), 5e-324, -5e-324,
+                     3 * 2.0**-100, -(3 * 2.0**-100), 2.0**243, -(2.0**243), math.nextafter(2.0**244, 0)]),
+    st.floats(-1e30, 1e30),
+    st.floats(-1e-25, 1e-25),
+    st.floats(-1e-300, 1e-300),
+    st.integers(-(2**40), 2**40).map(float),
+    st.floats(-(2.0**50), 2.0**50, width=32).map(lambda x: float(x) * float(x)),
+    st.floats(-(2.0**243), 2.0**243),
+)
+MATRICES = arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(1, 5)), elements=VALUES)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=MATRICES)
+def test_grouped_limbs_equal_the_per_value_limbs_and_exact_floor_sums(values):
+    v = torch.from_numpy(values)
+    flat = torch.zeros(exact.LIMBS * v.shape[1], dtype=torch.int64)
+    assert exact._add_grouped(v, flat, v.shape[1])  # the grouped path itself, not a fallback
+    direct = flat.view(exact.LIMBS, -1)
+    exact._carry(direct)
+
+    def run() -> ExactSum:
+        s = ExactSum(v.shape[1])
+        s.add(v)
+        return s
+
+    grouped, old = both(run)
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert torch.equal(direct, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.integers(1, 5).flatmap(lambda cols: st.lists(
+    st.tuples(arrays(np.float64, st.tuples(st.integers(1, 12), st.just(cols)), elements=VALUES),
+              st.one_of(st.none(), st.integers(0, exact._MAX_WEIGHT),
+                        st.lists(st.integers(0, exact._MAX_WEIGHT), min_size=cols, max_size=cols))),
+    min_size=1, max_size=5)))
+def test_weighted_adds_equal_the_per_value_path_and_rational_arithmetic(batches):
+    cols = batches[0][0].shape[1]
+    weights = [w if w is None or isinstance(w, int) else torch.tensor(w) for _, w in batches]
+
+    def run() -> ExactSum:
+        s = ExactSum(cols)
+        for (values, _), w in zip(batches, weights):
+            s.add(torch.from_numpy(values), weight=w)  # the same weights wait unweighted: read once, at the end
+        return s
+
+    grouped, old = both(run)
+    assert torch.equal(grouped.limbs, old.limbs)
+    expected = [0] * cols
+    for values, w in batches:
+        factor = [1] * cols if w is None else [w] * cols if isinstance(w, int) else w
+        expected = [e + f * x for e, f, x in zip(expected, factor, floor_sums(values))]
+    assert grouped.integers() == expected
+
+
+def test_a_column_spanning_the_whole_range_takes_several_rounds_within_the_pending_bound(monkeypatch):
+    """Each round adds one integer per column (< 2**33 a limb, like one value); add() counts _GROUP_ROUNDS."""
+    mantissa = 2 - 2.0**-52  # all 53 bits set: each round leaves the low bits of one value to the next
+    column = [mantissa * 2.0 ** (243 - 50 * i) for i in range(7)] + [-mantissa * 2.0**-90, -(2.0**-120), 2.0**-1070]
+    values = np.array(column)[:, None] * np.array([1.0, -1.0])
+    rounds: list[int] = []
+    real = exact._add_integers
+
+    def spy(total, pos, columns, out, channels):
+        rounds.append(len(columns))
+        real(total, pos, columns, out, channels)
+
+    monkeypatch.setattr(exact, "_add_integers", spy)
+    grouped, old = both(lambda: _added(values))
+    assert 6 <= len(rounds) <= exact._GROUP_ROUNDS
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
+def _added(values: np.ndarray, weight: torch.Tensor | int | None = None) -> ExactSum:
+    s = ExactSum(values.shape[1] if values.ndim == 2 else values.shape[0])
+    s.add(torch.from_numpy(values), weight=weight)
+    return s
+
+
+@pytest.mark.parametrize("huge", [2.0**244, -(2.0**244), 2.0**300])
+def test_values_beyond_the_range_raise_on_both_paths(huge):
+    values = np.array([[1.5, 2.0], [huge, 3.0]])
+    with pytest.raises(FeatureMapsError, match="beyond the exact range"):
+        _added(values)
+    with per_value(), pytest.raises(FeatureMapsError, match="beyond the exact range"):
+        _added(values)
+
+
+def test_the_largest_value_in_range_is_added_exactly():
+    values = np.array([[math.nextafter(2.0**244, 0), -(2.0**243)], [1.0, 2.0**-96]])
+    grouped, old = both(lambda: _added(values))
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
+def test_non_finite_values_take_the_per_value_path_unchanged():
+    values = np.array([[1.0, math.nan, 2.5], [math.inf, 1.0, -math.inf]])
+    grouped, old = both(lambda: _added(values))
+    assert torch.equal(grouped.limbs, old.limbs)
+
+
+def test_zeros_negative_zeros_a_single_row_and_a_vector():
+    zeros = np.array([[0.0, -0.0, 0.0], [-0.0, -0.0, 0.0]])
+    assert _added(zeros).integers() == [0, 0, 0]
+    row = np.array([[-(2.0**-100), 5e-324, -3.75]])  # one row: floors to -1 and 0; exact
+    assert _added(row).integers() == [-1, 0, -15 * 2**94]
+    assert _added(row[0]).integers() == _added(row).integers()
+
+
+@pytest.mark.parametrize("rows", [4096, exact._GROUP_ROWS])
+def test_many_rows(rows):
+    """4096 rows are grouped (their sums still fit int64); from _GROUP_ROWS on, the per-value path adds them."""
+    gen = np.random.default_rng(rows)
+    values = np.stack([
+        gen.standard_normal(rows) * 1e6,
+        gen.standard_normal(rows).astype(np.float32).astype(np.float64) ** 2,
+        np.where(gen.random(rows) < 0.5, gen.standard_normal(rows) * 1e-31, gen.integers(-50, 50, rows)),
+    ], 1)
+    grouped, old = both(lambda: _added(values))
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 15, 16, 63, 64, 4095, exact._GROUP_ROWS - 1])
+def test_columns_of_equal_largest_values_sum_without_overflow(rows):
+    """The headroom: ``rows`` values just below a power of two, all of one sign, must not overflow int64."""
+    top = math.nextafter(2.0, 0)  # 53 bits set
+    values = np.array([[top * 2.0**100, -top, -top * 2.0**-60, top * 2.0**-97]] * rows)
+    grouped, old = both(lambda: _added(values))
+    assert torch.equal(grouped.limbs, old.limbs)
+    assert grouped.integers() == floor_sums(values)
+
+
+def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
+    """End to end: build_atlas with the grouped path gives the same statistics, bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 7, 3, padding=1), nn.Tanh(), nn.Conv2d(7, 4, 1))
+    x = torch.randn(24, 3, 10, 10)
+    x *= torch.logspace(-12, 6, 24)[:, None, None, None]  # per-image means of very different sizes per channel
+    x[3] = 0.0
+    calls: list[bool] = []
+    real = exact._add_grouped
+
+    def spy(v, out, channels):
+        calls.append(real(v, out, channels))
+        return calls[-1]
+
+    monkeypatch.setattr(exact, "_add_grouped", spy)
+    opts = {"layers": ["0", "2", "4"], "k": 2, "batch_size": 4, "progress": False}
+    grouped = build_atlas(model, x, **opts)
+    assert calls and all(calls)
+    monkeypatch.setattr(exact, "_GROUP_ROWS", 0)
+    old = build_atlas(model, x, **opts)
+    for layer in opts["layers"]:
+        a, b = grouped.stats(layer), old.stats(layer)
+        for field in ("mean", "std", "active_fraction", "max", "count", "excluded"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
