@@ -193,8 +193,7 @@ class RunningStats:
         maximum: torch.Tensor,
     ) -> None:
         dev = self.device
-        m = mean.to(dev, torch.float32).to(torch.float64)  # float32 values: m*m is exact in float64
-        v = var.to(dev, torch.float32).to(torch.float64)
+        m32, v32 = mean.to(dev, torch.float32), var.to(dev, torch.float32)
         cached = self._weights
         if cached is not None and (cached[0] is count or (isinstance(count, int) and cached[0] == count)):
             # the same counts as the last batch: the same weights object, which ExactSum.add takes
@@ -204,10 +203,11 @@ class RunningStats:
             n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
             weights = n.repeat(3)
             self._weights = (count, n, weights)
-        ok = torch.isfinite(m) & torch.isfinite(v) & (m.abs() < _MAX_MEAN) & (v < _MAX_MEAN**2) & (n > 0)[None, :]
-        zero = torch.zeros((), dtype=torch.float64, device=dev)
-        m = torch.where(ok, m, zero)
-        v = torch.where(ok, v, zero)
+        # (in float32: |m| < 2**100 is False for NaN and infinities; a finite float32 variance is below 2**200)
+        ok = (m32.abs() < _MAX_MEAN) & torch.isfinite(v32) & (n > 0)[None, :]
+        zero = torch.zeros((), dtype=torch.float32, device=dev)
+        m = torch.where(ok, m32, zero).to(torch.float64)  # float32 values: m*m is exact in float64
+        v = torch.where(ok, v32, zero).to(torch.float64)
         self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
         self.count += n * ok.sum(0)
         self.active += torch.where(ok, active.to(dev, torch.int64), 0).sum(0)
