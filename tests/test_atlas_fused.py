@@ -303,3 +303,36 @@ def test_topk_merging_only_the_channels_with_a_candidate_equals_a_sorted_list(wi
         assert [e.position for e in top.examples(c)] == [(int(ids[i]) + c, -c) for i in ranked]
     if with_locate:  # located only the entries that entered a top-k (late batches: few or none)
         assert sum(located) < images * channels // 4
+
+
+def _numbers_in_child(queue) -> None:  # (module level: picklable)
+    x = awkward_maps(4, 8, 12544, seed=5)
+    out = fused.map_numbers(x)  # the pool's threads are not in this process: it must start its own
+    queue.put(None if out is None else [t.nan_to_num(nan=-1.0).tolist() for t in out])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_the_kernels_thread_pool_works_in_a_forked_child_and_gives_the_same_numbers():
+    """A DataLoader worker or any forked child inherits no pool threads: the kernel must neither hang nor differ."""
+    import multiprocessing
+
+    x = awkward_maps(4, 8, 12544, seed=5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))  # the pool is used (several threads)
+    try:
+        parent = fused.map_numbers(x)
+        assert parent is not None
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_numbers_in_child, args=(queue,))
+        child.start()
+        try:
+            got = queue.get(timeout=120)
+            child.join(timeout=60)
+        finally:
+            if child.is_alive():  # (hung: waiting for threads it does not have)
+                child.kill()
+    finally:
+        torch.set_num_threads(threads)
+    assert child.exitcode == 0
+    assert got == [t.nan_to_num(nan=-1.0).tolist() for t in parent]

@@ -4,7 +4,7 @@
  * position of its first occurrence (torch.argmax's answer, NaN included), the
  * mean, the population variance and the count of values > 0.
  *
- *   pass 1 (from memory): maximum, sum, positives;
+ *   pass 1 (from memory, fetched ahead): maximum, sum, positives;
  *   pass 2 (from cache):  the first position of the maximum (stops there);
  *   pass 3 (from cache):  the mean of squared deviations about the mean.
  *
@@ -26,7 +26,8 @@
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
 #define BLOCK3 256 /* the same in pass 3 (8 a lane) */
 #define MAX_THREADS 64
-#define MIN_PARALLEL 65536 /* values below which one thread does all the maps */
+#define PREFETCH 2048 /* values ahead that pass 1 asks the CPU to fetch (maps come one after another) */
+#define MIN_PARALLEL (1 << 18) /* values below which one thread does all the maps */
 
 int fm_abi(void) { return FM_ABI; }
 
@@ -99,6 +100,8 @@ static numbers_t map_numbers(const float *x, int64_t n) {
         const int64_t end = j + BLOCK < full ? j + BLOCK : full;
         __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero;
         for (; j + 32 <= end; j += 32) {
+            _mm_prefetch((const char *)(x + j + PREFETCH), _MM_HINT_T0); /* (the next maps too: no fault) */
+            _mm_prefetch((const char *)(x + j + PREFETCH + 16), _MM_HINT_T0);
             FM_PASS1(m0, p0, s0, j);
             FM_PASS1(m1, p1, s1, j + 8);
             FM_PASS1(m2, p2, s2, j + 16);
@@ -217,9 +220,13 @@ typedef struct {
     int64_t *arg, *pos;
 } job_t;
 
-static void *run(void *arg) {
-    const job_t *job = (const job_t *)arg;
+static void run(const job_t *job) {
     for (int64_t i = job->lo; i < job->hi; i++) {
+#if defined(__AVX2__) && defined(__FMA__)
+        if (job->n < 512) /* maps too short for pass 1's own prefetching: the maps PREFETCH values ahead */
+            for (int64_t k = 0; k < job->n; k += 16)
+                _mm_prefetch((const char *)(job->x + i * job->n + PREFETCH + k), _MM_HINT_T0);
+#endif
         numbers_t r = map_numbers(job->x + i * job->n, job->n);
         job->max[i] = r.max;
         job->arg[i] = r.arg;
@@ -227,7 +234,72 @@ static void *run(void *arg) {
         job->var[i] = r.var;
         job->pos[i] = r.pos;
     }
+}
+
+/* A pool of worker threads, started once and asleep between calls (a thread started per call costs more
+ * than a small layer's whole reduction). One call uses it at a time; a call that finds it busy works alone.
+ * After fork() the child has none of the threads: its pool starts empty. */
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the call using the pool */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;      /* guards what follows */
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER, finished = PTHREAD_COND_INITIALIZER;
+static int workers = 0, forks_handled = 0, pending = 0, helpers = 0;
+static long generation = 0;
+static long born[MAX_THREADS]; /* the generation when each worker was started (it waits for the next one) */
+static job_t jobs[MAX_THREADS];
+
+static void *worker(void *arg) {
+    const int id = (int)(intptr_t)arg; /* 1 .. workers */
+    pthread_mutex_lock(&lock);
+    long seen = born[id];
+    for (;;) {
+        while (generation == seen) pthread_cond_wait(&wake, &lock);
+        seen = generation;
+        if (id > helpers) continue; /* not needed for this call */
+        const job_t job = jobs[id];
+        pthread_mutex_unlock(&lock);
+        run(&job);
+        pthread_mutex_lock(&lock);
+        if (--pending == 0) pthread_cond_signal(&finished);
+    }
     return 0;
+}
+
+static void before_fork(void) {
+    pthread_mutex_lock(&call_lock);
+    pthread_mutex_lock(&lock);
+}
+
+static void after_fork_parent(void) {
+    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&call_lock);
+}
+
+static void after_fork_child(void) {
+    pthread_mutex_init(&call_lock, 0);
+    pthread_mutex_init(&lock, 0);
+    pthread_cond_init(&wake, 0);
+    pthread_cond_init(&finished, 0);
+    workers = pending = helpers = 0;
+}
+
+/* Start workers until there are `want` (fewer if the system refuses threads); returns how many there are. */
+static int grow(int want) {
+    if (!forks_handled) {
+        forks_handled = pthread_atfork(before_fork, after_fork_parent, after_fork_child) == 0;
+        if (!forks_handled) return 0; /* no pool without fork safety */
+    }
+    while (workers < want) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        born[workers + 1] = generation;
+        int failed = pthread_create(&tid, &attr, worker, (void *)(intptr_t)(workers + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        workers++;
+    }
+    return workers;
 }
 
 /* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. */
@@ -237,20 +309,28 @@ int fm_map_numbers(const float *x, int64_t maps, int64_t n, float *max, int64_t 
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1 || maps * n < MIN_PARALLEL) threads = 1;
     if (threads > maps) threads = maps > 0 ? (int)maps : 1;
-    job_t jobs[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (int t = 0; t < threads; t++) {
-        job_t job = {x, maps * t / threads, maps * (t + 1) / threads, n, max, mean, var, arg, pos};
+    if (threads > 1 && pthread_mutex_trylock(&call_lock) != 0) threads = 1; /* another call has the pool */
+    if (threads == 1) {
+        job_t job = {x, 0, maps, n, max, mean, var, arg, pos};
+        run(&job);
+        return 0;
+    }
+    pthread_mutex_lock(&lock);
+    int used = grow(threads - 1) + 1;
+    if (used > threads) used = threads;
+    for (int t = 0; t < used; t++) {
+        job_t job = {x, maps * t / used, maps * (t + 1) / used, n, max, mean, var, arg, pos};
         jobs[t] = job;
     }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], 0, run, &jobs[t]) == 0;
-    run(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tid[t], 0);
-        else
-            run(&jobs[t]); /* no thread to be had: this one does that share too */
-    }
+    helpers = used - 1;
+    pending = used - 1;
+    generation++;
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&lock);
+    run(&jobs[0]); /* (jobs[0] is only read by this thread) */
+    pthread_mutex_lock(&lock);
+    while (pending > 0) pthread_cond_wait(&finished, &lock);
+    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&call_lock);
     return 0;
 }
