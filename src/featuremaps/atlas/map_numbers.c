@@ -5,10 +5,10 @@
  * mean, the population variance and the count of values > 0.
  *
  *   pass 1 (from memory, fetched ahead): maximum, sum, positives;
- *   pass 2 (from cache):  the first position of the maximum (stops there);
- *   pass 3 (from cache):  the mean of squared deviations about the mean.
+ *   pass 2 (from cache): the mean of squared deviations about the mean, and
+ *                        the first position of the maximum.
  *
- * Sums run in float32 lanes over a few values each, then in float64. Pass 3
+ * Sums run in float32 lanes over a few values each, then in float64. Pass 2
  * sums the deviations from the float32 rounding of the mean, d = x - mf, and
  * gives the variance as mean(d^2) - mean(d)^2 (exact algebra about the float64
  * mean), so it loses no digits to a large mean. Maps holding NaN or
@@ -16,15 +16,16 @@
  * order: its numbers depend only on its values, whatever the batch or threads.
  *
  * featuremaps compiles this file on first use (featuremaps/atlas/native.py);
- * on x86-64 with AVX2 and FMA it uses those instructions, elsewhere portable C.
+ * on x86-64 with AVX2, FMA and BMI it uses those instructions, elsewhere portable C.
  */
 #include <math.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 
 #define FM_ABI 1
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
-#define BLOCK3 256 /* the same in pass 3 (8 a lane) */
+#define BLOCK2 256 /* the same in pass 2 (8 a lane) */
 #define MAX_THREADS 64
 #define PREFETCH 2048 /* values ahead that pass 1 asks the CPU to fetch (maps come one after another) */
 #define MIN_PARALLEL (1 << 18) /* values below which one thread does all the maps */
@@ -67,7 +68,7 @@ static numbers_t scalar_numbers(const float *x, int64_t n) {
     return r;
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__BMI__)
 #include <immintrin.h>
 
 static inline double hsum_pd(__m256d a) {
@@ -130,29 +131,12 @@ static numbers_t map_numbers(const float *x, int64_t n) {
     }
     if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
 
-    int64_t first = -1; /* pass 2: 32 values a step, then the 8 that hold the hit */
-    const __m256 mm = _mm256_set1_ps(m);
-    for (j = 0; j + 32 <= full; j += 32) {
-        __m256 h = _mm256_or_ps(
-            _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), mm, _CMP_EQ_OQ),
-                         _mm256_cmp_ps(_mm256_loadu_ps(x + j + 8), mm, _CMP_EQ_OQ)),
-            _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j + 16), mm, _CMP_EQ_OQ),
-                         _mm256_cmp_ps(_mm256_loadu_ps(x + j + 24), mm, _CMP_EQ_OQ)));
-        if (_mm256_movemask_ps(h)) break;
-    }
-    for (; j < full; j += 8) {
-        int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), mm, _CMP_EQ_OQ));
-        if (hit) {
-            first = j + __builtin_ctz((unsigned)hit);
-            break;
-        }
-    }
-    for (j = full; first < 0 && j < n; j++)
-        if (x[j] == m) first = j;
-
-    const double mean = s / (double)n; /* pass 3 */
+    /* pass 2: the variance, and the first position of the maximum from each step's hits (no branch: a
+     * search that stops at the hit mispredicts once per map, which costs small maps more than their sums) */
+    const double mean = s / (double)n;
     const float mf = (float)mean;
-    const __m256 mv = _mm256_set1_ps(mf);
+    const __m256 mv = _mm256_set1_ps(mf), mm = _mm256_set1_ps(m);
+    int64_t first = INT64_MAX;
     __m256d qd = _mm256_setzero_pd(), dd = _mm256_setzero_pd();
 #define FM_PASS3(q, d, at)                                                                        \
     do {                                                                                          \
@@ -160,25 +144,36 @@ static numbers_t map_numbers(const float *x, int64_t n) {
         q = _mm256_fmadd_ps(v_, v_, q);                                                           \
         d = _mm256_add_ps(d, v_);                                                                 \
     } while (0)
+#define FM_HITS(at) ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + (at)), mm, _CMP_EQ_OQ)))
     for (j = 0; j < full;) {
-        const int64_t end = j + BLOCK3 < full ? j + BLOCK3 : full;
+        const int64_t end = j + BLOCK2 < full ? j + BLOCK2 : full;
         __m256 q0 = zero, q1 = zero, q2 = zero, q3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
         for (; j + 32 <= end; j += 32) {
             FM_PASS3(q0, d0, j);
             FM_PASS3(q1, d1, j + 8);
             FM_PASS3(q2, d2, j + 16);
             FM_PASS3(q3, d3, j + 24);
+            unsigned hits = FM_HITS(j) | FM_HITS(j + 8) << 8 | FM_HITS(j + 16) << 16 | FM_HITS(j + 24) << 24;
+            int64_t at = hits ? j + (int64_t)_tzcnt_u32(hits) : INT64_MAX; /* (a conditional move) */
+            first = at < first ? at : first;
         }
-        for (; j < end; j += 8) FM_PASS3(q0, d0, j);
+        for (; j < end; j += 8) {
+            FM_PASS3(q0, d0, j);
+            unsigned hits = FM_HITS(j);
+            int64_t at = hits ? j + (int64_t)_tzcnt_u32(hits) : INT64_MAX;
+            first = at < first ? at : first;
+        }
         qd = widen_add(qd, _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3)));
         dd = widen_add(dd, _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
     }
+#undef FM_HITS
 #undef FM_PASS3
     double q = hsum_pd(qd), dm = hsum_pd(dd);
     for (j = full; j < n; j++) {
         double d = (double)(x[j] - mf);
         q += d * d;
         dm += d;
+        first = x[j] == m && j < first ? j : first;
     }
     if (!isfinite(q)) return scalar_numbers(x, n); /* squares beyond float32 */
     dm /= (double)n;
@@ -222,7 +217,7 @@ typedef struct {
 
 static void run(const job_t *job) {
     for (int64_t i = job->lo; i < job->hi; i++) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__BMI__)
         if (job->n < 512) /* maps too short for pass 1's own prefetching: the maps PREFETCH values ahead */
             for (int64_t k = 0; k < job->n; k += 16)
                 _mm_prefetch((const char *)(job->x + i * job->n + PREFETCH + k), _MM_HINT_T0);
