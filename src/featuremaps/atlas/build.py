@@ -171,7 +171,7 @@ def build_atlas(
 
     run = _Pass(state, ckpt, position=state.position if state is not None else 0)
     with reporter(progress if rank == 0 else False, unit="images") as report:
-        run.run(model, layers, src, AtlasReducer(score, k, device, items=len(src.dataset)), report, rank, world)
+        run.run(model, layers, src, AtlasReducer(score, k, device), report, rank, world)
     state = run.result(model, layers, src, k, device, checkpoint=synthesize)
     if world > 1:
         check_in("the end of the pass", timeout)

@@ -5,9 +5,10 @@ reads each map once for its maximum, the position of that maximum, its
 moments and its count of positives (the C kernel of :mod:`.fused` on the
 CPU; on PyTorch's path the position is located only for the maps that may
 enter a top-k) and keeps those numbers for the layer's
-:class:`~.topk.TopK`; the feature map is dropped as soon as the hook returns. The top-k of all layers are committed
-together once the whole forward has run, so an interrupt in the middle of a
-forward leaves every state as it was after the last batch.
+:class:`~.topk.TopK`; the feature map is dropped as soon as the hook
+returns. The top-k of all layers are committed together once the whole
+forward has run, so an interrupt in the middle of a forward leaves every
+state as it was after the last batch.
 """
 
 from __future__ import annotations
@@ -88,11 +89,10 @@ class AtlasReducer:
 
     name = "atlas"
 
-    def __init__(self, score: str, k: int, device: torch.device, items: int | None = None) -> None:
+    def __init__(self, score: str, k: int, device: torch.device) -> None:
         self.score = score
         self.k = k
         self.device = device
-        self.items = items  # the dataset's size
         self.fused = fused_mode()
         self.tops: dict[str, TopK] = {}
         self.indices: torch.Tensor | None = None  # the dataset indices of the batch being run

@@ -328,9 +328,9 @@ def update_all(
     joined.x = torch.cat([t.x for t in tops])
     if locate is None and (y is None or x is None):
         raise FeatureMapsError("update_all needs the positions: pass y and x, or locate=")
-    yy = torch.cat(list(y), 1) if y is not None and locate is None else None
-    xx = torch.cat(list(x), 1) if x is not None and locate is None else None
-    joined.update(torch.cat(list(scores), 1), indices, yy, xx, locate=locate)
+    ys = torch.cat(list(y), 1) if y is not None and locate is None else None
+    xs = torch.cat(list(x), 1) if x is not None and locate is None else None
+    joined.update(torch.cat(list(scores), 1), indices, ys, xs, locate=locate)
     sizes = [t.channels for t in tops]
     parts = zip(joined.score.split(sizes), joined.index.split(sizes), joined.y.split(sizes), joined.x.split(sizes))
     for top, (score, index, yy, xx) in zip(tops, parts):
