@@ -106,21 +106,29 @@ def test_kernel_numbers_equal_direct_answers(shape):
         assert torch.equal(a.nan_to_num(nan=-1.0), w.nan_to_num(nan=-1.0))
 
 
+def _numbers_on(x: torch.Tensor, threads: int) -> list[torch.Tensor]:
+    """The kernel's numbers of maps ``x`` on ``threads`` threads (called directly: PyTorch's own pool untouched)."""
+    fn = native.kernel()
+    assert fn is not None, native.failure()
+    b, c, n = x.shape
+    out = [torch.empty((b, c)), torch.empty((b, c), dtype=torch.int64), torch.empty((b, c)), torch.empty((b, c)),
+           torch.empty((b, c), dtype=torch.int64)]
+    assert fn(x.data_ptr(), b * c, n, *(t.data_ptr() for t in out), threads) == 0
+    return out
+
+
 def test_a_maps_numbers_do_not_depend_on_its_batch_or_the_threads():
     """What makes resumed and multi-process atlases equal: each map's numbers come from that map alone."""
     x = awkward_maps(6, 5, 12544, seed=3)
     whole = fused.map_numbers(x)
     assert whole is not None
-    threads = torch.get_num_threads()
-    try:
-        for i, count in zip(range(6), [1, 2, 3, 1, 4, 2]):
-            torch.set_num_threads(count)
-            alone = fused.map_numbers(x[i : i + 1].clone())
-            assert alone is not None
-            for a, w in zip(alone, whole):
-                assert torch.equal(a[0].nan_to_num(nan=-1.0), w[i].nan_to_num(nan=-1.0))
-    finally:
-        torch.set_num_threads(threads)
+    for threads in (1, 2, 3, 4):
+        for a, w in zip(_numbers_on(x, threads), whole):  # (every size above the kernel's parallel threshold)
+            assert torch.equal(a.nan_to_num(nan=-1.0), w.nan_to_num(nan=-1.0))
+    for i, threads in zip(range(6), [1, 2, 3, 1, 4, 2]):
+        alone = _numbers_on(x[i : i + 1].clone(), threads)
+        for a, w in zip(alone, whole):
+            assert torch.equal(a[0].nan_to_num(nan=-1.0), w[i].nan_to_num(nan=-1.0))
 
 
 def _net(kind: str) -> tuple[nn.Module, torch.Tensor, list[str]]:
@@ -307,8 +315,8 @@ def test_topk_merging_only_the_channels_with_a_candidate_equals_a_sorted_list(wi
 
 def _numbers_in_child(queue) -> None:  # (module level: picklable)
     x = awkward_maps(4, 8, 12544, seed=5)
-    out = fused.map_numbers(x)  # the pool's threads are not in this process: it must start its own
-    queue.put(None if out is None else [t.nan_to_num(nan=-1.0).tolist() for t in out])
+    out = _numbers_on(x, 2)  # the pool's threads are not in this process: it must start its own
+    queue.put([t.nan_to_num(nan=-1.0).tolist() for t in out])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
@@ -317,22 +325,16 @@ def test_the_kernels_thread_pool_works_in_a_forked_child_and_gives_the_same_numb
     import multiprocessing
 
     x = awkward_maps(4, 8, 12544, seed=5)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(2, threads))  # the pool is used (several threads)
+    parent = _numbers_on(x, 2)  # the pool is started here, before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_numbers_in_child, args=(queue,))
+    child.start()
     try:
-        parent = fused.map_numbers(x)
-        assert parent is not None
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_numbers_in_child, args=(queue,))
-        child.start()
-        try:
-            got = queue.get(timeout=120)
-            child.join(timeout=60)
-        finally:
-            if child.is_alive():  # (hung: waiting for threads it does not have)
-                child.kill()
+        got = queue.get(timeout=120)
+        child.join(timeout=60)
     finally:
-        torch.set_num_threads(threads)
+        if child.is_alive():  # (hung: waiting for threads it does not have)
+            child.kill()
     assert child.exitcode == 0
     assert got == [t.nan_to_num(nan=-1.0).tolist() for t in parent]
