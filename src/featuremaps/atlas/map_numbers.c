@@ -40,7 +40,8 @@ typedef struct {
     int64_t pos;
 } numbers_t;
 
-/* Maps with NaN or infinities (or sums beyond float32): scalar loops, float64 sums. */
+/* Maps with NaN or infinities (or sums beyond float32), and every map without AVX2: scalar loops, float64
+ * sums. */
 static numbers_t scalar_numbers(const float *x, int64_t n) {
     numbers_t r;
     float m = x[0];
@@ -182,30 +183,9 @@ static numbers_t map_numbers(const float *x, int64_t n) {
     return r;
 }
 
-#else /* portable C: the same numbers, float64 sums, in the compiler's own vectorization */
+#else /* portable C: the scalar loops (float64 sums), for every map */
 
-static numbers_t map_numbers(const float *x, int64_t n) {
-    float m = -INFINITY;
-    double s = 0.0;
-    int64_t p = 0;
-    for (int64_t j = 0; j < n; j++) {
-        float v = x[j];
-        m = v > m ? v : m;
-        s += (double)v;
-        p += v > 0.0f;
-    }
-    if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
-    int64_t first = 0;
-    while (x[first] != m) first++;
-    const double mean = s / (double)n;
-    double q = 0.0;
-    for (int64_t j = 0; j < n; j++) {
-        double d = (double)x[j] - mean;
-        q += d * d;
-    }
-    numbers_t r = {m, first, (float)mean, (float)(q / (double)n), p};
-    return r;
-}
+static numbers_t map_numbers(const float *x, int64_t n) { return scalar_numbers(x, n); }
 #endif
 
 typedef struct {
