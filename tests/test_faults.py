@@ -41,31 +41,143 @@ def factory():
     threading.Event().wait()  # never returns: the command is still running whenever the signal comes
 """
 
+ELSEWHERE = """
+import signal
+import threading
+import time
+
+
+def factory():
+    # the Ctrl-C lands in another thread (as it may in NumPy's BLAS pool); the main thread waits on a lock
+    helper = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+    helper.start()
+    signal.pthread_kill(helper.ident, signal.SIGINT)
+    threading.Event().wait()
+"""
+
+SWALLOWING = """
+import os
+import signal
+
+
+def factory():
+    # a library that swallows the interrupt landing in its import, then fails on the half-done import
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**7):
+            pass
+    except KeyboardInterrupt:
+        pass
+    raise ImportError("cannot load module more than once per process")
+"""
+
+
+def finish(proc: subprocess.Popen[bytes], seconds: float = 60) -> tuple[bytes, bytes]:
+    """The child's output once it has exited; if it is still running after ``seconds``, fail with its stacks.
+
+    The child runs with ``PYTHONFAULTHANDLER``: SIGABRT makes it print every thread's Python stack.
+    """
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status")
+        lines = [ln for ln in status.read_text().splitlines() if ln.startswith(("Sig", "Threads"))] if status.exists() else []
+        proc.send_signal(signal.SIGABRT)
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"still running {seconds} s after SIGINT; {lines}\n{stderr.decode()[-4000:]}")
+
+
+def cli_child(tmp_path: Path, module: str, *args: str) -> subprocess.Popen[bytes]:
+    """The console script as a child process, on the model factory ``module:factory``, ready for a Ctrl-C."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(tmp_path)]), PYTHONFAULTHANDLER="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", console_script(), *args, "--model", f"{module}:factory", "--weights", "random",
+         "-o", str(tmp_path / "out" / "x")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # as from a terminal: a shell's background job (e.g. this suite run with `&`) ignores SIGINT, and
+        # Python keeps an inherited SIG_IGN, so the child would never see the signal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
 
 @pytest.mark.parametrize("command", ["maps", "report"])
 def test_ctrl_c_at_any_moment_prints_one_line_and_exits_130(tmp_path, command):
     (tmp_path / "blocking_model.py").write_text(BLOCKING)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(tmp_path)]))
     # Python's own start-up and the import of the tiny entry module (a few milliseconds) are out of reach;
     # from 0.1 s on: during the package's imports, torch's, the model's loading, and after.
     for delay in (0.1, 0.3, 1.0, 3.0):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", console_script(), command, "--model", "blocking_model:factory",
-             "--weights", "random", "-o", str(tmp_path / "out" / "x")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            # as from a terminal: a shell's background job (e.g. this suite run with `&`) ignores SIGINT, and
-            # Python keeps an inherited SIG_IGN, so the child would never see the signal
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        proc = cli_child(tmp_path, "blocking_model", command)
         assert proc.stdout is not None and proc.stdout.read(1) == b"R"
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = finish(proc)
         err = stderr.decode()
         assert proc.returncode == 130, (delay, err[-1500:])
         assert err.strip() == "Aborted.", (delay, err[-1500:])
         assert stdout == b""
     assert not (tmp_path / "out").exists()
+
+
+def test_an_error_after_a_swallowed_ctrl_c_is_the_abort(tmp_path):
+    """An interrupt swallowed inside a library's import, then that library's error: "Aborted.", 130."""
+    (tmp_path / "swallowing_model.py").write_text(SWALLOWING)
+    proc = cli_child(tmp_path, "swallowing_model", "maps")
+    stdout, stderr = finish(proc)
+    assert (proc.returncode, stderr.decode().strip(), stdout) == (130, "Aborted.", b"R")
+    # without the Ctrl-C, the same error is an ordinary one-line error
+    (tmp_path / "failing_model.py").write_text(SWALLOWING.replace("os.kill(os.getpid(), signal.SIGINT)", "pass"))
+    proc = cli_child(tmp_path, "failing_model", "maps")
+    stdout, stderr = finish(proc)
+    assert (proc.returncode, stdout) == (1, b"R"), stderr.decode()
+    assert stderr.decode().strip() == (
+        "Error: building model 'failing_model:factory' failed: cannot load module more than once per process"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ctrl_c_that_lands_in_another_thread_still_aborts(tmp_path):
+    """Python 3.11 and 3.12 act on it only when the main thread runs Python: not while it waits on a lock."""
+    (tmp_path / "elsewhere_model.py").write_text(ELSEWHERE)
+    proc = cli_child(tmp_path, "elsewhere_model", "maps")
+    stdout, stderr = finish(proc, seconds=30)
+    assert (proc.returncode, stderr.decode().strip(), stdout) == (130, "Aborted.", b"R")
+
+
+SLOW_TORCH = """
+import time
+
+for _ in range(50):  # an import of a second, in Python: an interrupt could cut it anywhere
+    time.sleep(0.02)
+complete = True
+"""
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["as-the-cli-runs-it", "alone"])
+def test_ctrl_c_during_pytorchs_import_takes_effect_after_it(tmp_path, watched):
+    """PyTorch's import is not safe to cut off: the command line holds Ctrl-C back until it is done.
+
+    As the command line runs it, the Ctrl-C reaches the watcher thread (the main thread blocks SIGINT during
+    the import) and Python then calls the handler in the main thread, inside the import: it must not raise there.
+    """
+    (tmp_path / "torch.py").write_text(SLOW_TORCH)  # stands in for PyTorch, whose import takes about as long
+    code = (
+        "import contextlib, os, subprocess, sys, time\n"
+        "from featuremaps.cli.interrupts import import_torch, watch_interrupts\n"
+        f"watch = watch_interrupts() if {watched} else contextlib.nullcontext()\n"
+        "subprocess.Popen(['sh', '-c', f'sleep 0.3; kill -INT {os.getpid()}'])\n"
+        "start = time.perf_counter()\n"
+        "try:\n"
+        "    with watch:\n"
+        "        import_torch()\n"
+        "        print('not interrupted')\n"
+        "except KeyboardInterrupt:\n"
+        "    done = getattr(sys.modules.get('torch'), 'complete', False)  # (not imported again)\n"
+        "    print('interrupted after the import', done, round(time.perf_counter() - start) >= 1)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.strip() == "interrupted after the import True True", proc.stderr
 
 
 def test_ctrl_c_in_the_command_is_130_through_the_click_runner_too(monkeypatch):

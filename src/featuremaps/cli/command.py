@@ -5,7 +5,8 @@ Rules:
 - A library error (any exception a command raises) becomes one line, ``Error: ...``, and exit status 1;
   click's usage errors keep their exit status 2. Nothing else in the command line catches errors.
 - ``featuremaps --debug CMD ...`` lets the exception through, so Python prints the traceback.
-- Ctrl-C becomes one ``Aborted.`` line and exit status 130 (128 + SIGINT), as shells report it.
+- Ctrl-C becomes one ``Aborted.`` line and exit status 130 (128 + SIGINT), as shells report it; so does
+  an error after a Ctrl-C that a library swallowed (see ``featuremaps.cli.interrupts``).
 - Messages use the command line's words (``--weights random``), not the library's (``weights='random'``).
 
 Every command is declared with :func:`command` (a :class:`Command`), so the rules hold whether it runs
@@ -23,6 +24,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from ..errors import FeatureMapsError
+from .interrupts import import_torch, interrupt_seen
 
 __all__ = ["Command", "Session", "cli_wording", "command", "interrupted", "one_line"]
 
@@ -118,12 +120,15 @@ class Command(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         cut_off_before = _half_imported()
         try:
+            import_torch()  # every command's body needs it: imported here, where a Ctrl-C cannot cut it off
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
             interrupted(hard=bool(_half_imported() - cut_off_before))
         except Exception as exc:  # noqa: BLE001 - the command line's one catch-all
+            if interrupt_seen():  # the error of a Ctrl-C that something swallowed: the abort it is
+                interrupted(hard=True)
             session = ctx.find_object(Session)
             if session is not None and session.debug:
                 raise

@@ -16,6 +16,7 @@ import click
 
 from .. import __version__
 from .command import Session, interrupted
+from .interrupts import watch_interrupts
 
 __all__ = ["COMMANDS", "cli", "main"]
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ``_featuremaps_cli.main``, which also covers the package's imports.
     """
     try:
-        code: Any = cli.main(args=argv, prog_name="featuremaps", standalone_mode=False)
+        with watch_interrupts():
+            code: Any = cli.main(args=argv, prog_name="featuremaps", standalone_mode=False)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt):
             interrupted()
