@@ -7,6 +7,7 @@ PyTorch on the whole map, means and variances in float64 from the values.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -37,6 +38,8 @@ def awkward_maps(b: int, c: int, n: int, seed: int) -> torch.Tensor:
     x[2, 0, :] = 2.5  # zero variance
     x[2, 1, 0] = 7.0  # the maximum in the first position ...
     x[2, 1, n - 1] = 7.0  # ... and again in the last
+    # large values where the kernel takes its shift from (8 spread positions): the shift is far from the mean
+    x[2, 2, [(2 * i + 1) * n // 16 for i in range(8)]] = 1000.0
     return x
 
 
@@ -106,6 +109,31 @@ def test_kernel_numbers_equal_direct_answers(shape):
         assert torch.equal(a.nan_to_num(nan=-1.0), w.nan_to_num(nan=-1.0))
 
 
+VECTOR_KERNEL = platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma", "bmi1"} <= set(native._cpu_features().split())
+
+
+@pytest.mark.parametrize("by_mean", [False, True], ids=["max", "mean"])
+def test_positions_are_found_where_the_score_reaches_the_channels_threshold(by_mean):
+    """Only those maps can enter a top-k whose k-th best is the threshold: the others need no position."""
+    x = awkward_maps(4, 6, 3136, seed=11)
+    full = fused.map_numbers(x)
+    assert full is not None
+    score = (full[2] if by_mean else full[0]).double()
+    threshold = score.nan_to_num(nan=0.0).median(0).values  # some maps of each channel below, some above
+    threshold[3], threshold[4] = -float("inf"), float("inf")  # every map; none but the infinite
+    got = fused.map_numbers(x, threshold, by_mean=by_mean)
+    assert got is not None
+    for a, b in zip(got[:1] + got[2:], full[:1] + full[2:]):  # the other numbers: the same bytes
+        assert torch.equal(a.nan_to_num(nan=-1.0), b.nan_to_num(nan=-1.0))
+    reach = score >= threshold
+    assert reach[:, 3].all() and not reach[:, 4].any()
+    assert torch.equal(got[1][reach], x.argmax(2)[reach])
+    others = got[1][~reach]
+    assert ((others == -1) | (others == x.argmax(2)[~reach])).all()  # (maps with NaN are always located)
+    if VECTOR_KERNEL:
+        assert int((others == -1).sum()) >= int((~reach).sum()) - 3  # all but the three NaN / inf maps
+
+
 def _numbers_on(x: torch.Tensor, threads: int) -> list[torch.Tensor]:
     """The kernel's numbers of maps ``x`` on ``threads`` threads (called directly: PyTorch's own pool untouched)."""
     fn = native.kernel()
@@ -113,7 +141,7 @@ def _numbers_on(x: torch.Tensor, threads: int) -> list[torch.Tensor]:
     b, c, n = x.shape
     out = [torch.empty((b, c)), torch.empty((b, c), dtype=torch.int64), torch.empty((b, c)), torch.empty((b, c)),
            torch.empty((b, c), dtype=torch.int64)]
-    assert fn(x.data_ptr(), b * c, n, *(t.data_ptr() for t in out), threads) == 0
+    assert fn(x.data_ptr(), b * c, n, c, None, 0, *(t.data_ptr() for t in out), threads) == 0
     return out
 
 
@@ -150,9 +178,19 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
     monkeypatch.delenv("FEATUREMAPS_FUSED")
     calls = []
     real = reducer_module.map_numbers
-    monkeypatch.setattr(reducer_module, "map_numbers", lambda flat: calls.append(flat.shape) or real(flat))
+    unlocated = []
+
+    def spy(flat, *args, **kwargs):
+        calls.append(flat.shape)
+        out = real(flat, *args, **kwargs)
+        unlocated.append(int((out[1] < 0).sum()))
+        return out
+
+    monkeypatch.setattr(reducer_module, "map_numbers", spy)
     fast = build_atlas(net, x, **opts)
     assert len(calls) == 2 * 5  # both layers, every batch: the kernel ran (by default)
+    if VECTOR_KERNEL:  # after the first batch most maps cannot enter: their positions were not looked for
+        assert unlocated[:2] == [0, 0] and sum(unlocated) > 0
     for layer in plain.layers():
         a, b = plain.stats(layer), fast.stats(layer)
         for c in plain.channels(layer):

@@ -208,3 +208,37 @@ def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
         a, b = grouped.stats(layer), old.stats(layer)
         for field in ("mean", "std", "active_fraction", "max", "count", "excluded"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_running_stats_without_excluded_maps_equal_the_masked_path_bit_for_bit(monkeypatch):
+    """The usual batch (every map counts) skips the masks: the same state as the path that applies them."""
+    from featuremaps.atlas import stats as stats_module
+
+    gen = torch.Generator().manual_seed(3)
+    batches = []
+    for rows, count in ((5, 50), (1, 51), (7, 52)):  # other counts: each batch is added on its own
+        mean = torch.randn(rows, 6, generator=gen) * torch.logspace(-3, 3, 6)
+        var = torch.rand(rows, 6, generator=gen) * 4.0
+        active = torch.randint(0, 50, (rows, 6), generator=gen)
+        batches.append((count, mean, var, active, mean + var.sqrt() * 3))
+    batches.append((50, *(t.clone() for t in batches[0][1:])))
+    batches[-1][1][2, 4] = float("nan")  # one batch with an excluded map: the masked path for it
+    real = stats_module._all_counted
+    answers: list[bool] = []
+
+    def state(fast: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(stats_module, "_all_counted", lambda *a: answers.append(real(*a)) or answers[-1] if fast
+                            else False)
+        s = stats_module.RunningStats(6)
+        for count, *rest in batches:
+            s.update(count, *rest)
+        state = s.state_dict()
+        monkeypatch.undo()
+        return state
+
+    fast, masked = state(True), state(False)
+    assert answers == [True, True, True, False]
+    assert fast.keys() == masked.keys()
+    for key in fast:
+        assert torch.equal(fast[key], masked[key]), key
+    assert int(masked["excluded"][4]) == 1 and masked["count"].tolist() == [915] * 4 + [865, 915]

@@ -5,11 +5,11 @@ count of positive values and (for the maps that may enter a top-k) the
 position of its first maximum. As separate PyTorch reductions that is four
 or five passes over every map (plus a scratch buffer written for the
 count), which on a CPU costs more than half of the forward itself when every
-convolution is watched. :func:`map_numbers` gets all five numbers of every
-map, the position included, from one read of the map from memory, with the C
-kernel of :mod:`.native` (``map_numbers.c``; compiled on first use, well
-under a second, and cached): the position of the maximum and the variance
-come from the map again while it is in the CPU's cache.
+convolution is watched. :func:`map_numbers` gets the numbers from one read
+of each map from memory, with the C kernel of :mod:`.native`
+(``map_numbers.c``; compiled on first use, well under a second, and
+cached); the position of the maximum is searched for, while the map is in
+the CPU's cache, only in the maps that may enter a top-k.
 
 Each map's numbers are computed by one thread in one fixed order, so they
 depend only on that map, whatever the batch or the threads: the atlas stays
@@ -87,7 +87,7 @@ def wanted(flat: torch.Tensor, mode: str) -> bool:
 
 
 def map_numbers(
-    flat: torch.Tensor,
+    flat: torch.Tensor, threshold: torch.Tensor | None = None, by_mean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Maximum, first argmax, mean, variance and positives of each map of ``flat`` ``(batch, channels, positions)``.
 
@@ -95,9 +95,13 @@ def map_numbers(
     threads): maximum, mean and variance (float32), the flat position of the
     first maximum and the count of positives (int64), each ``(batch,
     channels)``; the position and the maximum are :func:`torch.max`'s (the
-    first NaN where there is one). ``flat`` must pass :func:`wanted` (maps
-    that are not contiguous are copied first). None
-    when the kernel cannot be built here (after one warning per process).
+    first NaN where there is one). With ``threshold`` (float64, one per
+    channel: the k-th best score of a top-k), the position is found only for
+    the maps whose score (the maximum, or with ``by_mean`` the mean) is at
+    least their channel's threshold; the others may get -1 (only they can
+    enter the top-k, and looking for a position is a second read). ``flat``
+    must pass :func:`wanted` (maps that are not contiguous are copied first).
+    None when the kernel cannot be built here (after one warning per process).
 
     Example:
         >>> import torch
@@ -110,9 +114,14 @@ def map_numbers(
         return None
     flat = flat.contiguous()
     b, c, n = (int(v) for v in flat.shape)
+    if threshold is not None:
+        threshold = threshold.to("cpu", torch.float64).contiguous()
+        if threshold.shape != (c,):
+            raise ValueError(f"map_numbers: threshold has shape {tuple(threshold.shape)}; expected ({c},)")
     maximum, mean, var = (torch.empty((b, c), dtype=torch.float32) for _ in range(3))
     argmax, active = (torch.empty((b, c), dtype=torch.int64) for _ in range(2))
-    status = fn(flat.data_ptr(), b * c, n, maximum.data_ptr(), argmax.data_ptr(), mean.data_ptr(), var.data_ptr(),
+    status = fn(flat.data_ptr(), b * c, n, max(c, 1), None if threshold is None else threshold.data_ptr(),
+                int(by_mean), maximum.data_ptr(), argmax.data_ptr(), mean.data_ptr(), var.data_ptr(),
                 active.data_ptr(), torch.get_num_threads())
     if status != 0:
         raise RuntimeError(f"the atlas's C kernel refused maps of shape {(b, c, n)}")

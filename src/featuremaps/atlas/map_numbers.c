@@ -1,19 +1,20 @@
 /* The atlas's per-map numbers on the CPU, in one read of each map from memory.
  *
- * For each of `maps` contiguous float32 maps of `n` values: the maximum, the
- * position of its first occurrence (torch.argmax's answer, NaN included), the
- * mean, the population variance and the count of values > 0.
+ * For each of `maps` contiguous float32 maps of `n` values: the maximum, the mean, the population variance,
+ * the count of values > 0 and, where the map may enter its channel's top-k, the position of the first
+ * maximum (torch.argmax's answer, NaN included).
  *
- *   pass 1 (from memory, fetched ahead): maximum, sum, positives;
- *   pass 2 (from cache): the mean of squared deviations about the mean, and
- *                        the first position of the maximum.
+ * One pass over each map, from memory (the maps ahead are fetched early), gives the maximum, the count of
+ * positives and the sums of d = x - k and d^2 about a shift k (the mean of 8 values spread over the map):
+ * the mean is k + mean(d) and the variance mean(d^2) - mean(d)^2, which loses at most one bit to
+ * cancellation while mean(d)^2 <= variance. Where the shift was farther from the mean than that (rare), a
+ * second pass, from cache, sums the deviations about the float32 mean and gives both moments again. The
+ * position of the maximum is searched for, from cache, only in the maps whose score reaches their channel's
+ * threshold (the k-th best score so far): the others cannot enter the top-k.
  *
- * Sums run in float32 lanes over a few values each, then in float64. Pass 2
- * sums the deviations from the float32 rounding of the mean, d = x - mf, and
- * gives the variance as mean(d^2) - mean(d)^2 (exact algebra about the float64
- * mean), so it loses no digits to a large mean. Maps holding NaN or
- * infinities take plain scalar loops in float64. Each map is reduced by one thread in a fixed
- * order: its numbers depend only on its values, whatever the batch or threads.
+ * Sums run in float32 lanes over a few values each, then in float64. Maps holding NaN or infinities take
+ * plain scalar loops in float64. Each map is reduced by one thread in a fixed order: its numbers depend
+ * only on its values, whatever the batch or threads.
  *
  * featuremaps compiles this file on first use (featuremaps/atlas/native.py);
  * on x86-64 with AVX2, FMA and BMI it uses those instructions, elsewhere portable C.
@@ -21,13 +22,14 @@
 #include <math.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 
-#define FM_ABI 1
+#define FM_ABI 2
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
-#define BLOCK2 256 /* the same in pass 2 (8 a lane) */
+#define BLOCK2 256 /* the same in the second pass (8 a lane) */
 #define MAX_THREADS 64
-#define PREFETCH 2048 /* values ahead that pass 1 asks the CPU to fetch (maps come one after another) */
+#define PREFETCH 2048 /* values ahead that the pass asks the CPU to fetch (maps come one after another) */
 #define MIN_PARALLEL (1 << 18) /* values below which one thread does all the maps */
 
 int fm_abi(void) { return FM_ABI; }
@@ -82,37 +84,100 @@ static inline __m256d widen_add(__m256d acc, __m256 f) {
     return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
 }
 
-/* Four independent accumulators of 8 lanes each: a chain of dependent additions or maxima would wait on
- * each instruction's latency; four keep the CPU's vector units busy. */
-static numbers_t map_numbers(const float *x, int64_t n) {
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
-    __m256i p0 = _mm256_setzero_si256(), p1 = p0, p2 = p0, p3 = p0;
-    __m256d sd = _mm256_setzero_pd();
+/* The second pass, where the first one's shift was far from the mean: the sums of d = x - mf and d^2 about
+ * the float32 mean mf, from cache. */
+static void deviations(const float *x, int64_t n, float mf, double *q_out, double *d_out) {
+    const __m256 zero = _mm256_setzero_ps(), mv = _mm256_set1_ps(mf);
+    const int64_t full = n - n % 8;
+    __m256d qd = _mm256_setzero_pd(), dd = _mm256_setzero_pd();
+    int64_t j = 0;
+#define FM_PASS3(q, d, at)                                                                        \
+    do {                                                                                          \
+        __m256 v_ = _mm256_sub_ps(_mm256_loadu_ps(x + (at)), mv);                                 \
+        q = _mm256_fmadd_ps(v_, v_, q);                                                           \
+        d = _mm256_add_ps(d, v_);                                                                 \
+    } while (0)
+    while (j < full) {
+        const int64_t end = j + BLOCK2 < full ? j + BLOCK2 : full;
+        __m256 q0 = zero, q1 = zero, q2 = zero, q3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
+        for (; j + 32 <= end; j += 32) {
+            FM_PASS3(q0, d0, j);
+            FM_PASS3(q1, d1, j + 8);
+            FM_PASS3(q2, d2, j + 16);
+            FM_PASS3(q3, d3, j + 24);
+        }
+        for (; j < end; j += 8) FM_PASS3(q0, d0, j);
+        qd = widen_add(qd, _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3)));
+        dd = widen_add(dd, _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
+    }
+#undef FM_PASS3
+    double q = hsum_pd(qd), dm = hsum_pd(dd);
+    for (; j < n; j++) {
+        double d = (double)(x[j] - mf);
+        q += d * d;
+        dm += d;
+    }
+    *q_out = q;
+    *d_out = dm;
+}
+
+/* The first position of m (a value of the map), from cache: a step of 32 values at a time. */
+static int64_t first_of(const float *x, int64_t n, float m) {
+    const __m256 mm = _mm256_set1_ps(m);
     const int64_t full = n - n % 8;
     int64_t j = 0;
-#define FM_PASS1(m, p, sum, at)                                                                   \
+#define FM_HITS(at) ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + (at)), mm, _CMP_EQ_OQ)))
+    for (; j + 32 <= full; j += 32) {
+        unsigned hits = FM_HITS(j) | FM_HITS(j + 8) << 8 | FM_HITS(j + 16) << 16 | FM_HITS(j + 24) << 24;
+        if (hits) return j + (int64_t)_tzcnt_u32(hits);
+    }
+    for (; j < full; j += 8) {
+        unsigned hits = FM_HITS(j);
+        if (hits) return j + (int64_t)_tzcnt_u32(hits);
+    }
+#undef FM_HITS
+    for (; j < n; j++) if (x[j] == m) return j;
+    return 0;
+}
+
+/* Four independent accumulators of 8 lanes each: a chain of dependent additions or maxima would wait on
+ * each instruction's latency; four keep the CPU's vector units busy. */
+static numbers_t map_numbers(const float *x, int64_t n, double threshold, int by_mean) {
+    const __m256 zero = _mm256_setzero_ps();
+    float k = 0.0f; /* the shift: the mean of 8 values spread over the map */
+    for (int i = 0; i < 8; i++) k += x[(2 * i + 1) * n / 16];
+    k *= 0.125f;
+    const __m256 kv = _mm256_set1_ps(k);
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+    __m256i p0 = _mm256_setzero_si256(), p1 = p0, p2 = p0, p3 = p0;
+    __m256d sd = _mm256_setzero_pd(), qd = _mm256_setzero_pd();
+    const int64_t full = n - n % 8;
+    int64_t j = 0;
+#define FM_ONE(m, p, s, q, at)                                                                    \
     do {                                                                                          \
         __m256 v_ = _mm256_loadu_ps(x + (at));                                                    \
-        m = _mm256_max_ps(v_, m); /* (a NaN leaves the lane as it was: the sum catches it) */    \
-        sum = _mm256_add_ps(sum, v_);                                                             \
+        m = _mm256_max_ps(v_, m);                                                                 \
+        __m256 d_ = _mm256_sub_ps(v_, kv);                                                        \
+        s = _mm256_add_ps(s, d_);                                                                 \
+        q = _mm256_fmadd_ps(d_, d_, q);                                                           \
         p = _mm256_sub_epi32(p, _mm256_castps_si256(_mm256_cmp_ps(v_, zero, _CMP_GT_OQ)));       \
     } while (0)
-    while (j < full) { /* pass 1 */
+    while (j < full) {
         const int64_t end = j + BLOCK < full ? j + BLOCK : full;
-        __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+        __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero, q0 = zero, q1 = zero, q2 = zero, q3 = zero;
         for (; j + 32 <= end; j += 32) {
-            _mm_prefetch((const char *)(x + j + PREFETCH), _MM_HINT_T0); /* (the next maps too: no fault) */
+            _mm_prefetch((const char *)(x + j + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char *)(x + j + PREFETCH + 16), _MM_HINT_T0);
-            FM_PASS1(m0, p0, s0, j);
-            FM_PASS1(m1, p1, s1, j + 8);
-            FM_PASS1(m2, p2, s2, j + 16);
-            FM_PASS1(m3, p3, s3, j + 24);
+            FM_ONE(m0, p0, s0, q0, j);
+            FM_ONE(m1, p1, s1, q1, j + 8);
+            FM_ONE(m2, p2, s2, q2, j + 16);
+            FM_ONE(m3, p3, s3, q3, j + 24);
         }
-        for (; j < end; j += 8) FM_PASS1(m0, p0, s0, j);
+        for (; j < end; j += 8) FM_ONE(m0, p0, s0, q0, j);
         sd = widen_add(sd, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+        qd = widen_add(qd, _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3)));
     }
-#undef FM_PASS1
+#undef FM_ONE
     float lanes[8];
     int32_t counts[8];
     _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
@@ -123,74 +188,46 @@ static numbers_t map_numbers(const float *x, int64_t n) {
         m = lanes[l] > m ? lanes[l] : m;
         p += counts[l];
     }
-    double s = hsum_pd(sd);
+    double s = hsum_pd(sd), q = hsum_pd(qd);
     for (; j < n; j++) {
         float v = x[j];
         m = v > m ? v : m;
-        s += (double)v;
+        double d = (double)(v - k);
+        s += d;
+        q += d * d;
         p += v > 0.0f;
     }
-    if (!isfinite(s) || !isfinite(m)) return scalar_numbers(x, n);
-
-    /* pass 2: the variance, and the first position of the maximum from each step's hits (no branch: a
-     * search that stops at the hit mispredicts once per map, which costs small maps more than their sums) */
-    const double mean = s / (double)n;
-    const float mf = (float)mean;
-    const __m256 mv = _mm256_set1_ps(mf), mm = _mm256_set1_ps(m);
-    int64_t first = INT64_MAX;
-    __m256d qd = _mm256_setzero_pd(), dd = _mm256_setzero_pd();
-#define FM_PASS3(q, d, at)                                                                        \
-    do {                                                                                          \
-        __m256 v_ = _mm256_sub_ps(_mm256_loadu_ps(x + (at)), mv);                                 \
-        q = _mm256_fmadd_ps(v_, v_, q);                                                           \
-        d = _mm256_add_ps(d, v_);                                                                 \
-    } while (0)
-#define FM_HITS(at) ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + (at)), mm, _CMP_EQ_OQ)))
-    for (j = 0; j < full;) {
-        const int64_t end = j + BLOCK2 < full ? j + BLOCK2 : full;
-        __m256 q0 = zero, q1 = zero, q2 = zero, q3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
-        for (; j + 32 <= end; j += 32) {
-            FM_PASS3(q0, d0, j);
-            FM_PASS3(q1, d1, j + 8);
-            FM_PASS3(q2, d2, j + 16);
-            FM_PASS3(q3, d3, j + 24);
-            unsigned hits = FM_HITS(j) | FM_HITS(j + 8) << 8 | FM_HITS(j + 16) << 16 | FM_HITS(j + 24) << 24;
-            int64_t at = hits ? j + (int64_t)_tzcnt_u32(hits) : INT64_MAX; /* (a conditional move) */
-            first = at < first ? at : first;
-        }
-        for (; j < end; j += 8) {
-            FM_PASS3(q0, d0, j);
-            unsigned hits = FM_HITS(j);
-            int64_t at = hits ? j + (int64_t)_tzcnt_u32(hits) : INT64_MAX;
-            first = at < first ? at : first;
-        }
-        qd = widen_add(qd, _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3)));
-        dd = widen_add(dd, _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
-    }
-#undef FM_HITS
-#undef FM_PASS3
-    double q = hsum_pd(qd), dm = hsum_pd(dd);
-    for (j = full; j < n; j++) {
-        double d = (double)(x[j] - mf);
-        q += d * d;
-        dm += d;
-        first = x[j] == m && j < first ? j : first;
-    }
-    if (!isfinite(q)) return scalar_numbers(x, n); /* squares beyond float32 */
-    dm /= (double)n;
+    if (!isfinite(s) || !isfinite(q) || !isfinite(m)) return scalar_numbers(x, n);
+    double dm = s / (double)n;
+    double mean = (double)k + dm;
     double var = q / (double)n - dm * dm;
-    numbers_t r = {m, first, (float)mean, (float)(var > 0.0 ? var : 0.0), p};
+    if (dm * dm > var) { /* the shift was far from the mean (rare): the deviations again, about the mean */
+        float mf = (float)mean;
+        double q2, d2;
+        deviations(x, n, mf, &q2, &d2);
+        d2 /= (double)n;
+        var = q2 / (double)n - d2 * d2;
+        mean = (double)mf + d2; /* (the first sums lost digits to d's size: these are about the mean) */
+    }
+    const float mean32 = (float)mean;
+    const int locate = (by_mean ? (double)mean32 : (double)m) >= threshold;
+    numbers_t r = {m, locate ? first_of(x, n, m) : -1, mean32, (float)(var > 0.0 ? var : 0.0), p};
     return r;
 }
 
 #else /* portable C: the scalar loops (float64 sums), for every map */
 
-static numbers_t map_numbers(const float *x, int64_t n) { return scalar_numbers(x, n); }
+static numbers_t map_numbers(const float *x, int64_t n, double threshold, int by_mean) {
+    (void)threshold, (void)by_mean; /* (every position: the scalar loops find it on the way) */
+    return scalar_numbers(x, n);
+}
 #endif
 
 typedef struct {
     const float *x;
-    int64_t lo, hi, n;
+    int64_t lo, hi, n, channels;
+    const double *threshold;
+    int by_mean;
     float *max, *mean, *var;
     int64_t *arg, *pos;
 } job_t;
@@ -198,11 +235,12 @@ typedef struct {
 static void run(const job_t *job) {
     for (int64_t i = job->lo; i < job->hi; i++) {
 #if defined(__AVX2__) && defined(__FMA__) && defined(__BMI__)
-        if (job->n < 512) /* maps too short for pass 1's own prefetching: the maps PREFETCH values ahead */
+        if (job->n < 512) /* maps too short for the pass's own prefetching: the maps PREFETCH values ahead */
             for (int64_t k = 0; k < job->n; k += 16)
                 _mm_prefetch((const char *)(job->x + i * job->n + PREFETCH + k), _MM_HINT_T0);
 #endif
-        numbers_t r = map_numbers(job->x + i * job->n, job->n);
+        const double threshold = job->threshold ? job->threshold[i % job->channels] : -INFINITY;
+        numbers_t r = map_numbers(job->x + i * job->n, job->n, threshold, job->by_mean);
         job->max[i] = r.max;
         job->arg[i] = r.arg;
         job->mean[i] = r.mean;
@@ -224,6 +262,12 @@ static job_t jobs[MAX_THREADS];
 
 static void *worker(void *arg) {
     const int id = (int)(intptr_t)arg; /* 1 .. workers */
+    /* asynchronous signals (Ctrl-C, termination, timers, children) are for the program's own threads */
+    sigset_t quiet;
+    sigemptyset(&quiet);
+    const int async_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE};
+    for (unsigned k = 0; k < sizeof async_signals / sizeof async_signals[0]; k++) sigaddset(&quiet, async_signals[k]);
+    pthread_sigmask(SIG_BLOCK, &quiet, 0);
     pthread_mutex_lock(&lock);
     long seen = born[id];
     for (;;) {
@@ -277,16 +321,18 @@ static int grow(int want) {
     return workers;
 }
 
-/* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. */
-int fm_map_numbers(const float *x, int64_t maps, int64_t n, float *max, int64_t *arg, float *mean, float *var,
-                   int64_t *pos, int threads) {
-    if (n < 1 || maps < 0) return 1;
+/* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. Map i is of channel
+ * i % channels; its position is found where its score (the maximum, or with by_mean the mean) is at least
+ * threshold[channel] (every map's without a threshold), else it is -1. */
+int fm_map_numbers(const float *x, int64_t maps, int64_t n, int64_t channels, const double *threshold, int by_mean,
+                   float *max, int64_t *arg, float *mean, float *var, int64_t *pos, int threads) {
+    if (n < 1 || maps < 0 || channels < 1) return 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1 || maps * n < MIN_PARALLEL) threads = 1;
     if (threads > maps) threads = maps > 0 ? (int)maps : 1;
     if (threads > 1 && pthread_mutex_trylock(&call_lock) != 0) threads = 1; /* another call has the pool */
     if (threads == 1) {
-        job_t job = {x, 0, maps, n, max, mean, var, arg, pos};
+        job_t job = {x, 0, maps, n, channels, threshold, by_mean, max, mean, var, arg, pos};
         run(&job);
         return 0;
     }
@@ -294,7 +340,8 @@ int fm_map_numbers(const float *x, int64_t maps, int64_t n, float *max, int64_t 
     int used = grow(threads - 1) + 1;
     if (used > threads) used = threads;
     for (int t = 0; t < used; t++) {
-        job_t job = {x, maps * t / used, maps * (t + 1) / used, n, max, mean, var, arg, pos};
+        job_t job = {x, maps * t / used, maps * (t + 1) / used, n, channels, threshold, by_mean, max, mean, var, arg,
+                     pos};
         jobs[t] = job;
     }
     helpers = used - 1;

@@ -29,7 +29,7 @@ from typing import Any
 __all__ = ["cache_dir", "failure", "kernel"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
-_ABI = 1  # FM_ABI in the C file
+_ABI = 2  # FM_ABI in the C file
 _FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
 _TUNED = ("-march=native",)  # tried first; some compilers or CPUs refuse it
 
@@ -108,7 +108,8 @@ def _load(path: Path) -> Any:
         raise RuntimeError(f"{path} is another version of the kernel")
     fn = lib.fm_map_numbers
     p = ctypes.c_void_p
-    fn.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p, p, p, p, p, ctypes.c_int]
+    i64 = ctypes.c_int64
+    fn.argtypes = [p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
 

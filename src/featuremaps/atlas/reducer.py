@@ -1,10 +1,10 @@
 """The atlas's capture reducer: each layer's top-k and a few numbers per (image, channel), inside the hook.
 
 :class:`AtlasReducer` runs inside the capture engine's forward hook: it
-reads each map once for its maximum, the position of that maximum, its
-moments and its count of positives (the C kernel of :mod:`.fused` on the
-CPU; on PyTorch's path the position is located only for the maps that may
-enter a top-k) and keeps those numbers for the layer's
+reads each map once for its maximum, its moments and its count of positives,
+and the position of the maximum of the maps that may enter a top-k (the C
+kernel of :mod:`.fused` on the CPU, or PyTorch's reductions; on an
+accelerator every map's position) and keeps those numbers for the layer's
 :class:`~.topk.TopK`; the feature map is dropped as soon as the hook
 returns. The top-k of all layers are committed together once the whole
 forward has run, so an interrupt in the middle of a forward leaves every
@@ -55,9 +55,10 @@ def _candidate_argmax(
 class _Pending:
     """One layer's part of the batch for its top-k, ``(batch, channels)`` each.
 
-    ``flat_index`` is the spatial argmax within the flattened map; with the
-    map's ``width`` it becomes ``(y, x)`` for all layers at once when the batch
-    is merged.
+    ``flat_index`` is the spatial argmax within the flattened map (found for
+    the maps that may enter the top-k; -1 or 0 for the others); with the map's
+    ``width`` it becomes ``(y, x)`` when the batch is merged, for the entries
+    that enter.
     """
 
     score: torch.Tensor
@@ -82,8 +83,8 @@ class AtlasReducer:
 
     Called inside the forward hook; the map is dropped when it returns, leaving
     a few numbers per (image, channel): moments, maximum, score and the spatial
-    argmax (of every map, in the same read as the maximum; on PyTorch's CPU
-    path only of the maps that may enter a top-k). The top-k and statistics
+    argmax (on the CPU only of the maps that reach their channel's k-th best
+    score so far; on an accelerator of every map). The top-k and statistics
     of all layers are merged at the end of the forward.
     """
 
@@ -123,9 +124,21 @@ class AtlasReducer:
             flat = flat.float()
         argmax: torch.Tensor | None = None
         b, c, n = (int(v) for v in flat.shape)
+        top: TopK | None = None
+        if self.indices is not None:
+            top = self.tops.get(info.name)
+            if top is None:
+                top = self.tops[info.name] = TopK(c, self.k, self.device)
+            if top.channels != c:
+                top = None
         if not asynchronous(flat.device):
-            numbers = map_numbers(flat) if wanted(flat, self.fused) else None
-            if numbers is not None:  # one read of each map (the C kernel), every position included
+            numbers = None
+            if wanted(flat, self.fused):  # one read of each map (the C kernel)
+                # positions only for the maps that reach their channel's k-th best so far (a top-k being merged
+                # beside this forward has a lower one: more maps located, never fewer); none without a top-k
+                kth = top.score[:, top.k - 1] if top is not None else torch.full((c,), math.inf)
+                numbers = map_numbers(flat, kth, by_mean=self.score == "mean")
+            if numbers is not None:
                 maximum, argmax, mean, var, active = numbers
             else:
                 block = block_length(n)
@@ -138,17 +151,13 @@ class AtlasReducer:
             # kernel gives every map's maximum and its position, and nothing in this hook waits
             maximum, argmax = flat.max(2)
             mean, var, active = per_image_moments(flat)
-        if self.indices is not None:
-            top = self.tops.get(info.name)
-            if top is None:
-                top = self.tops[info.name] = TopK(int(flat.shape[1]), self.k, self.device)
-            if top.channels == flat.shape[1]:
-                score = maximum if self.score == "max" else mean
-                if argmax is None:
-                    located = _candidate_argmax(blocks, block_max, maximum, score, top)
-                else:
-                    located = argmax.to(top.device)
-                self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
+        if top is not None:
+            score = maximum if self.score == "max" else mean
+            if argmax is None:
+                located = _candidate_argmax(blocks, block_max, maximum, score, top)
+            else:
+                located = argmax.to(top.device)
+            self.pending[info.name] = _Pending(score, located, int(t.shape[-1]) if nsp == 2 else 0)
         self.batch[info.name] = Reduced(info, int(flat.shape[2]), mean, var, active, maximum)
         return None
 
@@ -188,6 +197,8 @@ class AtlasReducer:
 
         def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             at, w = flat[rows, chans], width[chans]
+            if bool((at < 0).any()):  # (the kernel left out a map that enters: never a made-up position)
+                raise FeatureMapsError("internal error: a map entering the atlas's top-k has no position")
             return at // w, at % w
 
         update_all(tops, scores, indices, locate=locate)
