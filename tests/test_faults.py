@@ -136,7 +136,7 @@ def test_an_error_after_a_swallowed_ctrl_c_is_the_abort(tmp_path):
 
 
 def test_a_ctrl_c_that_lands_in_another_thread_still_aborts(tmp_path):
-    """Python 3.11 and 3.12 act on it only when the main thread runs Python: not while it waits on a lock."""
+    """Python (3.11 here) acts on it only once something wakes the main thread: not while it waits on a lock."""
     (tmp_path / "elsewhere_model.py").write_text(ELSEWHERE)
     proc = cli_child(tmp_path, "elsewhere_model", "maps")
     stdout, stderr = finish(proc, seconds=30)

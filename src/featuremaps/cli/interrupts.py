@@ -3,8 +3,8 @@
 Three things can keep a Ctrl-C from ending a command with ``Aborted.``:
 
 - **It lands in another thread.** The kernel may hand SIGINT to any thread that
-  does not block it, such as NumPy's BLAS pool or PyTorch's OpenMP threads. On
-  Python 3.11 and 3.12 the main thread then acts on it only when something else
+  does not block it, such as NumPy's BLAS pool or PyTorch's OpenMP threads. Then
+  (seen on Python 3.11) the main thread acts on it only when something else
   wakes its interpreter: a command busy in one long wait would never stop.
   :func:`watch_interrupts` listens for every SIGINT through
   :func:`signal.set_wakeup_fd` and, when the main thread has not taken it within
