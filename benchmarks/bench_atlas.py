@@ -17,7 +17,8 @@ medians over repetitions of those pairs' ratios, of wall time and of CPU
 time (a shared machine's load changes less between two neighbouring runs).
 
 The atlas variants use the C kernel (``featuremaps.atlas.fused``: one read
-of each map for its maximum, first argmax, moments and positives). The
+of each map for its maximum, moments and positives, and the first argmax of
+the maps that may enter a top-k). The
 ``before:`` variants run the same calls with ``FEATUREMAPS_FUSED=0``
 (PyTorch's separate reductions, the argmax looked up for the maps that may
 enter a top-k), in the same run.

@@ -1,8 +1,8 @@
 """The atlas's C kernel (``map_numbers.c``): compiled on first use, cached, called through :mod:`ctypes`.
 
 The kernel reads each float32 map once from memory and gives its maximum,
-first argmax, mean, variance and count of positives (see the C file's
-header). It is compiled with the system's C compiler (``$CC``, else ``cc``,
+mean, variance, count of positives and, for the maps that may enter a
+top-k, the position of its first maximum (see the C file's header). It is compiled with the system's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) for this machine's CPU (``-march=native``) into a
 shared library kept in the cache folder (``$FEATUREMAPS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/featuremaps`` or ``~/.cache/featuremaps``), under a name
