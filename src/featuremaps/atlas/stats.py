@@ -203,24 +203,23 @@ class RunningStats:
             n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
             weights = n.repeat(3)
             self._weights = (count, n, weights)
-        if not asynchronous(dev) and _all_counted(m32, v32, n):  # the usual case: no mask to apply
-            m, v = m32.to(torch.float64), v32.to(torch.float64)  # float32 values: m*m is exact in float64
-            self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
-            self.count += n * m.shape[0]
-            self.active += active.to(dev, torch.int64).sum(0)
-            if m.shape[0]:
-                self.maximum = torch.maximum(self.maximum, maximum.to(dev, torch.float64).amax(0))
-            return
-        # (in float32: |m| < 2**100 is False for NaN and infinities; a finite float32 variance is below 2**200)
-        ok = (m32.abs() < _MAX_MEAN) & torch.isfinite(v32) & (n > 0)[None, :]
-        zero = torch.zeros((), dtype=torch.float32, device=dev)
-        m = torch.where(ok, m32, zero).to(torch.float64)  # float32 values: m*m is exact in float64
-        v = torch.where(ok, v32, zero).to(torch.float64)
+        active = active.to(dev, torch.int64)
+        mx = maximum.to(dev, torch.float64)
+        counted: torch.Tensor | int
+        if not asynchronous(dev) and _all_counted(m32, v32, n):  # the usual case: nothing to leave out
+            m, v, counted = m32, v32, int(m32.shape[0])
+        else:
+            # (in float32: |m| < 2**100 is False for NaN and infinities; a finite float32 variance is below 2**200)
+            ok = (m32.abs() < _MAX_MEAN) & torch.isfinite(v32) & (n > 0)[None, :]
+            zero = torch.zeros((), dtype=torch.float32, device=dev)
+            m, v, counted = torch.where(ok, m32, zero), torch.where(ok, v32, zero), ok.sum(0)
+            active = torch.where(ok, active, 0)
+            mx = torch.where(ok, mx, -math.inf)
+            self.excluded += (~ok).sum(0) * (n > 0)
+        m, v = m.to(torch.float64), v.to(torch.float64)  # float32 values: m*m is exact in float64
         self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
-        self.count += n * ok.sum(0)
-        self.active += torch.where(ok, active.to(dev, torch.int64), 0).sum(0)
-        self.excluded += (~ok).sum(0) * (n > 0)
-        mx = torch.where(ok, maximum.to(dev, torch.float64), -math.inf)
+        self.count += n * counted
+        self.active += active.sum(0)
         if mx.shape[0]:
             self.maximum = torch.maximum(self.maximum, mx.amax(0))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from typing import Any, Iterator
@@ -62,8 +63,6 @@ class _Watcher:
     not taken within the grace time to the main thread itself."""
 
     def __init__(self) -> None:
-        import signal
-
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
         self.previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
@@ -72,8 +71,6 @@ class _Watcher:
         self.thread.start()
 
     def _run(self, main_thread: int) -> None:
-        import signal
-
         while True:
             try:
                 got = os.read(self.read_fd, 64)
@@ -89,8 +86,6 @@ class _Watcher:
                 return  # one Ctrl-C is all a command needs; the main thread now has it
 
     def stop(self) -> None:
-        import signal
-
         signal.set_wakeup_fd(self.previous_fd)
         with contextlib.suppress(OSError):
             os.write(self.write_fd, b"\0")  # the stop byte
@@ -113,8 +108,6 @@ def watch_interrupts() -> Iterator[None]:
         ...     interrupt_seen()
         False
     """
-    import signal
-
     main = threading.current_thread() is threading.main_thread()
     if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
@@ -143,8 +136,6 @@ def import_torch() -> None:
     """
     if "torch" in sys.modules:
         return
-    import signal
-
     masks = hasattr(signal, "pthread_sigmask")  # (not on Windows)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masks else None
     ours = signal.getsignal(signal.SIGINT) is _on_sigint
