@@ -1,15 +1,18 @@
-"""Where the atlas pass's CPU time goes: the map kernel in the hooks, the top-k merge, the statistics.
+"""Where the atlas pass's time goes: the map kernel in the hooks, the top-k merge, the statistics.
 
 Runs ``build_atlas`` on every convolution of the default EfficientNet-Lite0
 (synthetic 224x224 images, batch 16, k=9, no receptive fields) and adds up
-the CPU time (``time.thread_time``: the calling thread's own) spent
+the wall time spent (all three run in the calling thread, on the CPU, one
+after the other)
 
-* in the hooks' map kernel (``featuremaps.atlas.fused.map_numbers``; the
-  kernel's pool threads, if any, are not counted),
-* in the worker thread's top-k merge (``AtlasReducer.merge``),
-* in the worker thread's statistics update (``AtlasState.update``),
+* in the hooks' map kernel (``featuremaps.atlas.fused.map_numbers``, on
+  PyTorch's threads),
+* in the top-k merge after each forward (``AtlasReducer.merge``),
+* in the statistics update after each forward (``AtlasState.update``),
 
-printed per 1,000 images (medians over repetitions, after one warm-up call).
+printed per 1,000 images and as a share of plain inference's time on the
+same images (medians over repetitions, after one warm-up call; each
+repetition runs plain inference, then the atlas).
 It instruments the library's internals, so it is a profiling aid beside
 ``bench_atlas.py`` (which gives the ratios to plain inference), not a goal.
 
@@ -49,19 +52,19 @@ def main() -> None:
     kernel, merge_batch = reducer_module.map_numbers, build_module._merge_batch
 
     def timed_kernel(*a: Any, **kw: Any) -> Any:
-        t = time.thread_time()
+        t = time.perf_counter()
         try:
             return kernel(*a, **kw)
         finally:
-            spent["kernel"] += time.thread_time() - t
+            spent["kernel"] += time.perf_counter() - t
 
     def timed_merge(reducer: Any, taken: Any, state: Any, reduced: Any) -> None:
-        t0 = time.thread_time()
+        t0 = time.perf_counter()
         reducer.merge(taken)
-        t1 = time.thread_time()
+        t1 = time.perf_counter()
         state.update(reduced)
         spent["top-k merge"] += t1 - t0
-        spent["statistics"] += time.thread_time() - t1
+        spent["statistics"] += time.perf_counter() - t1
 
     reducer_module.map_numbers = timed_kernel
     build_module._merge_batch = timed_merge
@@ -69,16 +72,24 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(RandomImages(args.images), batch_size=16)
     options = dict(layers=torch.nn.Conv2d, k=9, progress=False, checkpoint_every=None, receptive="none")
     build_atlas(model, loader, **options)  # warm-up: the kernel's compilation, lazy inits
-    runs: dict[str, list[float]] = {part: [] for part in PARTS}
+    runs: dict[str, list[float]] = {part: [] for part in (*PARTS, "plain")}
     for _ in range(args.reps):
+        t = time.perf_counter()
+        with torch.no_grad():
+            for x in loader:
+                model(x)
+        runs["plain"].append(time.perf_counter() - t)
         spent.update(dict.fromkeys(PARTS, 0.0))
         atlas = build_atlas(model, loader, **options)
         atlas.stats(atlas.layers()[0])  # (the statistics' queued batches are added here)
         for part in PARTS:
             runs[part].append(spent[part])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images, {args.reps} reps")
+    plain = statistics.median(runs["plain"])
+    print(f"  {'plain inference':16s} {plain * 1e6 / args.images:7.0f} ms per 1,000 images")
     for part in PARTS:
-        print(f"  {part:12s} {statistics.median(runs[part]) * 1000 / args.images * 1000:7.0f} ms CPU per 1,000 images")
+        t = statistics.median(runs[part])
+        print(f"  {part:16s} {t * 1e6 / args.images:7.0f} ms per 1,000 images ({t / plain:6.1%} of plain inference)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ damaged checkpoint must be named, set aside and never used.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -179,8 +180,10 @@ def test_the_cli_names_a_damaged_checkpoint_in_one_clean_line(tmp_path, monkeypa
         return real(self, i)
 
     monkeypatch.setattr(build_module._FolderImages, "__getitem__", ctrl_c_at_5)
+    handler = signal.getsignal(signal.SIGINT)
     cut = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "out")])
     assert cut.exit_code == 130, cut.output
+    assert signal.getsignal(signal.SIGINT) is handler  # (in this process Ctrl-C works again afterwards)
     monkeypatch.setattr(build_module._FolderImages, "__getitem__", real)
     ckpt = tmp_path / ".out.partial" / "rank0-of-1.safetensors"
     _flip_tensor_bytes(ckpt)
@@ -249,6 +252,69 @@ def test_an_interrupt_during_a_checkpoint_save_then_a_resume_equals_an_uninterru
     assert [p.name for p in partial.iterdir()] == (["rank0-of-1.safetensors"] if cut > 1 else [])  # no torn file
     build_atlas(model(), Interrupting(), out=out, **OPTS)
     assert files(out) == reference
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_a_ctrl_c_during_a_merge_waits_for_the_batch_then_the_checkpoint_holds_it(
+    tmp_path, reference, monkeypatch, batch
+):
+    """A real SIGINT while the ``batch``-th batch is merged (on the CPU, right after its forward): it is raised
+    once the batch is merged and counted, so the interrupt's checkpoint holds it, and the resume reads on."""
+    import os
+
+    from featuremaps.atlas import build as build_module
+
+    real, merges, after = build_module._merge_batch, [], []
+
+    def ctrl_c_inside(*args):
+        merges.append(1)
+        if len(merges) == batch:
+            os.kill(os.getpid(), signal.SIGINT)  # (Python runs the handler at its next instruction: here)
+            after.append(1)  # the merge goes on ...
+        return real(*args)
+
+    monkeypatch.setattr(build_module, "_merge_batch", ctrl_c_inside)
+    out = tmp_path / "atlas"
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(model(), Interrupting(), out=out, **OPTS)
+    assert after == [1] and len(merges) == batch  # ... and no other batch ran after the Ctrl-C
+    monkeypatch.setattr(build_module, "_merge_batch", real)
+    again = Interrupting()
+    build_atlas(model(), again, out=out, **OPTS)
+    assert again.reads[0] == 2 * batch  # every batch merged before the Ctrl-C came back from the checkpoint
+    assert files(out) == reference
+
+
+def test_interrupts_held_leaves_other_threads_ignored_signals_and_errors_as_they_are():
+    import os
+    import threading
+
+    from featuremaps.datapass import interrupts_held
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(ValueError, match="the block's own"):  # an error in the block goes on; the handler is back
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise ValueError("the block's own")
+    assert signal.getsignal(signal.SIGINT) is handler
+    seen = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_held():  # an ignored Ctrl-C stays ignored
+            seen.append(signal.getsignal(signal.SIGINT))
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert seen == [signal.SIG_IGN]
+
+    def in_a_thread():
+        with interrupts_held():  # (signal handlers belong to the main thread: nothing to swap here)
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert seen[-1] is handler
 
 
 def test_an_interrupt_while_the_folder_is_written_then_a_resume_equals_an_uninterrupted_run(

@@ -210,7 +210,7 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
 @pytest.fixture
 def fresh_kernel(monkeypatch, tmp_path):
     """No kernel loaded in this process yet, and an empty cache folder of the test's own."""
-    monkeypatch.setattr(native, "_kernel", None)
+    monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_failed", None)
     monkeypatch.setenv("FEATUREMAPS_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache" / "kernels"
@@ -248,7 +248,7 @@ def test_the_kernel_is_compiled_once_then_loaded_and_a_damaged_file_is_rebuilt(m
     compiled = []
     real = native._compile
     monkeypatch.setattr(native, "_compile", lambda *a: compiled.append(a) or real(*a))
-    monkeypatch.setattr(native, "_kernel", None)  # a new process, as it were: the file is loaded
+    monkeypatch.setattr(native, "_lib", None)  # a new process, as it were: the file is loaded
     x = awkward_maps(3, 3, 196, seed=1)
     check_numbers(x, fused.map_numbers(x))
     assert compiled == []
@@ -353,17 +353,17 @@ def test_topk_merging_only_the_channels_with_a_candidate_equals_a_sorted_list(wi
 
 def _numbers_in_child(queue) -> None:  # (module level: picklable)
     x = awkward_maps(4, 8, 12544, seed=5)
-    out = _numbers_on(x, 2)  # the pool's threads are not in this process: it must start its own
+    out = _numbers_on(x, 2)  # the parent's OpenMP threads are not in this process: one thread must do it all
     queue.put([t.nan_to_num(nan=-1.0).tolist() for t in out])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
-def test_the_kernels_thread_pool_works_in_a_forked_child_and_gives_the_same_numbers():
-    """A DataLoader worker or any forked child inherits no pool threads: the kernel must neither hang nor differ."""
+def test_the_kernel_in_a_forked_child_neither_hangs_nor_differs():
+    """A forked child has none of its parent's OpenMP threads (the runtime would wait for them forever)."""
     import multiprocessing
 
     x = awkward_maps(4, 8, 12544, seed=5)
-    parent = _numbers_on(x, 2)  # the pool is started here, before the fork
+    parent = _numbers_on(x, 2)  # the OpenMP team is started here, before the fork
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_numbers_in_child, args=(queue,))
@@ -376,3 +376,101 @@ def test_the_kernels_thread_pool_works_in_a_forked_child_and_gives_the_same_numb
             child.kill()
     assert child.exitcode == 0
     assert got == [t.nan_to_num(nan=-1.0).tolist() for t in parent]
+
+
+def _threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runtime is found in /proc/self/maps (Linux)")
+def test_the_kernel_runs_on_pytorchs_own_threads_and_runtime():
+    """No threads of its own (they were placed on the caller's core inside forward hooks) and no second runtime."""
+    runtime = native.openmp_runtime()
+    assert runtime is not None and runtime.name.startswith("lib")  # PyTorch's Linux builds load one
+    torch.ones(1 << 22).mul(2).sum()  # PyTorch's threads exist now
+    before = _threads()
+    x = awkward_maps(8, 8, 12544, seed=2)
+    _numbers_on(x, torch.get_num_threads())  # (more than PyTorch's would make the runtime's team larger)
+    assert _threads() <= before  # (a thread of an earlier test may have ended meanwhile)
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        loaded = {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+    runtimes = {Path(p).name for p in loaded if Path(p).name.startswith(("libgomp", "libiomp5", "libomp"))}
+    assert runtimes == {runtime.name}
+
+
+def test_without_an_openmp_runtime_the_kernel_is_built_for_one_thread(monkeypatch, fresh_kernel):
+    monkeypatch.setattr(native, "openmp_runtime", lambda: None)
+    x = awkward_maps(6, 5, 12544, seed=4)
+    one, two = _numbers_on(x, 1), _numbers_on(x, 2)
+    check_numbers(x, two)
+    for a, b in zip(one, two):
+        assert torch.equal(a.nan_to_num(nan=-1.0), b.nan_to_num(nan=-1.0))
+    built = list(fresh_kernel.glob("*.so"))
+    assert len(built) == 1
+    if shutil.which("readelf"):  # linked against no OpenMP runtime
+        assert "omp" not in subprocess.run(["readelf", "-d", str(built[0])], capture_output=True, text=True).stdout
+
+
+def _sorted_top(scores: torch.Tensor, ids: torch.Tensor, flat: torch.Tensor, width: int, k: int, c: int):
+    """Channel ``c``'s top-k of every row seen, by a plain sort: (score desc, NaN as -inf; index asc)."""
+    rows = sorted(range(len(ids)), key=lambda i: (-(float(scores[i, c]) if scores[i, c] == scores[i, c] else -1e300),
+                                                  int(ids[i])))[:k]
+    at = [int(flat[i, c]) for i in rows]
+    return ([int(ids[i]) for i in rows], [divmod(a, width) if width else (0, a) for a in at])
+
+
+@pytest.mark.parametrize("order", ["increasing", "shuffled"])
+def test_the_kernels_topk_merge_equals_a_sorted_list_and_the_pytorch_merge(order):
+    """Several layers in one call (image rows, 1-D maps), ties, NaN and -inf, batches in and out of index order."""
+    from featuremaps.atlas import TopK
+    from featuremaps.atlas.topk import update_all
+
+    if native.topk_kernel() is None:
+        pytest.skip(f"no C kernel here: {native.failure()}")  # (the PyTorch merge is tested on its own above)
+    gen = torch.Generator().manual_seed(12)
+    images, k, widths, channels = 50, 4, [7, 0, 3], [5, 3, 2]
+    scores = [torch.randint(0, 5, (images, c), generator=gen).float() for c in channels]  # ties everywhere
+    scores[0][3, 1] = float("nan")
+    scores[1][:, 2] = -float("inf")  # a channel whose every score is -inf: its slots still fill, by index
+    scores[2][5, 0] = float("inf")
+    flats = [torch.randint(0, 21, (images, c), generator=gen) for c in channels]
+    ids = torch.arange(images) * 3 + 7
+    if order == "shuffled":
+        ids = ids[torch.randperm(images, generator=gen)]
+    ours = [TopK(c, k) for c in channels]
+    theirs = [TopK(c, k) for c in channels]
+    for start in range(0, images, 8):
+        sl = slice(start, start + 8)
+        batch = [(s[sl].contiguous(), f[sl].contiguous(), w) for s, f, w in zip(scores, flats, widths)]
+        assert fused.merge_topk([(t.score, t.index, t.y, t.x) for t in ours], batch, ids[sl])
+        update_all(theirs, [s for s, _, _ in batch], ids[sl],
+                   [f // w if w else torch.zeros_like(f) for _, f, w in batch],
+                   [f % w if w else f for _, f, w in batch])
+    for layer, (c, w) in enumerate(zip(channels, widths)):
+        for ch in range(c):
+            want_ids, want_pos = _sorted_top(scores[layer], ids, flats[layer], w, k, ch)
+            got = ours[layer].examples(ch)
+            assert [e.index for e in got] == want_ids and [e.position for e in got] == want_pos
+        for name in ("score", "index", "y", "x"):  # the same bytes as PyTorch's merge
+            assert torch.equal(getattr(ours[layer], name), getattr(theirs[layer], name))
+    assert float(ours[2].score[0, 0]) == float("inf") and bool((ours[1].score[2] == -float("inf")).all())
+
+
+def test_the_kernels_topk_merge_refuses_what_it_cannot_take_and_an_entry_without_a_position():
+    from featuremaps.atlas import TopK
+    from featuremaps.errors import FeatureMapsError
+
+    if native.topk_kernel() is None:
+        pytest.skip(f"no C kernel here: {native.failure()}")
+    top = TopK(2, 2)
+    state = (top.score, top.index, top.y, top.x)
+    before = [t.clone() for t in state]
+    ids = torch.tensor([4, 5])
+    flat = torch.zeros(2, 2, dtype=torch.int64)
+    assert not fused.merge_topk([state], [(torch.ones(2, 2, dtype=torch.float64), flat, 3)], ids)  # not float32
+    assert not fused.merge_topk([state], [(torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int64), 3)], ids)
+    strided = (top.score, top.index, torch.zeros(2, 4, dtype=torch.int64)[:, ::2], top.x)  # not contiguous
+    assert not fused.merge_topk([strided], [(torch.ones(2, 2), flat, 3)], ids)
+    assert all(torch.equal(a, b) for a, b in zip(state, before))  # nothing changed
+    with pytest.raises(FeatureMapsError, match="has no position"):
+        fused.merge_topk([state], [(torch.ones(2, 2), torch.full((2, 2), -1), 3)], ids)

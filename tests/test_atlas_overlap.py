@@ -1,8 +1,10 @@
-"""The atlas merges each batch in a worker thread while the next batch's forward runs.
+"""On an accelerator the atlas merges each batch in a worker thread while the next batch's forward runs.
 
 The next forward's hooks then read top-k that do not hold the previous batch
 yet; the atlas must still equal an answer computed directly from the whole
-maps, and a merge that fails must surface and never be checkpointed.
+maps, and a merge that fails must surface and never be checkpointed. (On the
+CPU each batch is merged right after its forward; these tests make the CPU
+take the worker's path.)
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ import pytest
 import torch
 from torch import nn
 
+from featuremaps.atlas import build as build_module
 from featuremaps.atlas import build_atlas
 from featuremaps.atlas import reducer as reducer_module
 from featuremaps.atlas import state as state_module
+
+
+@pytest.fixture(autouse=True)
+def merged_beside(monkeypatch):
+    """The worker's path, as on an accelerator."""
+    monkeypatch.setattr(build_module, "_merged_beside", lambda device: True)
 
 
 class _Signal(nn.Module):
@@ -114,8 +123,6 @@ class _Counting(nn.Module):
 def test_ctrl_c_while_waiting_for_a_merge_checkpoints_the_merged_batches(tmp_path, monkeypatch):
     """Ctrl-C while the pass waits for the worker: the merge finishes and the checkpoint holds it."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from featuremaps.atlas import build as build_module
 
     conv = nn.Conv2d(3, 4, 3)
     x = torch.rand(10, 3, 9, 9, generator=torch.Generator().manual_seed(5))

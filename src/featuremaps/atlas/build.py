@@ -6,10 +6,11 @@ and channel (maximum and its position, mean, variance, positive count; on a
 CPU with the C kernel of :mod:`.fused`); the feature map is dropped as soon
 as the hook returns. After each forward those numbers are merged, for all
 layers at once, into each layer's :class:`~.topk.TopK` and a
-:class:`~.stats.RunningStats` (on the model's device, in a worker thread,
-while the next forward runs). Memory is
-O(layers x channels x k), whatever the dataset's size, plus one scratch
-buffer the size of the largest map.
+:class:`~.stats.RunningStats`, on the model's device (on the CPU right away,
+the top-k by the C kernel where it is built; on an accelerator in a worker
+thread, while the next forward runs). Memory is O(layers x channels x k),
+whatever the dataset's size, plus one scratch buffer the size of the
+largest map.
 
 Under ``torch.distributed`` each rank reads its shard (a
 :class:`~torch.utils.data.distributed.DistributedSampler`, without the
@@ -55,11 +56,13 @@ from ..capture import FeatureExtractor
 from ..datapass import (
     DEFAULT_TIMEOUT,
     Source,
+    asynchronous,
     check_in,
     check_timeout,
     digest,
     first_item,
     first_readable,
+    interrupts_held,
     make_source,
     rank_world,
     shard_loader,
@@ -268,9 +271,9 @@ class _Pass:
     ) -> None:
         """Read this rank's share from ``position`` on; on an interrupt, checkpoint what is consistent and re-raise.
 
-        Each batch is merged into the state (top-k and statistics) in a worker thread while the next batch's
-        forward runs (PyTorch's operations release the GIL); the merges run one at a time, in order, and every
-        save, interrupt or end of the loop waits for the one in flight.
+        Each batch is merged into the state (top-k and statistics) after its forward (on an accelerator in a
+        worker thread while the next batch's forward runs: the merges run one at a time, in order, and every
+        save, interrupt or end of the loop waits for the one in flight).
         """
         n_items = len(src.dataset)
         loader = shard_loader(src, rank, world, self.position)
@@ -341,7 +344,14 @@ class _Pass:
         self, fx: FeatureExtractor, reducer: AtlasReducer, layers: LayerSelector, indices: torch.Tensor, batch: Any,
         failed: list[tuple[int, str]], worker: ThreadPoolExecutor,
     ) -> None:
-        """Run one batch and have the worker merge it into the state (after the previous batch's merge)."""
+        """Run one batch and merge it into the state.
+
+        On the CPU the batch is merged right after its forward, on PyTorch's own threads (a worker thread
+        beside the next forward would compete with them for the cores). On an accelerator the worker merges
+        it (after the previous batch's merge) while the next forward runs: both only queue work on the
+        device. A Ctrl-C waits until the batch is merged and counted (see
+        :func:`~featuremaps.datapass.interrupts_held`).
+        """
         n = int(indices.shape[0])
         if n:
             reducer.batch, reducer.pending = {}, {}
@@ -349,27 +359,37 @@ class _Pass:
             x = first_item(batch)
             fx(x)  # (an interrupt in the forward leaves the state as it was after the last batch merged)
             self._join()  # (the previous batch's merge ran beside this forward)
+        with interrupts_held():
             self.consistent = False
-            taken, reduced = reducer.take(), reducer.batch
-            if self.state is None:
-                self.state = new_state(reducer, layers)
-                if isinstance(x, torch.Tensor):
-                    self.state.input_shape = tuple(int(s) for s in x.shape[1:])
-            self.inflight = worker.submit(_merge_batch, reducer, taken, self.state, reduced)
-        reducer.batch = {}
-        self.images += n
-        self.skipped.extend(failed)
-        self.position += n + len(failed)
-        if self.state is not None:
-            self.state.images, self.state.position, self.state.skipped = self.images, self.position, self.skipped
-        self.consistent = True
+            if n:
+                taken, reduced = reducer.take(), reducer.batch
+                if self.state is None:
+                    self.state = new_state(reducer, layers)
+                    if isinstance(x, torch.Tensor):
+                        self.state.input_shape = tuple(int(s) for s in x.shape[1:])
+                if _merged_beside(reducer.device):
+                    self.inflight = worker.submit(_merge_batch, reducer, taken, self.state, reduced)
+                else:
+                    _merge_batch(reducer, taken, self.state, reduced)
+            reducer.batch = {}
+            self.images += n
+            self.skipped.extend(failed)
+            self.position += n + len(failed)
+            if self.state is not None:
+                self.state.images, self.state.position, self.state.skipped = self.images, self.position, self.skipped
+            self.consistent = True
+
+
+def _merged_beside(device: torch.device) -> bool:
+    """Whether batches are merged in the worker thread, beside the next forward (on accelerators)."""
+    return asynchronous(device)
 
 
 def _merge_batch(
     reducer: AtlasReducer, taken: tuple[dict[str, Any], torch.Tensor | None], state: AtlasState,
     reduced: dict[str, Any],
 ) -> None:
-    """Merge one batch into the top-k and the statistics (in the worker thread)."""
+    """Merge one batch into the top-k and the statistics."""
     reducer.merge(taken)
     state.update(reduced)
 

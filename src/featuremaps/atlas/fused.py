@@ -26,14 +26,17 @@ maximum is the map's maximum, so that one block is read instead of the map.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+from collections.abc import Sequence
 
 import torch
 
+from ..errors import FeatureMapsError
 from . import native
 
-__all__ = ["block_length", "block_length_below", "first_argmax", "fused_mode", "map_numbers", "wanted"]
+__all__ = ["block_length", "block_length_below", "first_argmax", "fused_mode", "map_numbers", "merge_topk", "wanted"]
 
 _MIN_BLOCK, _MAX_BLOCK, _TARGET_BLOCK = 16, 1024, 256
 
@@ -126,6 +129,67 @@ def map_numbers(
     if status != 0:
         raise RuntimeError(f"the atlas's C kernel refused maps of shape {(b, c, n)}")
     return maximum, argmax, mean, var, active
+
+
+def merge_topk(
+    tops: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]], indices: torch.Tensor,
+) -> bool:
+    """Merge one batch into several layers' top-k in place, in one call of the C kernel; False if it cannot.
+
+    ``tops`` holds each layer's ``(score, index, y, x)``: ``(channels, k)``
+    CPU tensors (float64, then int64), best first under the atlas's order
+    (a higher score, then a lower dataset index; see :mod:`.topk`).
+    ``batch`` holds each layer's ``(score, flat, width)``: the batch's
+    float32 scores ``(batch, channels)``, the flat position of each map's
+    maximum (int64; -1 where it was not looked for) and the maps' row length
+    (0 for 1-D maps and vectors). ``indices`` are the rows' dataset indices.
+    The result equals :meth:`.topk.TopK.update` with the positions of the
+    entries that enter. The call runs whole (an interrupt comes before or
+    after it, never in the middle). False, with nothing changed, where the
+    kernel cannot be had or the tensors are not of that kind (then use
+    :func:`.topk.update_all`).
+
+    Raises:
+        FeatureMapsError: an entering entry has no position (an internal error; the top-k is then partly
+            merged).
+
+    Example:
+        >>> import torch
+        >>> top = (torch.full((1, 2), float("-inf"), dtype=torch.float64), torch.full((1, 2), 1 << 62),
+        ...        torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, 2, dtype=torch.int64))
+        >>> ok = merge_topk([top], [(torch.tensor([[2.0], [5.0]]), torch.tensor([[7], [9]]), 4)], torch.tensor([3, 8]))
+        >>> not ok or (top[1].tolist(), top[2].tolist(), top[3].tolist()) == ([[8, 3]], [[2, 1]], [[1, 3]])
+        True
+    """
+    fn = native.topk_kernel()
+    if fn is None or not tops or len(tops) != len(batch):
+        return False
+    b = int(indices.shape[0])
+    k = int(tops[0][0].shape[1])
+    for (score, index, y, x), (new, flat, _) in zip(tops, batch):
+        c = int(score.shape[0])
+        if not (all(t.device.type == "cpu" and t.is_contiguous() and t.shape == (c, k) for t in (score, index, y, x))
+                and score.dtype == torch.float64 and index.dtype == y.dtype == x.dtype == torch.int64
+                and new.dtype == torch.float32 and flat.dtype == torch.int64 and new.shape == flat.shape == (b, c)
+                and new.device.type == flat.device.type == "cpu"):
+            return False
+    news = [t.contiguous() for t, _, _ in batch]
+    flats = [t.contiguous() for _, t, _ in batch]
+    ids = indices.to("cpu", torch.int64).contiguous()
+
+    def pointers(tensors: Sequence[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+        return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+    channels = (ctypes.c_int64 * len(tops))(*(int(t[0].shape[0]) for t in tops))
+    widths = (ctypes.c_int64 * len(batch))(*(int(w) for _, _, w in batch))
+    status = fn(len(tops), channels, k, b, ids.data_ptr(), *(pointers([t[i] for t in tops]) for i in range(4)),
+                pointers(news), pointers(flats), widths)
+    if status == 2:
+        raise FeatureMapsError("internal error: a map entering the atlas's top-k has no position")
+    if status != 0:
+        raise RuntimeError(f"the atlas's top-k kernel refused a batch of {b} rows (status {status})")
+    return True
 
 
 def first_argmax(

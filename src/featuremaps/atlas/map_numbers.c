@@ -21,11 +21,9 @@
  */
 #include <math.h>
 #include <limits.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 
-#define FM_ABI 2
+#define FM_ABI 4
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
 #define BLOCK2 256 /* the same in the second pass (8 a lane) */
 #define MAX_THREADS 64
@@ -249,77 +247,19 @@ static void run(const job_t *job) {
     }
 }
 
-/* A pool of worker threads, started once and asleep between calls (a thread started per call costs more
- * than a small layer's whole reduction). One call uses it at a time; a call that finds it busy works alone.
- * After fork() the child has none of the threads: its pool starts empty. */
-static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the call using the pool */
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;      /* guards what follows */
-static pthread_cond_t wake = PTHREAD_COND_INITIALIZER, finished = PTHREAD_COND_INITIALIZER;
-static int workers = 0, forks_handled = 0, pending = 0, helpers = 0;
-static long generation = 0;
-static long born[MAX_THREADS]; /* the generation when each worker was started (it waits for the next one) */
-static job_t jobs[MAX_THREADS];
-
-static void *worker(void *arg) {
-    const int id = (int)(intptr_t)arg; /* 1 .. workers */
-    /* asynchronous signals (Ctrl-C, termination, timers, children) are for the program's own threads */
-    sigset_t quiet;
-    sigemptyset(&quiet);
-    const int async_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE};
-    for (unsigned k = 0; k < sizeof async_signals / sizeof async_signals[0]; k++) sigaddset(&quiet, async_signals[k]);
-    pthread_sigmask(SIG_BLOCK, &quiet, 0);
-    pthread_mutex_lock(&lock);
-    long seen = born[id];
-    for (;;) {
-        while (generation == seen) pthread_cond_wait(&wake, &lock);
-        seen = generation;
-        if (id > helpers) continue; /* not needed for this call */
-        const job_t job = jobs[id];
-        pthread_mutex_unlock(&lock);
-        run(&job);
-        pthread_mutex_lock(&lock);
-        if (--pending == 0) pthread_cond_signal(&finished);
-    }
-    return 0;
-}
-
-static void before_fork(void) {
-    pthread_mutex_lock(&call_lock);
-    pthread_mutex_lock(&lock);
-}
-
-static void after_fork_parent(void) {
-    pthread_mutex_unlock(&lock);
-    pthread_mutex_unlock(&call_lock);
-}
-
-static void after_fork_child(void) {
-    pthread_mutex_init(&call_lock, 0);
-    pthread_mutex_init(&lock, 0);
-    pthread_cond_init(&wake, 0);
-    pthread_cond_init(&finished, 0);
-    workers = pending = helpers = 0;
-}
-
-/* Start workers until there are `want` (fewer if the system refuses threads); returns how many there are. */
-static int grow(int want) {
-    if (!forks_handled) {
-        forks_handled = pthread_atfork(before_fork, after_fork_parent, after_fork_child) == 0;
-        if (!forks_handled) return 0; /* no pool without fork safety */
-    }
-    while (workers < want) {
-        pthread_t tid;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        born[workers + 1] = generation;
-        int failed = pthread_create(&tid, &attr, worker, (void *)(intptr_t)(workers + 1));
-        pthread_attr_destroy(&attr);
-        if (failed) break;
-        workers++;
-    }
-    return workers;
-}
+/* Threads: the kernel's parallel region runs on the OpenMP runtime that PyTorch has loaded (featuremaps links
+ * this file against that very library), so it uses PyTorch's own threads, which are awake and spread over the
+ * cores during a forward. (Threads of its own, woken from inside a forward hook, were often placed on the
+ * calling thread's core, and then ran after it rather than beside it.) Built without OpenMP, one thread does
+ * all the maps. A child process made by fork() after this library was loaded also uses one thread: the
+ * OpenMP runtime cannot start a team there (its parent's threads are gone, and it would wait for them). */
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+#include <unistd.h>
+static pid_t loaded_in = 0; /* the process that loaded this library */
+__attribute__((constructor)) static void remember_process(void) { loaded_in = getpid(); }
+#endif
 
 /* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. Map i is of channel
  * i % channels; its position is found where its score (the maximum, or with by_mean the mean) is at least
@@ -330,29 +270,71 @@ int fm_map_numbers(const float *x, int64_t maps, int64_t n, int64_t channels, co
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1 || maps * n < MIN_PARALLEL) threads = 1;
     if (threads > maps) threads = maps > 0 ? (int)maps : 1;
-    if (threads > 1 && pthread_mutex_trylock(&call_lock) != 0) threads = 1; /* another call has the pool */
+#ifdef _OPENMP
+    if (threads > 1 && getpid() != loaded_in) threads = 1; /* a forked child */
+#else
+    threads = 1;
+#endif
     if (threads == 1) {
         job_t job = {x, 0, maps, n, channels, threshold, by_mean, max, mean, var, arg, pos};
         run(&job);
         return 0;
     }
-    pthread_mutex_lock(&lock);
-    int used = grow(threads - 1) + 1;
-    if (used > threads) used = threads;
-    for (int t = 0; t < used; t++) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), used = omp_get_num_threads();
         job_t job = {x, maps * t / used, maps * (t + 1) / used, n, channels, threshold, by_mean, max, mean, var, arg,
                      pos};
-        jobs[t] = job;
+        run(&job);
     }
-    helpers = used - 1;
-    pending = used - 1;
-    generation++;
-    pthread_cond_broadcast(&wake);
-    pthread_mutex_unlock(&lock);
-    run(&jobs[0]); /* (jobs[0] is only read by this thread) */
-    pthread_mutex_lock(&lock);
-    while (pending > 0) pthread_cond_wait(&finished, &lock);
-    pthread_mutex_unlock(&lock);
-    pthread_mutex_unlock(&call_lock);
+#endif
+    return 0;
+}
+
+/* Merge one batch into the top-k of several layers, in place.
+ *
+ * Layer l has channels[l] channels. Its top-k is score[l], index[l], y[l] and x[l], each (channels, k) and
+ * row-major, best first under the atlas's order: a higher score first, an equal score with the lower dataset
+ * index first (an empty slot has score -inf and index 2**62). The batch gives new_score[l] (batch, channels;
+ * NaN ranks as -inf) and new_flat[l], the flat position of each map's maximum (-1 where it was not looked
+ * for), whose rows (width[l] values each; 0 for 1-D maps and vectors: y = 0, x = flat) give y and x. Row r of
+ * the batch is dataset index batch_index[r]. An entry enters by insertion, so the result is the top-k of the
+ * old entries and the batch's under that order, as one sort of both would give. Returns 0, or 2 when an
+ * entry that enters has no position (the top-k is then partly merged). Called from Python (ctypes), it runs
+ * whole: an interrupt can only come before or after it. */
+int fm_topk_merge(int64_t layers, const int64_t *channels, int64_t k, int64_t batch, const int64_t *batch_index,
+                  double *const *score, int64_t *const *index, int64_t *const *y, int64_t *const *x,
+                  const float *const *new_score, const int64_t *const *new_flat, const int64_t *width) {
+    if (layers < 0 || k < 1 || batch < 0) return 1;
+    for (int64_t l = 0; l < layers; l++) {
+        const int64_t c_all = channels[l], w = width[l];
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t id = batch_index[r];
+            const float *row = new_score[l] + r * c_all;
+            const int64_t *flat = new_flat[l] + r * c_all;
+            for (int64_t c = 0; c < c_all; c++) {
+                const float v = row[c];
+                const double d = v != v ? -INFINITY : (double)v;
+                double *s = score[l] + c * k;
+                int64_t *ix = index[l] + c * k;
+                if (!(d > s[k - 1] || (d == s[k - 1] && id < ix[k - 1]))) continue; /* the usual case */
+                const int64_t at = flat[c];
+                if (at < 0) return 2;
+                int64_t *ys = y[l] + c * k, *xs = x[l] + c * k;
+                int64_t j = k - 1;
+                for (; j > 0 && (d > s[j - 1] || (d == s[j - 1] && id < ix[j - 1])); j--) {
+                    s[j] = s[j - 1];
+                    ix[j] = ix[j - 1];
+                    ys[j] = ys[j - 1];
+                    xs[j] = xs[j - 1];
+                }
+                s[j] = d;
+                ix[j] = id;
+                ys[j] = w > 0 ? at / w : 0;
+                xs[j] = w > 0 ? at % w : at;
+            }
+        }
+    }
     return 0;
 }

@@ -2,11 +2,16 @@
 
 The kernel reads each float32 map once from memory and gives its maximum,
 mean, variance, count of positives and, for the maps that may enter a
-top-k, the position of its first maximum (see the C file's header). It is compiled with the system's C compiler (``$CC``, else ``cc``,
-``gcc`` or ``clang``) for this machine's CPU (``-march=native``) into a
-shared library kept in the cache folder (``$FEATUREMAPS_CACHE_DIR``, else
+top-k, the position of its first maximum (see the C file's header). It is
+compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
+``clang``) for this machine's CPU (``-march=native``) and with OpenMP,
+linked against the OpenMP runtime that PyTorch has loaded in this process
+(its own ``libgomp``, found in ``/proc/self/maps``), so that the kernel's
+threads are PyTorch's own threads (where no runtime is found, or the
+compiler has no OpenMP, it is built for one thread). The shared library is
+kept in the cache folder (``$FEATUREMAPS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/featuremaps`` or ``~/.cache/featuremaps``), under a name
-made from the source, the flags and the CPU's features, so later processes
+made from the source, the flags, the runtime's name and the CPU's features, so later processes
 load it at once. Compiling takes well under a second; processes that compile
 at the same time (``torchrun``) each write their own file and rename it into
 place. Nothing is downloaded; no compiler at all means :func:`kernel` is
@@ -26,14 +31,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "failure", "kernel"]
+__all__ = ["cache_dir", "failure", "kernel", "openmp_runtime", "topk_kernel"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
-_ABI = 2  # FM_ABI in the C file
-_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
+_ABI = 4  # FM_ABI in the C file
+_FLAGS = ("-O3", "-fPIC")
 _TUNED = ("-march=native",)  # tried first; some compilers or CPUs refuse it
+_OPENMP = ("-fopenmp",)  # tried first, where PyTorch's OpenMP runtime is found
+_RUNTIMES = ("libgomp", "libiomp5", "libomp")  # OpenMP runtimes that GCC's OpenMP code can call
 
-_kernel: Any = None
+_lib: Any = None  # the loaded library
 _failed: str | None = None  # why the kernel is unavailable in this process
 
 
@@ -82,23 +89,55 @@ def _compiler() -> str | None:
     return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
 
 
-def _compile(cc: str, source: Path, target: Path) -> None:
-    """Compile ``source`` into ``target``: tuned for this CPU if the compiler takes it, else plain."""
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime library that this process has loaded (PyTorch's own; Linux), or None.
+
+    Example:
+        >>> import torch
+        >>> path = openmp_runtime()
+        >>> path is None or path.name.startswith(("libgomp", "libiomp5", "libomp"))
+        True
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6:
+                    path = Path(fields[5].strip())
+                    if path.name.startswith(_RUNTIMES) and ".so" in path.name and path.is_file():
+                        return path
+    except OSError:
+        pass
+    return None
+
+
+def _compile(cc: str, source: Path, target: Path, runtime: Path | None) -> None:
+    """Compile ``source`` into ``target``: with OpenMP linked against ``runtime`` and tuned for this CPU where the
+    compiler takes them, else without (for one thread, or portable C)."""
     errors = []
-    for tuned in (_TUNED, ()):
-        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [cc, *_FLAGS, *tuned, "-o", tmp, str(source)], capture_output=True, text=True, timeout=300,
-            )
-            if done.returncode == 0:
-                os.replace(tmp, target)  # (atomic: a process loading it sees a whole file)
-                return
-            errors.append((done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"])
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    for openmp in ((True, False) if runtime is not None else (False,)):
+        for tuned in (_TUNED, ()):
+            fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
+            os.close(fd)
+            obj = tmp[: -len(".so.tmp")] + ".o"
+            # compiled, then linked on its own: the library then needs the runtime PyTorch loaded (by its
+            # name), and not the compiler's own copy, which would start a second set of threads
+            steps = [[cc, *_FLAGS, *tuned, *(_OPENMP if openmp else ()), "-c", "-o", obj, str(source)],
+                     [cc, "-shared", "-o", tmp, obj, *([str(runtime), "-Wl,-z,defs"] if openmp else ()), "-lm"]]
+            try:
+                for step in steps:
+                    done = subprocess.run(step, capture_output=True, text=True, timeout=300)
+                    if done.returncode != 0:
+                        errors.append((done.stderr or done.stdout).strip().splitlines()[-1:] or
+                                      [f"exit {done.returncode}"])
+                        break
+                else:
+                    os.replace(tmp, target)  # (atomic: a process loading it sees a whole file)
+                    return
+            finally:
+                for leftover in (tmp, obj):
+                    if os.path.exists(leftover):
+                        os.unlink(leftover)
     raise RuntimeError(f"{Path(cc).name} failed: {errors[-1][0]}")
 
 
@@ -106,12 +145,15 @@ def _load(path: Path) -> Any:
     lib = ctypes.CDLL(str(path))
     if lib.fm_abi() != _ABI:
         raise RuntimeError(f"{path} is another version of the kernel")
-    fn = lib.fm_map_numbers
     p = ctypes.c_void_p
     i64 = ctypes.c_int64
+    fn = lib.fm_map_numbers
     fn.argtypes = [p, i64, i64, i64, p, ctypes.c_int, p, p, p, p, p, ctypes.c_int]
     fn.restype = ctypes.c_int
-    return fn
+    merge = lib.fm_topk_merge
+    merge.argtypes = [i64, p, i64, i64, p, p, p, p, p, p, p, p]
+    merge.restype = ctypes.c_int
+    return lib
 
 
 def kernel() -> Any:
@@ -122,12 +164,33 @@ def kernel() -> Any:
         >>> fn is None or callable(fn)
         True
     """
-    global _kernel, _failed
-    if _kernel is not None or _failed is not None:
-        return _kernel
+    lib = _library()
+    return None if lib is None else lib.fm_map_numbers
+
+
+def topk_kernel() -> Any:
+    """The compiled ``fm_topk_merge`` function (the same library as :func:`kernel`), or None.
+
+    Example:
+        >>> fn = topk_kernel()
+        >>> fn is None or callable(fn)
+        True
+    """
+    lib = _library()
+    return None if lib is None else lib.fm_topk_merge
+
+
+def _library() -> Any:
+    """The compiled library: built or loaded on first use; None where it cannot be had (after one warning)."""
+    global _lib, _failed
+    if _lib is not None or _failed is not None:
+        return _lib
     try:
         source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + repr((_FLAGS, _TUNED, _cpu_features())).encode()).hexdigest()[:20]
+        runtime = openmp_runtime()
+        key = hashlib.sha256(
+            source + repr((_FLAGS, _TUNED, _OPENMP, runtime and runtime.name, _cpu_features())).encode()
+        ).hexdigest()[:20]
         folder = cache_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -136,20 +199,20 @@ def kernel() -> Any:
         target = folder / f"map_numbers-{key}.so"
         if target.exists():
             try:
-                _kernel = _load(target)
-                return _kernel
+                _lib = _load(target)
+                return _lib
             except (OSError, RuntimeError, AttributeError):
                 target.unlink(missing_ok=True)  # a damaged or foreign file: build it again
         cc = _compiler()
         if cc is None:
             raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
-        _compile(cc, _SOURCE, target)
-        _kernel = _load(target)
+        _compile(cc, _SOURCE, target, runtime)
+        _lib = _load(target)
     except Exception as exc:  # any failure: PyTorch's reductions, after one warning
         _failed = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         warnings.warn(
             f"the atlas's C kernel could not be built ({_failed[:300]}); the pass uses PyTorch's reductions "
             "instead (slower). Set FEATUREMAPS_FUSED=0 to skip the attempt.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning, stacklevel=4,
         )
-    return _kernel
+    return _lib

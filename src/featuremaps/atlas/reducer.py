@@ -21,7 +21,7 @@ import torch
 from ..datapass import asynchronous
 from ..errors import FeatureMapsError
 from ..maps import LayerInfo
-from .fused import block_length, first_argmax, fused_mode, map_numbers, wanted
+from .fused import block_length, first_argmax, fused_mode, map_numbers, merge_topk, wanted
 from .stats import per_image_moments
 from .topk import TopK, update_all
 
@@ -39,7 +39,7 @@ def _candidate_argmax(
     (:func:`.fused.first_argmax`); the other entries are never read.
     """
     dev = top.device
-    s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf)  # as TopK ranks NaN
+    s = torch.nan_to_num(score.to(dev, torch.float64), nan=-math.inf, posinf=math.inf, neginf=-math.inf)  # as TopK
     # a map enters its channel's top-k only if it scores at least the k-th best of the top-k and this batch
     # together (ties may win on the index): fewer maps to locate than against the top-k alone
     kth = torch.cat([top.score, s.T], 1).topk(top.k, dim=1, sorted=False).values.amin(1)
@@ -134,8 +134,8 @@ class AtlasReducer:
         if not asynchronous(flat.device):
             numbers = None
             if wanted(flat, self.fused):  # one read of each map (the C kernel)
-                # positions only for the maps that reach their channel's k-th best so far (a top-k being merged
-                # beside this forward has a lower one: more maps located, never fewer); none without a top-k
+                # positions only for the maps that reach their channel's k-th best so far (on the CPU the last
+                # batch is merged before this forward); none without a top-k
                 kth = top.score[:, top.k - 1] if top is not None else torch.full((c,), math.inf)
                 numbers = map_numbers(flat, kth, by_mean=self.score == "mean")
             if numbers is not None:
@@ -169,18 +169,20 @@ class AtlasReducer:
         """The batch just run, for :meth:`merge`, which may then run beside the next forward (in one thread).
 
         The next forward's hooks may read a top-k before the batch is merged
-        into it: they then locate the argmax of more maps than needed (a
-        top-k's k-th best score only grows), never fewer, so the result is
-        the same.
+        into it (on an accelerator): they then locate the argmax of more maps
+        than needed (a top-k's k-th best score only grows), never fewer, so
+        the result is the same.
         """
         taken, self.pending = (self.pending, self.indices), {}
         return taken
 
     def merge(self, taken: tuple[dict[str, _Pending], torch.Tensor | None]) -> None:
-        """Merge a batch from :meth:`take` into the top-k of every layer (one sort for all their channels).
+        """Merge a batch from :meth:`take` into the top-k of every layer.
 
-        The flat positions become ``(y, x)`` only for the entries that enter a top-k (on the CPU; on an
-        accelerator, for all at once: picking them out would make the host wait for the device).
+        With the C kernel, in one call of it (insertions into each channel's top-k, in place); else with one
+        sort for all the layers' channels (:func:`.topk.update_all`). The flat positions become ``(y, x)``
+        only for the entries that enter a top-k (on the CPU; on an accelerator, for all at once: picking them
+        out would make the host wait for the device).
         """
         pending, indices = taken
         if not pending or indices is None:
@@ -188,6 +190,10 @@ class AtlasReducer:
         names = list(pending)
         parts = [pending[n] for n in names]
         tops = [self.tops[n] for n in names]
+        if self.fused != "0" and merge_topk(
+            [(t.score, t.index, t.y, t.x) for t in tops], [(p.score, p.flat_index, p.width) for p in parts], indices
+        ):
+            return
         scores = [torch.cat([p.score for p in parts], 1)]
         flat = torch.cat([p.flat_index for p in parts], 1)
         width = self._row_lengths(parts)

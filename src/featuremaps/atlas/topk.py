@@ -143,7 +143,9 @@ class TopK:
         if b == 0:
             return self.score, self.index, self.y, self.x
         k = self.k
-        batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf)  # (channels, batch)
+        # (channels, batch); NaN ranks as -inf, and infinities stay what they are (nan_to_num's default would
+        # make them the largest finite values)
+        batch = torch.nan_to_num(scores.to(dev, torch.float64).T, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         idx = indices.to(dev, torch.int64)
         if asynchronous(dev):
             # on an accelerator, finding the few entries that can enter would make the host wait for the

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
@@ -99,8 +101,6 @@ def interrupted(hard: bool = False) -> NoReturn:
     ``hard`` skips the interpreter's shutdown: after an import cut off half-way (PyTorch's, whose native
     thread pools can hang that shutdown) nothing of the command has run that needs it.
     """
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + "Aborted.\n")  # the newline closes ^C
@@ -118,6 +118,16 @@ class Command(click.Command):
     """A featuremaps command: its ``invoke`` is the one place where errors become lines and exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            return self._invoke(ctx)
+        finally:
+            # (after a Ctrl-C, interrupted() ignores the next ones while the command unwinds; a caller in the
+            # same process, such as a test or a notebook, gets its own handler back)
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, handler)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         cut_off_before = _half_imported()
         try:
             import_torch()  # every command's body needs it: imported here, where a Ctrl-C cannot cut it off

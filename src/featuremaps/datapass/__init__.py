@@ -10,7 +10,8 @@ owns what such a pass needs besides the model:
 * :mod:`.distributed` - ranks, gathers, and check-ins with a timeout that
   names a missing rank;
 * :mod:`.device` - whether a device takes the accelerator path (queued work,
-  no host-side checks) or the CPU's.
+  no host-side checks) or the CPU's;
+* :mod:`.interrupts` - steps that a Ctrl-C must not cut in two.
 
 Progress is reported through the one protocol of :mod:`featuremaps._progress`.
 """
@@ -18,6 +19,7 @@ Progress is reported through the one protocol of :mod:`featuremaps._progress`.
 from __future__ import annotations
 
 from .device import asynchronous
+from .interrupts import interrupts_held
 from .distributed import (
     DEFAULT_TIMEOUT,
     DistributedTimeoutError,
@@ -55,6 +57,7 @@ __all__ = [
     "first_readable",
     "gather_json",
     "image_files",
+    "interrupts_held",
     "make_source",
     "rank_world",
     "shard_loader",
