@@ -1,4 +1,5 @@
-"""ExactSum's grouped CPU path: the same limbs as the per-value path and as exact rational arithmetic."""
+"""ExactSum's CPU paths (the C library's, and NumPy's grouped sums without it): the same limbs as the per-value
+path and as exact rational arithmetic."""
 
 from __future__ import annotations
 
@@ -80,6 +81,41 @@ def test_grouped_limbs_equal_the_per_value_limbs_and_exact_floor_sums(values):
     assert grouped.integers() == floor_sums(values)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=MATRICES, threads=st.sampled_from([1, 2, 3]))
+def test_the_c_librarys_limbs_equal_the_per_value_limbs_and_exact_floor_sums(values, threads):
+    if exact.native.exact_kernel() is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")  # (NumPy's grouped path is tested above)
+    v = torch.from_numpy(values)
+    flat = torch.zeros(exact.LIMBS * v.shape[1], dtype=torch.int64)
+    assert exact.native.exact_kernel()(v.data_ptr(), v.shape[0], v.shape[1], flat.data_ptr(), threads) == 0
+    direct = flat.view(exact.LIMBS, -1)
+    exact._carry(direct)
+    with per_value():
+        old = _added(values)
+    assert torch.equal(direct, old.limbs)
+    assert ExactSum.integers(_with_limbs(direct)) == floor_sums(values)
+
+
+def _with_limbs(limbs: torch.Tensor) -> ExactSum:
+    s = ExactSum(int(limbs.shape[1]))
+    s.limbs = limbs
+    return s
+
+
+def test_the_c_library_adds_nothing_when_a_value_is_not_finite_or_beyond_the_range():
+    if exact.native.exact_kernel() is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")
+    for bad in (math.inf, -math.inf, math.nan, 2.0**244, -(2.0**250)):
+        v = torch.ones(600, 500, dtype=torch.float64)  # (above the size at which it takes several threads)
+        v[599, 499] = bad
+        flat = torch.zeros(exact.LIMBS * 500, dtype=torch.int64)
+        assert not exact._add_native(v, flat, 500)
+        assert not bool(flat.any())
+    v[599, 499] = math.nextafter(2.0**244, 0)  # the largest value in range
+    assert exact._add_native(v, flat, 500)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.integers(1, 5).flatmap(lambda cols: st.lists(
     st.tuples(arrays(np.float64, st.tuples(st.integers(1, 12), st.just(cols)), elements=VALUES),
@@ -118,6 +154,7 @@ def test_a_column_spanning_the_whole_range_takes_several_rounds_within_the_pendi
         real(total, pos, columns, out, channels)
 
     monkeypatch.setattr(exact, "_add_integers", spy)
+    monkeypatch.setattr(exact, "_add_native", lambda *a: False)  # NumPy's grouped rounds, as without the library
     grouped, old = both(lambda: _added(values))
     assert 6 <= len(rounds) <= exact._GROUP_ROUNDS
     assert torch.equal(grouped.limbs, old.limbs)
@@ -192,13 +229,14 @@ def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
     x *= torch.logspace(-12, 6, 24)[:, None, None, None]  # per-image means of very different sizes per channel
     x[3] = 0.0
     calls: list[bool] = []
-    real = exact._add_grouped
+    real_native, real_grouped = exact._add_native, exact._add_grouped
 
-    def spy(v, out, channels):
-        calls.append(real(v, out, channels))
+    def spy(v, out, channels):  # (the C library's path, or NumPy's where the library cannot be had)
+        calls.append(real_native(v, out, channels) or real_grouped(v, out, channels))
         return calls[-1]
 
-    monkeypatch.setattr(exact, "_add_grouped", spy)
+    monkeypatch.setattr(exact, "_add_native", spy)
+    monkeypatch.setattr(exact, "_add_grouped", lambda *a: False)
     opts = {"layers": ["0", "2", "4"], "k": 2, "batch_size": 4, "progress": False}
     grouped = build_atlas(model, x, **opts)
     assert calls and all(calls)

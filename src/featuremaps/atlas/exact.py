@@ -8,8 +8,9 @@ the same limbs; the only rounding happens when the sum is read
 (:meth:`ExactSum.fractions` is exact). :mod:`.stats` builds the atlas's
 order-free statistics on it.
 
-On the CPU a batch is added column by column in groups rather than value by
-value: each column is scaled by the power of two that puts its largest
+On the CPU a batch is added in one call of the atlas's C library
+(:mod:`.native`), which places each value's bits as the per-value path does;
+without it, column by column in groups rather than value by value: each column is scaled by the power of two that puts its largest
 magnitude just below ``2**(62 - bits(rows))``, the scaled values are
 truncated to integers and summed in int64 (exact: a power-of-two scaling
 loses nothing, and the sum cannot overflow), and only the remainders that
@@ -32,6 +33,8 @@ import torch
 
 from ..datapass import asynchronous
 from ..errors import FeatureMapsError
+from . import native
+from .fused import fused_mode
 
 __all__ = ["ExactSum", "LIMB_BITS", "LIMBS", "FRAC_BITS"]
 
@@ -180,7 +183,9 @@ class ExactSum:
                 self._overflow = torch.zeros((), dtype=torch.bool, device=v.device)
             _add_limbs(v, flat, 0, self.channels, self._overflow)
             return out
-        if v.device.type == "cpu" and v.shape[0] < _GROUP_ROWS and _add_grouped(v, flat, self.channels):
+        if v.device.type == "cpu" and v.shape[0] < _GROUP_ROWS and (
+            _add_native(v, flat, self.channels) or _add_grouped(v, flat, self.channels)
+        ):
             return out
         # in column chunks: the temporaries stay small (large fresh CPU buffers cost page faults)
         step = max(1, _CHUNK // v.shape[0])
@@ -272,6 +277,23 @@ def _add_limbs(
     out.index_add_(0, index.flatten(), ((lo >> LIMB_BITS) + (hi & _LIMB_MASK)).flatten())
     index += channels
     out.index_add_(0, index.flatten(), (hi >> LIMB_BITS).flatten())
+
+
+def _add_native(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
+    """:func:`_add_limbs` for a whole CPU batch ``(rows, channels)``, in one call of the atlas's C library
+    (on :func:`torch.get_num_threads` threads).
+
+    Each value is split and placed as the per-value path places it, so the
+    limbs come out the same. False, having added nothing, where the library
+    cannot be had (:func:`.native.exact_kernel`) or a value is not finite or
+    beyond the range (the per-value path then raises, or treats it as it
+    always has), and with ``FEATUREMAPS_FUSED=0``.
+    """
+    fn = native.exact_kernel() if fused_mode() != "0" else None
+    if fn is None or v.ndim != 2 or v.shape[1] != channels or not out.is_contiguous():
+        return False
+    a = v.detach().to(torch.float64).resolve_neg().contiguous()
+    return fn(a.data_ptr(), int(a.shape[0]), int(a.shape[1]), out.data_ptr(), torch.get_num_threads()) == 0
 
 
 def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:

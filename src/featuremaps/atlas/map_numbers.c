@@ -22,8 +22,9 @@
 #include <math.h>
 #include <limits.h>
 #include <stdint.h>
+#include <string.h>
 
-#define FM_ABI 4
+#define FM_ABI 5
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
 #define BLOCK2 256 /* the same in the second pass (8 a lane) */
 #define MAX_THREADS 64
@@ -335,6 +336,68 @@ int fm_topk_merge(int64_t layers, const int64_t *channels, int64_t k, int64_t ba
                 xs[j] = w > 0 ? at % w : at;
             }
         }
+    }
+    return 0;
+}
+
+/* Add floor(v * 2**96) of every value of v (rows x cols, row-major, float64) to the fixed-point sums `out`
+ * (LIMBS x cols int64 limbs, row-major; limb i weighs 2**(32 i - 96); see featuremaps/atlas/exact.py), without
+ * carrying: each value adds less than 2**33 to any limb, split as exact.py's per-value path splits it (the
+ * value's 53-bit significand placed at its exponent: its low and high 32 bits over three limbs). Returns 0,
+ * or 2, having added nothing, when a value is not finite or is 2**244 or more in magnitude (the top limbs
+ * must stay free for the sums). Columns are summed in blocks first (fewer than 2**24 rows: no overflow), the
+ * blocks shared among up to `threads` threads (each column's sums do not depend on them). */
+#define FM_LIMBS 12
+int fm_exact_add(const double *v, int64_t rows, int64_t cols, int64_t *out, int threads) {
+    if (rows < 0 || cols < 0) return 1;
+    const int64_t total = rows * cols;
+#ifdef _OPENMP
+    if (threads > 1 && (getpid() != loaded_in || total < MIN_PARALLEL)) threads = 1; /* (a forked child: one) */
+#else
+    (void)threads;
+#endif
+    int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : bad)
+    for (int64_t i = 0; i < total; i++) { /* first every value's range: all or nothing is added */
+        uint64_t b;
+        memcpy(&b, v + i, sizeof b);
+        const int64_t e = (int64_t)((b >> 52) & 0x7ff);
+        const int64_t pos = (e ? e : 1) - 1075 + 96; /* the significand's lowest bit, above 2**-96 */
+        bad |= e == 0x7ff || (pos > 0 ? pos : 0) >> 5 > FM_LIMBS - 4;
+    }
+    if (bad) return 2;
+    enum { COLUMNS = 256 }; /* columns summed at a time: their sums stay in the cache, rows are read in order */
+    const int64_t blocks = (cols + COLUMNS - 1) / COLUMNS;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t c0 = block * COLUMNS;
+        int64_t sums[COLUMNS][FM_LIMBS];
+        const int64_t width = cols - c0 < COLUMNS ? cols - c0 : COLUMNS;
+        memset(sums, 0, sizeof sums);
+        for (int64_t r = 0; r < rows; r++) {
+            const double *row = v + r * cols + c0;
+            for (int64_t c = 0; c < width; c++) {
+                uint64_t b;
+                memcpy(&b, row + c, sizeof b);
+                const int64_t e = (int64_t)((b >> 52) & 0x7ff);
+                int64_t mag = (int64_t)(b & ((UINT64_C(1) << 52) - 1)) | (e ? INT64_C(1) << 52 : 0);
+                int64_t pos = (e ? e : 1) - 1075 + 96;
+                if (b >> 63) mag = -mag;
+                if (pos < 0) { /* bits below 2**-96: floored (an arithmetic shift), the same wherever added */
+                    mag >>= (-pos > 63 ? 63 : -pos);
+                    pos = 0;
+                }
+                const int64_t off = pos & 31, limb = pos >> 5;
+                const int64_t lo = (mag & 0xffffffff) << off;       /* < 2**63 */
+                const int64_t hi = (mag >> 32) * (INT64_C(1) << off); /* |hi| < 2**52, signed */
+                int64_t *sum = sums[c];
+                sum[limb] += lo & 0xffffffff;
+                sum[limb + 1] += (lo >> 32) + (hi & 0xffffffff);
+                sum[limb + 2] += hi >> 32;
+            }
+        }
+        for (int l = 0; l < FM_LIMBS; l++)
+            for (int64_t c = 0; c < width; c++) out[l * cols + c0 + c] += sums[c][l];
     }
     return 0;
 }

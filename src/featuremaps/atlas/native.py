@@ -2,7 +2,9 @@
 
 The kernel reads each float32 map once from memory and gives its maximum,
 mean, variance, count of positives and, for the maps that may enter a
-top-k, the position of its first maximum (see the C file's header). It is
+top-k, the position of its first maximum (see the C file's header). The
+same library merges a batch into the top-k (:func:`topk_kernel`) and adds
+values to exact sums (:func:`exact_kernel`). It is
 compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
 ``clang``) for this machine's CPU (``-march=native``) and with OpenMP,
 linked against the OpenMP runtime that PyTorch has loaded in this process
@@ -31,10 +33,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "failure", "kernel", "openmp_runtime", "topk_kernel"]
+__all__ = ["cache_dir", "exact_kernel", "failure", "kernel", "openmp_runtime", "topk_kernel"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
-_ABI = 4  # FM_ABI in the C file
+_ABI = 5  # FM_ABI in the C file
 _FLAGS = ("-O3", "-fPIC")
 _TUNED = ("-march=native",)  # tried first; some compilers or CPUs refuse it
 _OPENMP = ("-fopenmp",)  # tried first, where PyTorch's OpenMP runtime is found
@@ -153,6 +155,9 @@ def _load(path: Path) -> Any:
     merge = lib.fm_topk_merge
     merge.argtypes = [i64, p, i64, i64, p, p, p, p, p, p, p, p]
     merge.restype = ctypes.c_int
+    exact = lib.fm_exact_add
+    exact.argtypes = [p, i64, i64, p, ctypes.c_int]
+    exact.restype = ctypes.c_int
     return lib
 
 
@@ -178,6 +183,18 @@ def topk_kernel() -> Any:
     """
     lib = _library()
     return None if lib is None else lib.fm_topk_merge
+
+
+def exact_kernel() -> Any:
+    """The compiled ``fm_exact_add`` function (the same library as :func:`kernel`), or None.
+
+    Example:
+        >>> fn = exact_kernel()
+        >>> fn is None or callable(fn)
+        True
+    """
+    lib = _library()
+    return None if lib is None else lib.fm_exact_add
 
 
 def _library() -> Any:
