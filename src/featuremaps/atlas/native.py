@@ -4,19 +4,19 @@ The kernel reads each float32 map once from memory and gives its maximum,
 mean, variance, count of positives and, for the maps that may enter a
 top-k, the position of its first maximum (see the C file's header). The
 same library merges a batch into the top-k (:func:`topk_kernel`) and adds
-values to exact sums (:func:`exact_kernel`). It is
-compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
-``clang``) for this machine's CPU (``-march=native``) and with OpenMP,
-linked against the OpenMP runtime that PyTorch has loaded in this process
-(its own ``libgomp``, found in ``/proc/self/maps``), so that the kernel's
-threads are PyTorch's own threads (where no runtime is found, or the
-compiler has no OpenMP, it is built for one thread). The shared library is
-kept in the cache folder (``$FEATUREMAPS_CACHE_DIR``, else
-``$XDG_CACHE_HOME/featuremaps`` or ``~/.cache/featuremaps``), under a name
-made from the source, the flags, the runtime's name and the CPU's features, so later processes
-load it at once. Compiling takes well under a second; processes that compile
-at the same time (``torchrun``) each write their own file and rename it into
-place. Nothing is downloaded; no compiler at all means :func:`kernel` is
+values to exact sums (:func:`exact_kernel`). It is compiled with the
+system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for this
+machine's CPU (``-march=native``) and with OpenMP, linked against the OpenMP
+runtime that PyTorch has loaded in this process (its own ``libgomp``, found
+in ``/proc/self/maps``), so that the kernel's threads are PyTorch's own
+(where no runtime is found, or the compiler has no OpenMP, it is built for
+one thread). The shared library is kept in the cache folder
+(``$FEATUREMAPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/featuremaps`` or
+``~/.cache/featuremaps``), under a name made from the source, the flags, the
+runtime's name and the CPU's features, so later processes load it at once.
+Compiling takes about half a second; processes that compile at the same time
+(``torchrun``) each write their own file and rename it into place. Nothing is
+downloaded; no compiler at all means :func:`kernel` is
 None, after one warning, and the atlas uses PyTorch's reductions.
 """
 
