@@ -425,7 +425,7 @@ def test_the_kernels_topk_merge_equals_a_sorted_list_and_the_pytorch_merge(order
     from featuremaps.atlas import TopK
     from featuremaps.atlas.topk import update_all
 
-    if native.topk_kernel() is None:
+    if native.function("fm_topk_merge") is None:
         pytest.skip(f"no C kernel here: {native.failure()}")  # (the PyTorch merge is tested on its own above)
     gen = torch.Generator().manual_seed(12)
     images, k, widths, channels = 50, 4, [7, 0, 3], [5, 3, 2]
@@ -460,7 +460,7 @@ def test_the_kernels_topk_merge_refuses_what_it_cannot_take_and_an_entry_without
     from featuremaps.atlas import TopK
     from featuremaps.errors import FeatureMapsError
 
-    if native.topk_kernel() is None:
+    if native.function("fm_topk_merge") is None:
         pytest.skip(f"no C kernel here: {native.failure()}")
     top = TopK(2, 2)
     state = (top.score, top.index, top.y, top.x)

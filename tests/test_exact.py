@@ -84,11 +84,11 @@ def test_grouped_limbs_equal_the_per_value_limbs_and_exact_floor_sums(values):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=MATRICES, threads=st.sampled_from([1, 2, 3]))
 def test_the_c_librarys_limbs_equal_the_per_value_limbs_and_exact_floor_sums(values, threads):
-    if exact.native.exact_kernel() is None:
+    if exact.native.function("fm_exact_add") is None:
         pytest.skip(f"no C library here: {exact.native.failure()}")  # (NumPy's grouped path is tested above)
     v = torch.from_numpy(values)
     flat = torch.zeros(exact.LIMBS * v.shape[1], dtype=torch.int64)
-    assert exact.native.exact_kernel()(v.data_ptr(), v.shape[0], v.shape[1], flat.data_ptr(), threads) == 0
+    assert exact.native.function("fm_exact_add")(v.data_ptr(), v.shape[0], v.shape[1], flat.data_ptr(), threads) == 0
     direct = flat.view(exact.LIMBS, -1)
     exact._carry(direct)
     with per_value():
@@ -104,7 +104,7 @@ def _with_limbs(limbs: torch.Tensor) -> ExactSum:
 
 
 def test_the_c_library_adds_nothing_when_a_value_is_not_finite_or_beyond_the_range():
-    if exact.native.exact_kernel() is None:
+    if exact.native.function("fm_exact_add") is None:
         pytest.skip(f"no C library here: {exact.native.failure()}")
     for bad in (math.inf, -math.inf, math.nan, 2.0**244, -(2.0**250)):
         v = torch.ones(600, 500, dtype=torch.float64)  # (above the size at which it takes several threads)

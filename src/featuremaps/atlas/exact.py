@@ -10,8 +10,9 @@ order-free statistics on it.
 
 On the CPU a batch is added in one call of the atlas's C library
 (:mod:`.native`), which places each value's bits as the per-value path does;
-without it, column by column in groups rather than value by value: each column is scaled by the power of two that puts its largest
-magnitude just below ``2**(62 - bits(rows))``, the scaled values are
+without it, column by column in groups rather than value by value: each
+column is scaled by the power of two that puts its largest magnitude just
+below ``2**(62 - bits(rows))``, the scaled values are
 truncated to integers and summed in int64 (exact: a power-of-two scaling
 loses nothing, and the sum cannot overflow), and only the remainders that
 truncation leaves (values far smaller than their column's largest) go round
@@ -285,11 +286,11 @@ def _add_native(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
 
     Each value is split and placed as the per-value path places it, so the
     limbs come out the same. False, having added nothing, where the library
-    cannot be had (:func:`.native.exact_kernel`) or a value is not finite or
+    cannot be had (:func:`.native.function`) or a value is not finite or
     beyond the range (the per-value path then raises, or treats it as it
     always has), and with ``FEATUREMAPS_FUSED=0``.
     """
-    fn = native.exact_kernel() if fused_mode() != "0" else None
+    fn = native.function("fm_exact_add") if fused_mode() != "0" else None
     if fn is None or v.ndim != 2 or v.shape[1] != channels or not out.is_contiguous():
         return False
     a = v.detach().to(torch.float64).resolve_neg().contiguous()

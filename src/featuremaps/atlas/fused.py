@@ -39,6 +39,7 @@ from . import native
 __all__ = ["block_length", "block_length_below", "first_argmax", "fused_mode", "map_numbers", "merge_topk", "wanted"]
 
 _MIN_BLOCK, _MAX_BLOCK, _TARGET_BLOCK = 16, 1024, 256
+NO_POSITION = "internal error: a map entering the atlas's top-k has no position"  # (never a made-up one)
 
 
 @functools.lru_cache(maxsize=256)
@@ -162,7 +163,7 @@ def merge_topk(
         >>> not ok or (top[1].tolist(), top[2].tolist(), top[3].tolist()) == ([[8, 3]], [[2, 1]], [[1, 3]])
         True
     """
-    fn = native.topk_kernel()
+    fn = native.function("fm_topk_merge")
     if fn is None or not tops or len(tops) != len(batch):
         return False
     b = int(indices.shape[0])
@@ -186,7 +187,7 @@ def merge_topk(
     status = fn(len(tops), channels, k, b, ids.data_ptr(), *(pointers([t[i] for t in tops]) for i in range(4)),
                 pointers(news), pointers(flats), widths)
     if status == 2:
-        raise FeatureMapsError("internal error: a map entering the atlas's top-k has no position")
+        raise FeatureMapsError(NO_POSITION)
     if status != 0:
         raise RuntimeError(f"the atlas's top-k kernel refused a batch of {b} rows (status {status})")
     return True

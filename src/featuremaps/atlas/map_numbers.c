@@ -262,20 +262,26 @@ static pid_t loaded_in = 0; /* the process that loaded this library */
 __attribute__((constructor)) static void remember_process(void) { loaded_in = getpid(); }
 #endif
 
+/* The threads a call on `values` values may use, of the `threads` asked for (PyTorch's count): one below
+ * MIN_PARALLEL values, without OpenMP and in a forked child; at most MAX_THREADS. */
+static int team_size(int threads, int64_t values) {
+    if (threads < 1 || values < MIN_PARALLEL) return 1;
+#ifdef _OPENMP
+    if (getpid() != loaded_in) return 1; /* a forked child */
+    return threads > MAX_THREADS ? MAX_THREADS : threads;
+#else
+    return 1;
+#endif
+}
+
 /* The numbers of `maps` maps of `n` values (n >= 1) at `x`, on up to `threads` threads. Map i is of channel
  * i % channels; its position is found where its score (the maximum, or with by_mean the mean) is at least
  * threshold[channel] (every map's without a threshold), else it is -1. */
 int fm_map_numbers(const float *x, int64_t maps, int64_t n, int64_t channels, const double *threshold, int by_mean,
                    float *max, int64_t *arg, float *mean, float *var, int64_t *pos, int threads) {
     if (n < 1 || maps < 0 || channels < 1) return 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1 || maps * n < MIN_PARALLEL) threads = 1;
+    threads = team_size(threads, maps * n);
     if (threads > maps) threads = maps > 0 ? (int)maps : 1;
-#ifdef _OPENMP
-    if (threads > 1 && getpid() != loaded_in) threads = 1; /* a forked child */
-#else
-    threads = 1;
-#endif
     if (threads == 1) {
         job_t job = {x, 0, maps, n, channels, threshold, by_mean, max, mean, var, arg, pos};
         run(&job);
@@ -351,11 +357,7 @@ int fm_topk_merge(int64_t layers, const int64_t *channels, int64_t k, int64_t ba
 int fm_exact_add(const double *v, int64_t rows, int64_t cols, int64_t *out, int threads) {
     if (rows < 0 || cols < 0) return 1;
     const int64_t total = rows * cols;
-#ifdef _OPENMP
-    if (threads > 1 && (getpid() != loaded_in || total < MIN_PARALLEL)) threads = 1; /* (a forked child: one) */
-#else
-    (void)threads;
-#endif
+    threads = team_size(threads, total);
     int bad = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : bad)
     for (int64_t i = 0; i < total; i++) { /* first every value's range: all or nothing is added */

@@ -3,8 +3,8 @@
 The kernel reads each float32 map once from memory and gives its maximum,
 mean, variance, count of positives and, for the maps that may enter a
 top-k, the position of its first maximum (see the C file's header). The
-same library merges a batch into the top-k (:func:`topk_kernel`) and adds
-values to exact sums (:func:`exact_kernel`). It is compiled with the
+same library merges a batch into the top-k (``fm_topk_merge``) and adds
+values to exact sums (``fm_exact_add``); :func:`function` gives each. It is compiled with the
 system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for this
 machine's CPU (``-march=native``) and with OpenMP, linked against the OpenMP
 runtime that PyTorch has loaded in this process (its own ``libgomp``, found
@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "exact_kernel", "failure", "kernel", "openmp_runtime", "topk_kernel"]
+__all__ = ["cache_dir", "failure", "function", "kernel", "openmp_runtime"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
 _ABI = 5  # FM_ABI in the C file
@@ -169,32 +169,20 @@ def kernel() -> Any:
         >>> fn is None or callable(fn)
         True
     """
-    lib = _library()
-    return None if lib is None else lib.fm_map_numbers
+    return function("fm_map_numbers")
 
 
-def topk_kernel() -> Any:
-    """The compiled ``fm_topk_merge`` function (the same library as :func:`kernel`), or None.
+def function(name: str) -> Any:
+    """The library's function ``name`` (``fm_map_numbers``, ``fm_topk_merge``, ``fm_exact_add``), or None where
+    the library cannot be had (after one warning).
 
     Example:
-        >>> fn = topk_kernel()
+        >>> fn = function("fm_topk_merge")
         >>> fn is None or callable(fn)
         True
     """
     lib = _library()
-    return None if lib is None else lib.fm_topk_merge
-
-
-def exact_kernel() -> Any:
-    """The compiled ``fm_exact_add`` function (the same library as :func:`kernel`), or None.
-
-    Example:
-        >>> fn = exact_kernel()
-        >>> fn is None or callable(fn)
-        True
-    """
-    lib = _library()
-    return None if lib is None else lib.fm_exact_add
+    return None if lib is None else getattr(lib, name)
 
 
 def _library() -> Any:

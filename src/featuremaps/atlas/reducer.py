@@ -21,7 +21,7 @@ import torch
 from ..datapass import asynchronous
 from ..errors import FeatureMapsError
 from ..maps import LayerInfo
-from .fused import block_length, first_argmax, fused_mode, map_numbers, merge_topk, wanted
+from .fused import NO_POSITION, block_length, first_argmax, fused_mode, map_numbers, merge_topk, wanted
 from .stats import per_image_moments
 from .topk import TopK, update_all
 
@@ -203,8 +203,8 @@ class AtlasReducer:
 
         def locate(rows: torch.Tensor, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             at, w = flat[rows, chans], width[chans]
-            if bool((at < 0).any()):  # (the kernel left out a map that enters: never a made-up position)
-                raise FeatureMapsError("internal error: a map entering the atlas's top-k has no position")
+            if bool((at < 0).any()):  # (the kernel left out a map that enters)
+                raise FeatureMapsError(NO_POSITION)
             return at // w, at % w
 
         update_all(tops, scores, indices, locate=locate)
