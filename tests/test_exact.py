@@ -116,6 +116,66 @@ def test_the_c_library_adds_nothing_when_a_value_is_not_finite_or_beyond_the_ran
     assert exact._add_native(v, flat, 500)
 
 
+BELOW_2_100 = float(np.nextafter(np.float32(2.0**100), np.float32(0)))  # the largest float32 mean counted
+# float32 means and variances as the atlas's kernel gives them: subnormals, tiny, integers, up to the edge of
+# the means counted (2**100) and the largest float32 variance
+MEANS32 = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 2.0**-126, BELOW_2_100, -BELOW_2_100]),
+    st.floats(-(2.0**99), 2.0**99, width=32),
+    st.floats(-(2.0**-100), 2.0**-100, width=32),
+)
+VARS32 = st.one_of(st.sampled_from([0.0, 1e-45, 3.4028234663852886e38]), st.floats(0, 2.0**120, width=32))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.tuples(st.integers(1, 30), st.integers(1, 4)), data=st.data(), threads=st.sampled_from([1, 2, 3]),
+       weighted=st.booleans())
+def test_moments_added_from_float32_equal_the_float64_columns_added_value_by_value(shape, data, threads, weighted):
+    """[m | v | m*m] from float32 in C: the limbs of the per-value path and the exact floor sums."""
+    if exact.native.function("fm_moments_add") is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")
+    m = torch.from_numpy(data.draw(arrays(np.float32, shape, elements=MEANS32)))
+    v = torch.from_numpy(data.draw(arrays(np.float32, shape, elements=VARS32)))
+    weight = torch.arange(1, 3 * shape[1] + 1) * 7919 if weighted else None
+    torch.set_num_threads(threads)
+    try:
+        fused = ExactSum(3 * shape[1])
+        assert fused.add_moments(m, v, 2.0**100, weight=weight)
+        assert fused.add_moments(m, v, 2.0**100, weight=weight)  # twice: the second into the pending sum
+    finally:
+        torch.set_num_threads(2)
+    columns = torch.cat([m.double(), v.double(), m.double() * m.double()], 1)
+    with per_value():
+        old = ExactSum(3 * shape[1])
+        old.add(columns, weight=weight)
+        old.add(columns, weight=weight)
+    assert torch.equal(fused.limbs, old.limbs)
+    w = [1] * columns.shape[1] if weight is None else weight.tolist()
+    assert fused.integers() == [2 * s * k for s, k in zip(floor_sums(columns.numpy()), w)]
+
+
+def test_the_c_library_adds_no_moments_when_a_map_is_left_out():
+    """A mean not finite or of 2**100 or more, or a variance not finite: nothing added, the sum unchanged."""
+    if exact.native.function("fm_moments_add") is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")
+    s = ExactSum(3 * 300)
+    m, v = torch.ones(400, 300), torch.ones(400, 300)  # (above the size at which it takes several threads)
+    assert s.add_moments(m, v, 2.0**100)
+    before = s.limbs.clone()
+    for which, bad in (("mean", math.nan), ("mean", math.inf), ("mean", -(2.0**100)), ("var", math.nan),
+                       ("var", math.inf)):
+        mm, vv = m.clone(), v.clone()
+        (mm if which == "mean" else vv)[399, 299] = bad
+        assert not s.add_moments(mm, vv, 2.0**100)
+        assert torch.equal(s.limbs, before), (which, bad)
+    assert not s.add_moments(m, v, 2.0**101)  # beyond the range its squares may take
+    assert not s.add_moments(m.double(), v.double(), 2.0**100)  # float32 only
+    assert not s.add_moments(m[:, :100], v[:, :100], 2.0**100)  # three columns per mean
+    assert torch.equal(s.limbs, before)
+    m[0, 0] = BELOW_2_100
+    assert s.add_moments(m, v, 2.0**100)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.integers(1, 5).flatmap(lambda cols: st.lists(
     st.tuples(arrays(np.float64, st.tuples(st.integers(1, 12), st.just(cols)), elements=VALUES),
@@ -222,12 +282,24 @@ def test_columns_of_equal_largest_values_sum_without_overflow(rows):
 
 
 def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
-    """End to end: build_atlas with the grouped path gives the same statistics, bit for bit."""
+    """End to end: build_atlas with the moments added from float32 in C, and with the float64 columns added by
+    the C library or NumPy's grouped path, gives the same statistics as the per-value path, bit for bit."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 7, 3, padding=1), nn.Tanh(), nn.Conv2d(7, 4, 1))
     x = torch.randn(24, 3, 10, 10)
     x *= torch.logspace(-12, 6, 24)[:, None, None, None]  # per-image means of very different sizes per channel
     x[3] = 0.0
+    opts = {"layers": ["0", "2", "4"], "k": 2, "batch_size": 4, "progress": False}
+    moments: list[bool] = []
+    real_moments = ExactSum.add_moments
+
+    def spy_moments(self, *a, **k):
+        moments.append(real_moments(self, *a, **k))
+        return moments[-1]
+
+    monkeypatch.setattr(ExactSum, "add_moments", spy_moments)
+    fused = build_atlas(model, x, **opts)
+    assert moments and all(moments) == (exact.native.function("fm_moments_add") is not None)
     calls: list[bool] = []
     real_native, real_grouped = exact._add_native, exact._add_grouped
 
@@ -235,21 +307,25 @@ def test_atlas_statistics_are_bit_identical_to_the_per_value_path(monkeypatch):
         calls.append(real_native(v, out, channels) or real_grouped(v, out, channels))
         return calls[-1]
 
+    monkeypatch.setattr(ExactSum, "add_moments", lambda *a, **k: False)  # the float64 columns
     monkeypatch.setattr(exact, "_add_native", spy)
     monkeypatch.setattr(exact, "_add_grouped", lambda *a: False)
-    opts = {"layers": ["0", "2", "4"], "k": 2, "batch_size": 4, "progress": False}
     grouped = build_atlas(model, x, **opts)
     assert calls and all(calls)
     monkeypatch.setattr(exact, "_GROUP_ROWS", 0)
     old = build_atlas(model, x, **opts)
     for layer in opts["layers"]:
-        a, b = grouped.stats(layer), old.stats(layer)
-        for field in ("mean", "std", "active_fraction", "max", "count", "excluded"):
-            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        for other in (fused, grouped):
+            a, b = other.stats(layer), old.stats(layer)
+            for field in ("mean", "std", "active_fraction", "max", "count", "excluded"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
-def test_running_stats_without_excluded_maps_equal_the_masked_path_bit_for_bit(monkeypatch):
-    """The usual batch (every map counts) skips the masks: the same state as the path that applies them."""
+def test_running_stats_paths_give_the_same_state_bit_for_bit(monkeypatch):
+    """The usual batch (every map counts) has its moments added from float32 by the C library, or (without it)
+    skips the masks: the same state, bit for bit, as the path that applies them. A batch with an excluded map
+    is refused by the C library and takes the masks."""
+    from featuremaps.atlas import native
     from featuremaps.atlas import stats as stats_module
 
     gen = torch.Generator().manual_seed(3)
@@ -261,22 +337,42 @@ def test_running_stats_without_excluded_maps_equal_the_masked_path_bit_for_bit(m
         batches.append((count, mean, var, active, mean + var.sqrt() * 3))
     batches.append((50, *(t.clone() for t in batches[0][1:])))
     batches[-1][1][2, 4] = float("nan")  # one batch with an excluded map: the masked path for it
-    real = stats_module._all_counted
-    answers: list[bool] = []
+    real_counted, real_moments = stats_module._all_counted, ExactSum.add_moments
 
-    def state(fast: bool) -> dict[str, torch.Tensor]:
-        monkeypatch.setattr(stats_module, "_all_counted", lambda *a: answers.append(real(*a)) or answers[-1] if fast
-                            else False)
+    def state(path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+        taken: list[str] = []
+
+        def moments(self: ExactSum, *a: object, **k: object) -> bool:
+            added = real_moments(self, *a, **k)
+            taken.append(f"C {added}")
+            return added
+
+        def counted(*a: torch.Tensor) -> bool:
+            answer = real_counted(*a) and path != "masked"
+            taken.append(f"unmasked {answer}")
+            return answer
+
+        monkeypatch.setattr(ExactSum, "add_moments", moments)
+        monkeypatch.setattr(stats_module, "_all_counted", counted)
+        if path != "C":
+            monkeypatch.setenv("FEATUREMAPS_FUSED", "0")
         s = stats_module.RunningStats(6)
         for count, *rest in batches:
             s.update(count, *rest)
         state = s.state_dict()
         monkeypatch.undo()
-        return state
+        return state, taken
 
-    fast, masked = state(True), state(False)
-    assert answers == [True, True, True, False]
-    assert fast.keys() == masked.keys()
-    for key in fast:
-        assert torch.equal(fast[key], masked[key]), key
+    (masked, masked_path), (unmasked, unmasked_path) = state("masked"), state("unmasked")
+    assert masked_path == ["C False", "unmasked False"] * 4
+    assert unmasked_path == ["C False", "unmasked True"] * 3 + ["C False", "unmasked False"]
+    states = [unmasked]
+    if native.function("fm_moments_add") is not None:
+        fused, fused_path = state("C")
+        assert fused_path == ["C True"] * 3 + ["C False", "unmasked False"]
+        states.append(fused)
+    for other in states:
+        assert other.keys() == masked.keys()
+        for key in other:
+            assert torch.equal(other[key], masked[key]), key
     assert int(masked["excluded"][4]) == 1 and masked["count"].tolist() == [915] * 4 + [865, 915]

@@ -26,6 +26,7 @@ more, and batches with a non-finite or out-of-range value still use).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -123,6 +124,58 @@ class ExactSum:
             >>> [float(f) for f in s.fractions()]
             [1.5, -2.0]
         """
+
+        def fill(out: torch.Tensor) -> bool:
+            self._limbs_of(values, out=out)
+            return True
+
+        self._accumulate(fill, int(values.shape[0]) if values.ndim == 2 else 1, weight)
+
+    def add_moments(
+        self, mean: torch.Tensor, var: torch.Tensor, max_mean: float, weight: torch.Tensor | int | None = None
+    ) -> bool:
+        """Add the columns ``[mean | var | mean**2]`` side by side, from float32, in one call of the C library.
+
+        The same limbs as :meth:`add` of ``torch.cat([m, v, m * m], 1)`` in
+        float64 (the layout of :class:`~.stats.RunningStats`), without making
+        that float64 batch: ``mean`` and ``var`` are float32 CPU tensors
+        ``(batch, channels / 3)``; ``weight`` as in :meth:`add`.
+
+        Returns:
+            False, having added nothing, where the C library cannot be had
+            (or ``FEATUREMAPS_FUSED=0``), for tensors of another kind, and when a
+            mean is not finite or ``|mean| >= max_mean`` (at most ``2**100``),
+            or a variance is not finite: :meth:`add` then takes the values.
+
+        Example:
+            >>> import torch
+            >>> s = ExactSum(3)
+            >>> added = s.add_moments(torch.tensor([[1.5]]), torch.tensor([[0.25]]), 2.0**100)
+            >>> not added or [float(f) for f in s.fractions()] == [1.5, 0.25, 2.25]
+            True
+        """
+        fn = native.function("fm_moments_add") if fused_mode() != "0" else None
+        cols = self.channels // 3
+        if fn is None or any(
+            t.device.type != "cpu" or t.dtype != torch.float32 or t.ndim != 2 or t.shape[1] != cols
+            for t in (mean, var)
+        ) or mean.shape != var.shape or 3 * cols != self.channels or self._limbs.device.type != "cpu":
+            return False
+        m, v = mean.detach().contiguous(), var.detach().contiguous()
+        rows = int(m.shape[0])
+
+        def fill(out: torch.Tensor) -> bool:
+            threads = torch.get_num_threads()
+            return fn(m.data_ptr(), v.data_ptr(), rows, cols, float(max_mean), out.data_ptr(), threads) == 0
+
+        return self._accumulate(fill, rows, weight)
+
+    def _accumulate(self, fill: Callable[[torch.Tensor], bool], rows: int, weight: torch.Tensor | int | None) -> bool:
+        """Add a batch of ``rows`` values per channel with ``weight``: ``fill(out)`` adds its sums to ``out``.
+
+        ``out`` is the pending sum of the batches added with the same weights
+        (new zeros after a flush); False when ``fill`` added nothing.
+        """
         w = None
         same = weight is self._pending_source  # the weights of the pending sum, again: nothing to check
         if weight is not None and not same:
@@ -130,7 +183,7 @@ class ExactSum:
             if bool(((w < 0) | (w > _MAX_WEIGHT)).any()):
                 raise FeatureMapsError(f"ExactSum.add: weights must lie in 0..{_MAX_WEIGHT}")
         # counted as values against _MAX_PENDING: a grouped add counts as up to _GROUP_ROUNDS values
-        batch_values = max(values.shape[0] if values.ndim == 2 else 1, _GROUP_ROUNDS)
+        batch_values = max(rows, _GROUP_ROUNDS)
         pending = self._pending
         if pending is not None and (
             self._pending_values + batch_values > _MAX_PENDING
@@ -138,11 +191,14 @@ class ExactSum:
         ):
             self._flush()
             pending = None
-        batch = self._limbs_of(values, out=pending)
+        out = torch.zeros_like(self._limbs) if pending is None else pending
+        if not fill(out):
+            return False
         if pending is None:
-            self._pending, self._pending_weight, self._pending_source = batch, w, weight
+            self._pending, self._pending_weight, self._pending_source = out, w, weight
             self._pending_values = 0
         self._pending_values += batch_values
+        return True
 
     def _flush(self) -> None:
         """Normalize the pending sum, weight it and add it to the limbs."""

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FM_ABI 5
+#define FM_ABI 6
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
 #define BLOCK2 256 /* the same in the second pass (8 a lane) */
 #define MAX_THREADS 64
@@ -346,14 +346,43 @@ int fm_topk_merge(int64_t layers, const int64_t *channels, int64_t k, int64_t ba
     return 0;
 }
 
+#define FM_LIMBS 12
+
+/* Whether a float64 value (its bits) is beyond the fixed-point sums' range: not finite, or 2**244 or more in
+ * magnitude (the top limbs must stay free for the sums). */
+static inline int beyond_range(uint64_t b) {
+    const int64_t e = (int64_t)((b >> 52) & 0x7ff);
+    const int64_t pos = (e ? e : 1) - 1075 + 96; /* the significand's lowest bit, above 2**-96 */
+    return e == 0x7ff || (pos > 0 ? pos : 0) >> 5 > FM_LIMBS - 4;
+}
+
+/* Add floor(value * 2**96) to the limbs `sum` (one column's), split as exact.py's per-value path splits it: the
+ * value's 53-bit significand placed at its exponent, its low and high 32 bits over three limbs, each adding less
+ * than 2**33 to a limb. The value must be within range (beyond_range). */
+static inline void place(int64_t *sum, double value) {
+    uint64_t b;
+    memcpy(&b, &value, sizeof b);
+    const int64_t e = (int64_t)((b >> 52) & 0x7ff);
+    int64_t mag = (int64_t)(b & ((UINT64_C(1) << 52) - 1)) | (e ? INT64_C(1) << 52 : 0);
+    int64_t pos = (e ? e : 1) - 1075 + 96;
+    if (b >> 63) mag = -mag;
+    if (pos < 0) { /* bits below 2**-96: floored (an arithmetic shift), the same wherever added */
+        mag >>= (-pos > 63 ? 63 : -pos);
+        pos = 0;
+    }
+    const int64_t off = pos & 31, limb = pos >> 5;
+    const int64_t lo = (mag & 0xffffffff) << off;       /* < 2**63 */
+    const int64_t hi = (mag >> 32) * (INT64_C(1) << off); /* |hi| < 2**52, signed */
+    sum[limb] += lo & 0xffffffff;
+    sum[limb + 1] += (lo >> 32) + (hi & 0xffffffff);
+    sum[limb + 2] += hi >> 32;
+}
+
 /* Add floor(v * 2**96) of every value of v (rows x cols, row-major, float64) to the fixed-point sums `out`
  * (LIMBS x cols int64 limbs, row-major; limb i weighs 2**(32 i - 96); see featuremaps/atlas/exact.py), without
- * carrying: each value adds less than 2**33 to any limb, split as exact.py's per-value path splits it (the
- * value's 53-bit significand placed at its exponent: its low and high 32 bits over three limbs). Returns 0,
- * or 2, having added nothing, when a value is not finite or is 2**244 or more in magnitude (the top limbs
- * must stay free for the sums). Columns are summed in blocks first (fewer than 2**24 rows: no overflow), the
- * blocks shared among up to `threads` threads (each column's sums do not depend on them). */
-#define FM_LIMBS 12
+ * carrying (place). Returns 0, or 2, having added nothing, when a value is beyond the range (beyond_range).
+ * Columns are summed in blocks first (fewer than 2**24 rows: no overflow), the blocks shared among up to
+ * `threads` threads (each column's sums do not depend on them). */
 int fm_exact_add(const double *v, int64_t rows, int64_t cols, int64_t *out, int threads) {
     if (rows < 0 || cols < 0) return 1;
     const int64_t total = rows * cols;
@@ -363,9 +392,7 @@ int fm_exact_add(const double *v, int64_t rows, int64_t cols, int64_t *out, int 
     for (int64_t i = 0; i < total; i++) { /* first every value's range: all or nothing is added */
         uint64_t b;
         memcpy(&b, v + i, sizeof b);
-        const int64_t e = (int64_t)((b >> 52) & 0x7ff);
-        const int64_t pos = (e ? e : 1) - 1075 + 96; /* the significand's lowest bit, above 2**-96 */
-        bad |= e == 0x7ff || (pos > 0 ? pos : 0) >> 5 > FM_LIMBS - 4;
+        bad |= beyond_range(b);
     }
     if (bad) return 2;
     enum { COLUMNS = 256 }; /* columns summed at a time: their sums stay in the cache, rows are read in order */
@@ -378,28 +405,48 @@ int fm_exact_add(const double *v, int64_t rows, int64_t cols, int64_t *out, int 
         memset(sums, 0, sizeof sums);
         for (int64_t r = 0; r < rows; r++) {
             const double *row = v + r * cols + c0;
-            for (int64_t c = 0; c < width; c++) {
-                uint64_t b;
-                memcpy(&b, row + c, sizeof b);
-                const int64_t e = (int64_t)((b >> 52) & 0x7ff);
-                int64_t mag = (int64_t)(b & ((UINT64_C(1) << 52) - 1)) | (e ? INT64_C(1) << 52 : 0);
-                int64_t pos = (e ? e : 1) - 1075 + 96;
-                if (b >> 63) mag = -mag;
-                if (pos < 0) { /* bits below 2**-96: floored (an arithmetic shift), the same wherever added */
-                    mag >>= (-pos > 63 ? 63 : -pos);
-                    pos = 0;
-                }
-                const int64_t off = pos & 31, limb = pos >> 5;
-                const int64_t lo = (mag & 0xffffffff) << off;       /* < 2**63 */
-                const int64_t hi = (mag >> 32) * (INT64_C(1) << off); /* |hi| < 2**52, signed */
-                int64_t *sum = sums[c];
-                sum[limb] += lo & 0xffffffff;
-                sum[limb + 1] += (lo >> 32) + (hi & 0xffffffff);
-                sum[limb + 2] += hi >> 32;
-            }
+            for (int64_t c = 0; c < width; c++) place(sums[c], row[c]);
         }
         for (int l = 0; l < FM_LIMBS; l++)
             for (int64_t c = 0; c < width; c++) out[l * cols + c0 + c] += sums[c][l];
+    }
+    return 0;
+}
+
+/* The atlas's moment sums (featuremaps/atlas/stats.py), from each map's float32 mean m and variance v (rows x
+ * cols, row-major): add m to column c, v to column cols + c and m*m (exact in float64) to column 2 cols + c of
+ * `out` (LIMBS x 3 cols limbs), as fm_exact_add adds those three float64 columns. Returns 0, or 2, having added
+ * nothing, when a mean is not finite or |m| >= max_mean, or a variance is not finite (such maps are left out of
+ * the statistics, which the caller does its own way). */
+int fm_moments_add(const float *m, const float *v, int64_t rows, int64_t cols, double max_mean, int64_t *out,
+                   int threads) {
+    if (rows < 0 || cols < 0 || !(max_mean <= 0x1p100)) return 1; /* (m*m then stays within range) */
+    const int64_t total = rows * cols;
+    threads = team_size(threads, 3 * total);
+    int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : bad)
+    for (int64_t i = 0; i < total; i++) bad |= !(fabs((double)m[i]) < max_mean) | !isfinite(v[i]);
+    if (bad) return 2;
+    enum { COLUMNS = 128 }; /* three sums of this many columns stay in the cache */
+    const int64_t blocks = (cols + COLUMNS - 1) / COLUMNS, stride = 3 * cols;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t c0 = block * COLUMNS;
+        int64_t sums[3][COLUMNS][FM_LIMBS];
+        const int64_t width = cols - c0 < COLUMNS ? cols - c0 : COLUMNS;
+        memset(sums, 0, sizeof sums);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *mr = m + r * cols + c0, *vr = v + r * cols + c0;
+            for (int64_t c = 0; c < width; c++) {
+                const double mean = (double)mr[c];
+                place(sums[0][c], mean);
+                place(sums[1][c], (double)vr[c]);
+                place(sums[2][c], mean * mean);
+            }
+        }
+        for (int part = 0; part < 3; part++)
+            for (int l = 0; l < FM_LIMBS; l++)
+                for (int64_t c = 0; c < width; c++) out[l * stride + part * cols + c0 + c] += sums[part][c][l];
     }
     return 0;
 }

@@ -121,7 +121,7 @@ class RunningStats:
         self.maximum = torch.full((channels,), -math.inf, dtype=torch.float64, device=dev)
         # exact sums, channels side by side: [sum_i n_i m_i | sum_i n_i v_i | sum_i n_i m_i**2]
         self.moments = ExactSum(3 * channels, dev)
-        self._weights: tuple[object, torch.Tensor, torch.Tensor] | None = None  # (count given, n, weights)
+        self._weights: tuple[object, torch.Tensor, torch.Tensor, bool] | None = None  # (count, n, weights, n > 0)
         # Batches wait here (with the same counts) and are added together: one set of operations
         # for many batches. Readers (result, merge, state_dict) add them first.
         self._queue: list[tuple[torch.Tensor, ...]] = []
@@ -198,26 +198,29 @@ class RunningStats:
         if cached is not None and (cached[0] is count or (isinstance(count, int) and cached[0] == count)):
             # the same counts as the last batch: the same weights object, which ExactSum.add takes
             # without checking or comparing it again (each would make the host wait for a GPU)
-            n, weights = cached[1], cached[2]
+            n, weights, positions = cached[1], cached[2], cached[3]
         else:
             n = torch.as_tensor(count, device=dev).to(torch.int64).expand(self.channels)
             weights = n.repeat(3)
-            self._weights = (count, n, weights)
+            positions = not asynchronous(dev) and bool((n > 0).all())  # (every channel's maps have positions)
+            self._weights = (count, n, weights, positions)
         active = active.to(dev, torch.int64)
         mx = maximum.to(dev, torch.float64)
-        counted: torch.Tensor | int
-        if not asynchronous(dev) and _all_counted(m32, v32, n):  # the usual case: nothing to leave out
-            m, v, counted = m32, v32, int(m32.shape[0])
-        else:
-            # (in float32: |m| < 2**100 is False for NaN and infinities; a finite float32 variance is below 2**200)
-            ok = (m32.abs() < _MAX_MEAN) & torch.isfinite(v32) & (n > 0)[None, :]
-            zero = torch.zeros((), dtype=torch.float32, device=dev)
-            m, v, counted = torch.where(ok, m32, zero), torch.where(ok, v32, zero), ok.sum(0)
-            active = torch.where(ok, active, 0)
-            mx = torch.where(ok, mx, -math.inf)
-            self.excluded += (~ok).sum(0) * (n > 0)
-        m, v = m.to(torch.float64), v.to(torch.float64)  # float32 values: m*m is exact in float64
-        self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
+        counted: torch.Tensor | int = int(m32.shape[0])
+        # the usual case, on the CPU: nothing to leave out, and the C library adds the moments from float32
+        if not (positions and self.moments.add_moments(m32, v32, _MAX_MEAN, weight=weights)):
+            if positions and _all_counted(m32, v32):  # nothing to leave out
+                m, v = m32, v32
+            else:
+                # (in float32: |m| < 2**100 is False for NaN and infinities; a finite float32 variance is below 2**200)
+                ok = (m32.abs() < _MAX_MEAN) & torch.isfinite(v32) & (n > 0)[None, :]
+                zero = torch.zeros((), dtype=torch.float32, device=dev)
+                m, v, counted = torch.where(ok, m32, zero), torch.where(ok, v32, zero), ok.sum(0)
+                active = torch.where(ok, active, 0)
+                mx = torch.where(ok, mx, -math.inf)
+                self.excluded += (~ok).sum(0) * (n > 0)
+            m, v = m.to(torch.float64), v.to(torch.float64)  # float32 values: m*m is exact in float64
+            self.moments.add(torch.cat([m, v, m * m], 1), weight=weights)
         self.count += n * counted
         self.active += active.sum(0)
         if mx.shape[0]:
@@ -341,16 +344,16 @@ class RunningStats:
         return out
 
 
-def _all_counted(m32: torch.Tensor, v32: torch.Tensor, n: torch.Tensor) -> bool:
-    """Whether every map of the batch counts: finite moments, ``|mean| < 2**100``, positions in every channel.
+def _all_counted(m32: torch.Tensor, v32: torch.Tensor) -> bool:
+    """Whether every map of the batch counts (its channel having positions): finite moments, ``|mean| < 2**100``.
 
     Two reads without temporaries (the largest magnitudes; NaN makes them NaN, which fails the comparisons).
     """
     if m32.numel() == 0:
-        return bool((n > 0).all())
+        return True
     top_mean = float(torch.linalg.vector_norm(m32, math.inf))
     top_var = float(torch.linalg.vector_norm(v32, math.inf))
-    return top_mean < _MAX_MEAN and top_var < math.inf and bool((n > 0).all())
+    return top_mean < _MAX_MEAN and top_var < math.inf
 
 
 def per_image_moments(
