@@ -176,6 +176,22 @@ def test_the_c_library_adds_no_moments_when_a_map_is_left_out():
     assert s.add_moments(m, v, 2.0**100)
 
 
+@settings(max_examples=200, deadline=None)
+@given(limbs=arrays(np.int64, st.tuples(st.just(exact.LIMBS), st.integers(1, 6)),
+                    elements=st.one_of(st.integers(-(2**61), 2**61), st.sampled_from([0, -1, 2**32 - 1, 2**32, -(2**32)]))))
+def test_the_c_librarys_carry_equals_the_loop_and_keeps_each_number(limbs):
+    """One pass from the lowest limb up gives the loop's normalized limbs, and the numbers they stand for."""
+    if exact.native.function("fm_carry") is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")
+    fused, loop = torch.from_numpy(limbs.copy()), torch.from_numpy(limbs.copy())
+    exact._carry(fused)
+    exact._carry_loop(loop)
+    assert torch.equal(fused, loop)
+    assert bool(((fused[:-1] >= 0) & (fused[:-1] < 2**32)).all())
+    number = [sum(int(limbs[i, c]) << (32 * i) for i in range(exact.LIMBS)) for c in range(limbs.shape[1])]
+    assert number == [sum(int(fused[i, c]) << (32 * i) for i in range(exact.LIMBS)) for c in range(limbs.shape[1])]
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.integers(1, 5).flatmap(lambda cols: st.lists(
     st.tuples(arrays(np.float64, st.tuples(st.integers(1, 12), st.just(cols)), elements=VALUES),

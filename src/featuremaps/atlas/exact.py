@@ -279,10 +279,14 @@ class ExactSum:
             True
         """
         limbs = self.limbs.cpu().numpy()
-        low = np.ascontiguousarray(limbs[:-1].T.astype("<u4"))  # every limb but the last is in [0, 2**32)
-        top = limbs[-1].tolist()
-        shift = LIMB_BITS * (LIMBS - 1)
-        return [int.from_bytes(low[c].tobytes(), "little") + (int(top[c]) << shift) for c in range(len(top))]
+        # each sum as one little-endian two's-complement number: every limb but the last is in [0, 2**32)
+        # (4 bytes each), the last keeps the sign (8 bytes)
+        size = 4 * (LIMBS - 1) + 8
+        packed = np.empty((limbs.shape[1], size), dtype=np.uint8)
+        packed[:, : size - 8] = np.ascontiguousarray(limbs[:-1].T, dtype="<u4").view(np.uint8)
+        packed[:, size - 8 :] = limbs[-1].astype("<i8").view(np.uint8).reshape(-1, 8)
+        data = packed.tobytes()
+        return [int.from_bytes(data[i : i + size], "little", signed=True) for i in range(0, len(data), size)]
 
     def fractions(self) -> list[Fraction]:
         """The exact sums as :class:`fractions.Fraction`.
@@ -452,6 +456,19 @@ _POWERS = np.left_shift(1, np.arange(LIMB_BITS, dtype=np.int64))
 def _carry(limbs: torch.Tensor) -> None:
     """Normalize ``(limbs, channels)`` in place: each in [0, 2**32) except the last, which keeps the sign.
 
+    On the CPU in one pass of the C library, from the lowest limb up (``fm_carry``); else with
+    :func:`_carry_loop`. The normalized limbs of a number are unique, so both give the same.
+    """
+    fn = native.function("fm_carry") if limbs.device.type == "cpu" and fused_mode() != "0" else None
+    if fn is not None and limbs.is_contiguous() and limbs.dtype == torch.int64 and limbs.ndim == 2:
+        fn(limbs.data_ptr(), int(limbs.shape[0]), int(limbs.shape[1]))
+        return
+    _carry_loop(limbs)
+
+
+def _carry_loop(limbs: torch.Tensor) -> None:
+    """:func:`_carry` with PyTorch's operations, on any device.
+
     All limbs carry at once; a carry can ripple (0xFFFFFFFF + 1), so repeat until none is left.
     """
     low, high = limbs[:-1], limbs[1:]
@@ -461,5 +478,3 @@ def _carry(limbs: torch.Tensor) -> None:
             return
         low -= carry << LIMB_BITS
         high += carry
-
-

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FM_ABI 6
+#define FM_ABI 7
 #define BLOCK 128  /* values summed in float32 lanes (4 a lane) before they are added in float64 */
 #define BLOCK2 256 /* the same in the second pass (8 a lane) */
 #define MAX_THREADS 64
@@ -447,6 +447,22 @@ int fm_moments_add(const float *m, const float *v, int64_t rows, int64_t cols, d
         for (int part = 0; part < 3; part++)
             for (int l = 0; l < FM_LIMBS; l++)
                 for (int64_t c = 0; c < width; c++) out[l * stride + part * cols + c0 + c] += sums[part][c][l];
+    }
+    return 0;
+}
+
+/* Normalize fixed-point sums in place (featuremaps/atlas/exact.py's _carry): `limbs` (n_limbs x cols, row-major)
+ * become each in [0, 2**32) but the last, which keeps the sign, holding the same numbers. One pass from the lowest
+ * limb up, so a carry that ripples is taken along at once. Returns 0. */
+int fm_carry(int64_t *limbs, int64_t n_limbs, int64_t cols) {
+    if (n_limbs < 1 || cols < 0) return 1;
+    for (int64_t l = 0; l + 1 < n_limbs; l++) {
+        int64_t *low = limbs + l * cols, *high = low + cols;
+        for (int64_t c = 0; c < cols; c++) {
+            const int64_t v = low[c];
+            high[c] += v >> 32; /* floor(v / 2**32): an arithmetic shift (GCC and Clang) */
+            low[c] = v & 0xffffffff;
+        }
     }
     return 0;
 }

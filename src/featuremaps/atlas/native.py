@@ -5,7 +5,8 @@ mean, variance, count of positives and, for the maps that may enter a
 top-k, the position of its first maximum (see the C file's header). The
 same library merges a batch into the top-k (``fm_topk_merge``) and adds
 values to exact sums (``fm_exact_add``; the statistics' moments straight
-from float32 with ``fm_moments_add``); :func:`function` gives each. It is compiled with the
+from float32 with ``fm_moments_add``; ``fm_carry`` normalizes them);
+:func:`function` gives each. It is compiled with the
 system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for this
 machine's CPU (``-march=native``) and with OpenMP, linked against the OpenMP
 runtime that PyTorch has loaded in this process (its own ``libgomp``, found
@@ -37,7 +38,7 @@ from typing import Any
 __all__ = ["cache_dir", "failure", "function", "kernel", "openmp_runtime"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
-_ABI = 6  # FM_ABI in the C file
+_ABI = 7  # FM_ABI in the C file
 _FLAGS = ("-O3", "-fPIC")
 _TUNED = ("-march=native",)  # tried first; some compilers or CPUs refuse it
 _OPENMP = ("-fopenmp",)  # tried first, where PyTorch's OpenMP runtime is found
@@ -162,6 +163,9 @@ def _load(path: Path) -> Any:
     moments = lib.fm_moments_add
     moments.argtypes = [p, p, i64, i64, ctypes.c_double, p, ctypes.c_int]
     moments.restype = ctypes.c_int
+    carry = lib.fm_carry
+    carry.argtypes = [p, i64, i64]
+    carry.restype = ctypes.c_int
     return lib
 
 
@@ -178,7 +182,7 @@ def kernel() -> Any:
 
 def function(name: str) -> Any:
     """The library's function ``name`` (``fm_map_numbers``, ``fm_topk_merge``, ``fm_exact_add``,
-    ``fm_moments_add``), or None where the library cannot be had (after one warning).
+    ``fm_moments_add``, ``fm_carry``), or None where the library cannot be had (after one warning).
 
     Example:
         >>> fn = function("fm_topk_merge")
