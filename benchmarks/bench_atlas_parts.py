@@ -11,7 +11,9 @@ after the other)
 * in the statistics update after each forward (``AtlasState.update``),
 
 printed per 1,000 images and as a share of plain inference's time on the
-same images (medians over repetitions, after one warm-up call; each
+same images, and the time per call spent making the atlas from the state at
+the end (``_to_atlas``: the statistics read from their exact sums), which
+does not grow with the images (medians over repetitions, after one warm-up call; each
 repetition runs plain inference, then the atlas).
 It instruments the library's internals, so it is a profiling aid beside
 ``bench_atlas.py`` (which gives the ratios to plain inference), not a goal.
@@ -40,7 +42,7 @@ from featuremaps.atlas import reducer as reducer_module  # noqa: E402
 
 from _timing import RandomImages  # noqa: E402
 
-PARTS = ("kernel", "top-k merge", "statistics")
+PARTS = ("kernel", "top-k merge", "statistics")  # (per image; "finishing" is per call)
 
 
 def main() -> None:
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
-    spent = dict.fromkeys(PARTS, 0.0)
+    spent = dict.fromkeys((*PARTS, "finishing"), 0.0)
     kernel, merge_batch = reducer_module.map_numbers, build_module._merge_batch
 
     def timed_kernel(*a: Any, **kw: Any) -> Any:
@@ -66,23 +68,32 @@ def main() -> None:
         spent["top-k merge"] += t1 - t0
         spent["statistics"] += time.perf_counter() - t1
 
+    finish = build_module._to_atlas
+
+    def timed_finish(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return finish(*a, **kw)
+        finally:
+            spent["finishing"] += time.perf_counter() - t
+
     reducer_module.map_numbers = timed_kernel
     build_module._merge_batch = timed_merge
+    build_module._to_atlas = timed_finish
     model, _ = fm.load_model()
     loader = torch.utils.data.DataLoader(RandomImages(args.images), batch_size=16)
     options = dict(layers=torch.nn.Conv2d, k=9, progress=False, checkpoint_every=None, receptive="none")
     build_atlas(model, loader, **options)  # warm-up: the kernel's compilation, lazy inits
-    runs: dict[str, list[float]] = {part: [] for part in (*PARTS, "plain")}
+    runs: dict[str, list[float]] = {part: [] for part in (*PARTS, "finishing", "plain")}
     for _ in range(args.reps):
         t = time.perf_counter()
         with torch.no_grad():
             for x in loader:
                 model(x)
         runs["plain"].append(time.perf_counter() - t)
-        spent.update(dict.fromkeys(PARTS, 0.0))
-        atlas = build_atlas(model, loader, **options)
-        atlas.stats(atlas.layers()[0])  # (the statistics' queued batches are added here)
-        for part in PARTS:
+        spent.update(dict.fromkeys((*PARTS, "finishing"), 0.0))
+        build_atlas(model, loader, **options)
+        for part in (*PARTS, "finishing"):
             runs[part].append(spent[part])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images, {args.reps} reps")
     plain = statistics.median(runs["plain"])
@@ -90,6 +101,8 @@ def main() -> None:
     for part in PARTS:
         t = statistics.median(runs[part])
         print(f"  {part:16s} {t * 1e6 / args.images:7.0f} ms per 1,000 images ({t / plain:6.1%} of plain inference)")
+    print(f"  {'finishing':16s} {statistics.median(runs['finishing']) * 1e3:7.0f} ms per call (the atlas made from the "
+          "state: fixed, whatever the images)")
 
 
 if __name__ == "__main__":

@@ -205,7 +205,8 @@ class RunningStats:
             positions = not asynchronous(dev) and bool((n > 0).all())  # (every channel's maps have positions)
             self._weights = (count, n, weights, positions)
         active = active.to(dev, torch.int64)
-        mx = maximum.to(dev, torch.float64)
+        # (the largest of each channel is taken before widening it to float64: the same, with less to convert)
+        mx = maximum.to(dev) if maximum.is_floating_point() else maximum.to(dev, torch.float64)
         counted: torch.Tensor | int = int(m32.shape[0])
         # the usual case, on the CPU: nothing to leave out, and the C library adds the moments from float32
         if not (positions and self.moments.add_moments(m32, v32, _MAX_MEAN, weight=weights)):
@@ -224,7 +225,7 @@ class RunningStats:
         self.count += n * counted
         self.active += active.sum(0)
         if mx.shape[0]:
-            self.maximum = torch.maximum(self.maximum, mx.amax(0))
+            self.maximum = torch.maximum(self.maximum, mx.amax(0).to(torch.float64))
 
     def update_from_maps(self, maps: torch.Tensor) -> None:
         """Add a batch of canonical maps ``(batch, channels, *spatial)``.
