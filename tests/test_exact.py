@@ -137,13 +137,14 @@ def test_moments_added_from_float32_equal_the_float64_columns_added_value_by_val
     m = torch.from_numpy(data.draw(arrays(np.float32, shape, elements=MEANS32)))
     v = torch.from_numpy(data.draw(arrays(np.float32, shape, elements=VARS32)))
     weight = torch.arange(1, 3 * shape[1] + 1) * 7919 if weighted else None
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         fused = ExactSum(3 * shape[1])
         assert fused.add_moments(m, v, 2.0**100, weight=weight)
         assert fused.add_moments(m, v, 2.0**100, weight=weight)  # twice: the second into the pending sum
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(before)
     columns = torch.cat([m.double(), v.double(), m.double() * m.double()], 1)
     with per_value():
         old = ExactSum(3 * shape[1])
@@ -152,6 +153,27 @@ def test_moments_added_from_float32_equal_the_float64_columns_added_value_by_val
     assert torch.equal(fused.limbs, old.limbs)
     w = [1] * columns.shape[1] if weight is None else weight.tolist()
     assert fused.integers() == [2 * s * k for s, k in zip(floor_sums(columns.numpy()), w)]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_moments_of_a_batch_large_enough_for_several_threads_equal_the_per_value_path(threads):
+    """Column blocks shared among threads: the same limbs as the float64 columns added value by value."""
+    if exact.native.function("fm_moments_add") is None:
+        pytest.skip(f"no C library here: {exact.native.failure()}")
+    gen = torch.Generator().manual_seed(threads)
+    m = torch.randn(64, 3001, generator=gen) * torch.logspace(-20, 20, 3001)  # (above MIN_PARALLEL values)
+    v = torch.rand(64, 3001, generator=gen) * torch.logspace(-30, 30, 3001)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused = ExactSum(3 * 3001)
+        assert fused.add_moments(m, v, 2.0**100)
+    finally:
+        torch.set_num_threads(before)
+    with per_value():
+        old = ExactSum(3 * 3001)
+        old.add(torch.cat([m.double(), v.double(), m.double() ** 2], 1))
+    assert torch.equal(fused.limbs, old.limbs)
 
 
 def test_the_c_library_adds_no_moments_when_a_map_is_left_out():
