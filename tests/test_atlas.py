@@ -145,22 +145,32 @@ def test_exact_sums_with_changing_weights_equal_rational_arithmetic():
 
 
 def test_queued_statistics_equal_statistics_added_one_batch_at_a_time(monkeypatch):
-    """RunningStats queues batches with the same counts: the bytes must not depend on when it adds them."""
+    """Without the C library RunningStats queues batches with the same counts; with it, it adds each batch at
+    once: the bytes must not depend on when, or by which path, it adds them."""
     from featuremaps.atlas import stats as st
 
     gen = torch.Generator().manual_seed(9)
     batches = [(n, torch.randn(b, 3, generator=gen) * 100, torch.rand(b, 3, generator=gen),
                 torch.randint(0, n + 1, (b, 3), generator=gen), torch.randn(b, 3, generator=gen))
                for n, b in [(16, 2), (16, 3), (9, 1), (9, 4), (16, 2)]]
-    queued = RunningStats(3)
-    for batch in batches:
-        queued.update(*batch)
-    monkeypatch.setattr(st, "_QUEUE_VALUES", 1)  # every batch added at once
-    direct = RunningStats(3)
-    for batch in batches:
-        direct.update(*batch)
-    a, b = queued.state_dict(), direct.state_dict()
-    assert all(torch.equal(a[key], b[key]) for key in a)
+    states = {}
+    for how in ("queued", "one at a time", "C library"):
+        with monkeypatch.context() as m:
+            if how != "C library":
+                m.setenv("FEATUREMAPS_FUSED", "0")
+            if how == "one at a time":
+                m.setattr(st, "_QUEUE_VALUES", 1)  # every batch added at once
+            s = RunningStats(3)
+            for batch in batches:
+                s.update(*batch)
+            if how == "queued":
+                assert s._queue  # (the last batch still waits)
+            elif how == "C library" and s.moments.adds_moments():
+                assert not s._queue
+            states[how] = s.state_dict()
+    a = states["queued"]
+    for b in states.values():
+        assert all(torch.equal(a[key], b[key]) for key in a)
     assert a["count"].tolist() == [16 * 7 + 9 * 5] * 3
 
 

@@ -154,12 +154,12 @@ class ExactSum:
             >>> not added or [float(f) for f in s.fractions()] == [1.5, 0.25, 2.25]
             True
         """
-        fn = native.function("fm_moments_add") if fused_mode() != "0" else None
+        fn = native.function("fm_moments_add") if self.adds_moments() else None
         cols = self.channels // 3
         if fn is None or any(
             t.device.type != "cpu" or t.dtype != torch.float32 or t.ndim != 2 or t.shape[1] != cols
             for t in (mean, var)
-        ) or mean.shape != var.shape or 3 * cols != self.channels or self._limbs.device.type != "cpu":
+        ) or mean.shape != var.shape or 3 * cols != self.channels:
             return False
         m, v = mean.detach().contiguous(), var.detach().contiguous()
         rows = int(m.shape[0])
@@ -169,6 +169,18 @@ class ExactSum:
             return fn(m.data_ptr(), v.data_ptr(), rows, cols, float(max_mean), out.data_ptr(), threads) == 0
 
         return self._accumulate(fill, rows, weight)
+
+    def adds_moments(self) -> bool:
+        """Whether :meth:`add_moments` can add here: limbs on the CPU and the C library (``FEATUREMAPS_FUSED``
+        not ``0``); it may still refuse a batch.
+
+        Example:
+            >>> ExactSum(3).adds_moments() in (True, False)
+            True
+        """
+        return (
+            self._limbs.device.type == "cpu" and fused_mode() != "0" and native.function("fm_moments_add") is not None
+        )
 
     def _accumulate(self, fill: Callable[[torch.Tensor], bool], rows: int, weight: torch.Tensor | int | None) -> bool:
         """Add a batch of ``rows`` values per channel with ``weight``: ``fill(out)`` adds its sums to ``out``.

@@ -157,7 +157,8 @@ class RunningStats:
             maximum: each map's maximum.
 
         Maps whose moments are NaN or infinite are left out and counted in
-        ``excluded``. Batches with the same ``count`` are queued and added
+        ``excluded``. On the CPU with the C library a batch is added at once;
+        elsewhere batches with the same ``count`` are queued and added
         together (by reference: leave the tensors unchanged); :meth:`result`,
         :meth:`merge` and :meth:`state_dict` see every batch.
 
@@ -168,6 +169,12 @@ class RunningStats:
             >>> float(s.result().mean[0]), int(s.result().count[0])
             (1.0, 4)
         """
+        if self.moments.adds_moments() and mean.device.type == "cpu":
+            # nothing to gain from a queue: the C library adds the moments of any number of rows at the same
+            # cost per value, and a queue's concatenation would copy every batch again into fresh memory
+            self._drain()
+            self._add(count, *(t if t.ndim == 2 else t[None] for t in (mean, var, active, maximum)))
+            return
         same = self._queue_count is count or (isinstance(count, int) and self._queue_count == count)
         rows = int(mean.shape[0]) if mean.ndim == 2 else 1
         if self._queue and (not same or (self._queue_rows + rows) * self.channels > _QUEUE_VALUES):
