@@ -199,8 +199,8 @@ def test_the_c_library_adds_no_moments_when_a_map_is_left_out():
 
 
 @settings(max_examples=200, deadline=None)
-@given(limbs=arrays(np.int64, st.tuples(st.just(exact.LIMBS), st.integers(1, 6)),
-                    elements=st.one_of(st.integers(-(2**61), 2**61), st.sampled_from([0, -1, 2**32 - 1, 2**32, -(2**32)]))))
+@given(limbs=arrays(np.int64, st.tuples(st.just(exact.LIMBS), st.integers(1, 6)), elements=st.one_of(
+    st.integers(-(2**61), 2**61), st.sampled_from([0, -1, 2**32 - 1, 2**32, -(2**32)]))))
 def test_the_c_librarys_carry_equals_the_loop_and_keeps_each_number(limbs):
     """One pass from the lowest limb up gives the loop's normalized limbs, and the numbers they stand for."""
     if exact.native.function("fm_carry") is None:

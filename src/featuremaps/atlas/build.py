@@ -288,7 +288,7 @@ class _Pass:
                         self._merge(fx, reducer, layers, indices, batch, failed, worker)
                         if self.state is not None and self.ckpt.due(self.position, self.last_saved):
                             self._join()
-                            # saving adds the statistics' queued batches to the state: an interrupt in there
+                            # saving adds the statistics' queued or pending batches to the state: an interrupt in there
                             # must not be followed by a save of the half-added state (the last file stays)
                             self.consistent = False
                             self.ckpt.save(self.state)
