@@ -51,14 +51,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
     spent = dict.fromkeys((*PARTS, "finishing"), 0.0)
-    kernel, merge_batch = reducer_module.map_numbers, build_module._merge_batch
 
-    def timed_kernel(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return kernel(*a, **kw)
-        finally:
-            spent["kernel"] += time.perf_counter() - t
+    def timed(fn: Any, part: str) -> Any:
+        """``fn``, adding the wall time of each call to ``spent[part]``."""
+
+        def call(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[part] += time.perf_counter() - t
+
+        return call
 
     def timed_merge(reducer: Any, taken: Any, state: Any, reduced: Any) -> None:
         t0 = time.perf_counter()
@@ -68,18 +72,9 @@ def main() -> None:
         spent["top-k merge"] += t1 - t0
         spent["statistics"] += time.perf_counter() - t1
 
-    finish = build_module._to_atlas
-
-    def timed_finish(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return finish(*a, **kw)
-        finally:
-            spent["finishing"] += time.perf_counter() - t
-
-    reducer_module.map_numbers = timed_kernel
+    reducer_module.map_numbers = timed(reducer_module.map_numbers, "kernel")
     build_module._merge_batch = timed_merge
-    build_module._to_atlas = timed_finish
+    build_module._to_atlas = timed(build_module._to_atlas, "finishing")
     model, _ = fm.load_model()
     loader = torch.utils.data.DataLoader(RandomImages(args.images), batch_size=16)
     options = dict(layers=torch.nn.Conv2d, k=9, progress=False, checkpoint_every=None, receptive="none")
