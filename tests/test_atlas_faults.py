@@ -254,15 +254,19 @@ def test_an_interrupt_during_a_checkpoint_save_then_a_resume_equals_an_uninterru
     assert files(out) == reference
 
 
+@pytest.mark.parametrize("beside", [False, True], ids=["after the forward", "beside the next forward"])
 @pytest.mark.parametrize("batch", [1, 3, 4])
 def test_a_ctrl_c_during_a_merge_waits_for_the_batch_then_the_checkpoint_holds_it(
-    tmp_path, reference, monkeypatch, batch
+    tmp_path, reference, monkeypatch, batch, beside
 ):
-    """A real SIGINT while the ``batch``-th batch is merged (on the CPU, right after its forward): it is raised
-    once the batch is merged and counted, so the interrupt's checkpoint holds it, and the resume reads on."""
+    """A real SIGINT while the ``batch``-th batch is merged (right after its forward, or in the worker thread
+    beside the next forward): it is raised once the batch is merged and counted, so the interrupt's
+    checkpoint holds it, and the resume reads on."""
     import os
 
     from featuremaps.atlas import build as build_module
+
+    monkeypatch.setattr(build_module, "_merged_beside", lambda device: beside)
 
     real, merges, after = build_module._merge_batch, [], []
 

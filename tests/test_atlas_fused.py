@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -187,8 +188,18 @@ def test_fused_atlas_equals_the_pytorch_paths(monkeypatch, kind, score):
         return out
 
     monkeypatch.setattr(reducer_module, "map_numbers", spy)
+    real_merge, merged_in = reducer_module.AtlasReducer.merge, []
+
+    def merge_spy(self, taken):
+        merged_in.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return real_merge(self, taken)
+
+    monkeypatch.setattr(reducer_module.AtlasReducer, "merge", merge_spy)
     fast = build_atlas(net, x, **opts)
     assert len(calls) == 2 * 5  # both layers, every batch: the kernel ran (by default)
+    # every batch merged in the worker, beside the next forward, on one thread (PyTorch's threads in the
+    # main thread are untouched)
+    assert merged_in == [(False, 1)] * 5 and threading.current_thread() is threading.main_thread()
     if VECTOR_KERNEL:  # after the first batch most maps cannot enter: their positions were not looked for
         assert unlocated[:2] == [0, 0] and sum(unlocated) > 0
     for layer in plain.layers():
@@ -396,6 +407,34 @@ def test_the_kernel_runs_on_pytorchs_own_threads_and_runtime():
         loaded = {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
     runtimes = {Path(p).name for p in loaded if Path(p).name.startswith(("libgomp", "libiomp5", "libomp"))}
     assert runtimes == {runtime.name}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads are listed in /proc/self/task (Linux)")
+def test_one_thread_starts_no_threads_and_leaves_other_threads_counts_alone():
+    """In a thread of our own, PyTorch's operations and the library's calls inside one_thread() start no team of
+    threads beside the forward's; the main thread's count stays as it is meanwhile, and the thread's own after."""
+    torch.ones(1 << 22).mul(2).sum()  # PyTorch's threads (the main thread's team) exist now
+    count = torch.get_num_threads()
+    inside, outside, seen = threading.Event(), threading.Event(), {}
+
+    def work():
+        before = _threads()
+        with native.one_thread():
+            torch.ones(1 << 22).mul(2).sum()  # (a parallel operation: a team of this thread's own, elsewhere)
+            _numbers_on(awkward_maps(8, 8, 12544, seed=2), native.threads())
+            seen["inside"] = (torch.get_num_threads(), native.threads(), _threads() - before)
+            inside.set()
+            outside.wait(timeout=60)
+        seen["after"] = (torch.get_num_threads(), native.threads())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert inside.wait(timeout=60)
+    main = (torch.get_num_threads(), native.threads())
+    outside.set()
+    thread.join(timeout=60)
+    assert seen["inside"] == (1, 1, set())
+    assert main == (count, count) and seen["after"] == (count, count)
 
 
 def test_without_an_openmp_runtime_the_kernel_is_built_for_one_thread(monkeypatch, fresh_kernel):

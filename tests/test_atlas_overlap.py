@@ -1,10 +1,10 @@
-"""On an accelerator the atlas merges each batch in a worker thread while the next batch's forward runs.
+"""The atlas merges each batch in a worker thread while the next batch's forward runs.
 
 The next forward's hooks then read top-k that do not hold the previous batch
 yet; the atlas must still equal an answer computed directly from the whole
-maps, and a merge that fails must surface and never be checkpointed. (On the
-CPU each batch is merged right after its forward; these tests make the CPU
-take the worker's path.)
+maps, and a merge that fails must surface and never be checkpointed. (On an
+accelerator, and on the CPU where the C library merges; these tests make
+every path take the worker's, PyTorch's merges included.)
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ and channel (maximum and its position, mean, variance, positive count; on a
 CPU with the C kernel of :mod:`.fused`); the feature map is dropped as soon
 as the hook returns. After each forward those numbers are merged, for all
 layers at once, into each layer's :class:`~.topk.TopK` and a
-:class:`~.stats.RunningStats`, on the model's device (on the CPU right away,
-the top-k by the C kernel where it is built; on an accelerator in a worker
-thread, while the next forward runs). Memory is O(layers x channels x k),
+:class:`~.stats.RunningStats`, on the model's device, in a worker thread while the next forward runs
+(on an accelerator; on the CPU where the C library merges, on one thread
+beside the forward's; with PyTorch's merges, right after the forward). Memory is O(layers x channels x k),
 whatever the dataset's size, plus one scratch buffer the size of the
 largest map.
 
@@ -74,7 +74,9 @@ from ..models import resolve
 from .atlas import Atlas, AtlasLayer
 from ..datapass.checkpoint import CheckpointFiles, model_signature
 from .checkpoint import discard_checkpoint, load_checkpoint, save_checkpoint
+from . import native
 from .data import LayerData
+from .fused import fused_mode
 from .receptive import receptive_fields
 from .reducer import AtlasReducer
 from .state import AtlasState, merge_ranks, new_state
@@ -271,9 +273,9 @@ class _Pass:
     ) -> None:
         """Read this rank's share from ``position`` on; on an interrupt, checkpoint what is consistent and re-raise.
 
-        Each batch is merged into the state (top-k and statistics) after its forward (on an accelerator in a
-        worker thread while the next batch's forward runs: the merges run one at a time, in order, and every
-        save, interrupt or end of the loop waits for the one in flight).
+        Each batch is merged into the state (top-k and statistics) after its forward (mostly in a worker
+        thread while the next batch's forward runs, see :func:`_merged_beside`: the merges run one at a time,
+        in order, and every save, interrupt or end of the loop waits for the one in flight).
         """
         n_items = len(src.dataset)
         loader = shard_loader(src, rank, world, self.position)
@@ -346,11 +348,11 @@ class _Pass:
     ) -> None:
         """Run one batch and merge it into the state.
 
-        On the CPU the batch is merged right after its forward, on PyTorch's own threads (a worker thread
-        beside the next forward would compete with them for the cores). On an accelerator the worker merges
-        it (after the previous batch's merge) while the next forward runs: both only queue work on the
-        device. A Ctrl-C waits until the batch is merged and counted (see
-        :func:`~featuremaps.datapass.interrupts_held`).
+        Where :func:`_merged_beside` says so, the worker merges it (after the previous batch's merge) while
+        the next forward runs; else it is merged right after its forward. The batch is counted at once
+        either way, and a Ctrl-C never comes between the two (see
+        :func:`~featuremaps.datapass.interrupts_held`): a checkpoint written on an interrupt waits for the
+        merge in flight and holds the batch.
         """
         n = int(indices.shape[0])
         if n:
@@ -368,7 +370,7 @@ class _Pass:
                     if isinstance(x, torch.Tensor):
                         self.state.input_shape = tuple(int(s) for s in x.shape[1:])
                 if _merged_beside(reducer.device):
-                    self.inflight = worker.submit(_merge_batch, reducer, taken, self.state, reduced)
+                    self.inflight = worker.submit(_merge_beside, reducer, taken, self.state, reduced)
                 else:
                     _merge_batch(reducer, taken, self.state, reduced)
             reducer.batch = {}
@@ -381,8 +383,16 @@ class _Pass:
 
 
 def _merged_beside(device: torch.device) -> bool:
-    """Whether batches are merged in the worker thread, beside the next forward (on accelerators)."""
-    return asynchronous(device)
+    """Whether batches are merged in the worker thread, beside the next forward.
+
+    On accelerators, where both only queue work on the device. On the CPU where the atlas's C library merges
+    (and ``FEATUREMAPS_FUSED`` is not ``0``): its calls release the interpreter and take one thread there
+    (:func:`.native.one_thread`), so the merge fills the moments the forward leaves a core idle (between
+    operations, in page faults, in one-thread operations) instead of adding to the time per batch.
+    """
+    if asynchronous(device):
+        return True
+    return device.type == "cpu" and fused_mode() != "0" and native.function("fm_topk_merge") is not None
 
 
 def _merge_batch(
@@ -392,6 +402,15 @@ def _merge_batch(
     """Merge one batch into the top-k and the statistics."""
     reducer.merge(taken)
     state.update(reduced)
+
+
+def _merge_beside(
+    reducer: AtlasReducer, taken: tuple[dict[str, Any], torch.Tensor | None], state: AtlasState,
+    reduced: dict[str, Any],
+) -> None:
+    """:func:`_merge_batch` in the worker thread: the C library's calls on one thread, beside the forward's."""
+    with native.one_thread():
+        _merge_batch(reducer, taken, state, reduced)
 
 
 def _discover(model: nn.Module, layers: LayerSelector, src: Source, k: int, device: torch.device) -> AtlasState:

@@ -165,7 +165,7 @@ class ExactSum:
         rows = int(m.shape[0])
 
         def fill(out: torch.Tensor) -> bool:
-            threads = torch.get_num_threads()
+            threads = native.threads()
             return fn(m.data_ptr(), v.data_ptr(), rows, cols, float(max_mean), out.data_ptr(), threads) == 0
 
         return self._accumulate(fill, rows, weight)
@@ -354,7 +354,7 @@ def _add_limbs(
 
 def _add_native(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
     """:func:`_add_limbs` for a whole CPU batch ``(rows, channels)``, in one call of the atlas's C library
-    (on :func:`torch.get_num_threads` threads).
+    (on :func:`.native.threads` threads).
 
     Each value is split and placed as the per-value path places it, so the
     limbs come out the same. False, having added nothing, where the library
@@ -366,7 +366,7 @@ def _add_native(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:
     if fn is None or v.ndim != 2 or v.shape[1] != channels or not out.is_contiguous():
         return False
     a = v.detach().to(torch.float64).resolve_neg().contiguous()
-    return fn(a.data_ptr(), int(a.shape[0]), int(a.shape[1]), out.data_ptr(), torch.get_num_threads()) == 0
+    return fn(a.data_ptr(), int(a.shape[0]), int(a.shape[1]), out.data_ptr(), native.threads()) == 0
 
 
 def _add_grouped(v: torch.Tensor, out: torch.Tensor, channels: int) -> bool:

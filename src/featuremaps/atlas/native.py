@@ -31,11 +31,16 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "failure", "function", "kernel", "openmp_runtime"]
+import torch
+
+__all__ = ["cache_dir", "failure", "function", "kernel", "one_thread", "openmp_runtime", "threads"]
 
 _SOURCE = Path(__file__).with_name("map_numbers.c")
 _ABI = 7  # FM_ABI in the C file
@@ -46,6 +51,8 @@ _RUNTIMES = ("libgomp", "libiomp5", "libomp")  # OpenMP runtimes that GCC's Open
 
 _lib: Any = None  # the loaded library
 _failed: str | None = None  # why the kernel is unavailable in this process
+_omp: Any = None  # PyTorch's OpenMP runtime (False: none found)
+_local = threading.local()  # .threads: the count this thread's calls use (see one_thread)
 
 
 def cache_dir() -> Path:
@@ -167,6 +174,62 @@ def _load(path: Path) -> Any:
     carry.argtypes = [p, i64, i64]
     carry.restype = ctypes.c_int
     return lib
+
+
+def threads() -> int:
+    """The threads a call of the library from this thread may use: PyTorch's count, or 1 in :func:`one_thread`.
+
+    Example:
+        >>> with one_thread():
+        ...     threads()
+        1
+    """
+    return int(getattr(_local, "threads", 0) or torch.get_num_threads())
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """This thread's calls of the library, and PyTorch's operations in it, use one thread (other threads: theirs).
+
+    For a thread that works beside PyTorch's own (the atlas's merge, while
+    the next forward runs): a call or an operation there would otherwise
+    start a second team of threads on the cores the forward's team uses.
+    OpenMP keeps its thread count per thread, so the forward's count is
+    not touched.
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with one_thread():
+        ...     threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    before = getattr(_local, "threads", 0)
+    omp = _openmp()
+    count = torch.get_num_threads()  # (also PyTorch's own first setting of this thread's count, which would undo ours)
+    _local.threads = 1
+    if omp is not None:
+        omp.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        _local.threads = before
+        if omp is not None:
+            omp.omp_set_num_threads(count)
+
+
+def _openmp() -> Any:
+    """PyTorch's OpenMP runtime, loaded in this process (None where none is found)."""
+    global _omp
+    if _omp is None:
+        runtime = openmp_runtime()
+        try:
+            _omp = ctypes.CDLL(str(runtime)) if runtime is not None else False
+        except OSError:
+            _omp = False
+    return _omp or None
 
 
 def kernel() -> Any:
