@@ -6,11 +6,11 @@ and channel (maximum and its position, mean, variance, positive count; on a
 CPU with the C kernel of :mod:`.fused`); the feature map is dropped as soon
 as the hook returns. After each forward those numbers are merged, for all
 layers at once, into each layer's :class:`~.topk.TopK` and a
-:class:`~.stats.RunningStats`, on the model's device, in a worker thread while the next forward runs
-(on an accelerator; on the CPU where the C library merges, on one thread
-beside the forward's; with PyTorch's merges, right after the forward). Memory is O(layers x channels x k),
-whatever the dataset's size, plus one scratch buffer the size of the
-largest map.
+:class:`~.stats.RunningStats`, on the model's device, in a worker thread
+while the next forward runs (on an accelerator; on the CPU where the C
+library merges, on one thread beside the forward's; with PyTorch's merges,
+right after the forward). Memory is O(layers x channels x k), whatever the
+dataset's size, plus one scratch buffer the size of the largest map.
 
 Under ``torch.distributed`` each rank reads its shard (a
 :class:`~torch.utils.data.distributed.DistributedSampler`, without the
