@@ -61,7 +61,9 @@ def main() -> None:
         finally:
             build_module._merged_beside = default
 
-    assert default(torch.device("cpu")), "the C library is not available here: both ways merge after the forward"
+    if not default(torch.device("cpu")):
+        raise SystemExit("bench_atlas_merge: the atlas's C library is not available here (no C compiler, or "
+                         "FEATUREMAPS_FUSED=0), so both ways merge after the forward; install gcc or unset it")
     run(True), run(False)  # warm-up: the kernel's loading, lazy inits
     ratios = []
     for i in range(args.reps):

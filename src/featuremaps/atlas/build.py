@@ -349,10 +349,9 @@ class _Pass:
         """Run one batch and merge it into the state.
 
         Where :func:`_merged_beside` says so, the worker merges it (after the previous batch's merge) while
-        the next forward runs; else it is merged right after its forward. The batch is counted at once
-        either way, and a Ctrl-C never comes between the two (see
-        :func:`~featuremaps.datapass.interrupts_held`): a checkpoint written on an interrupt waits for the
-        merge in flight and holds the batch.
+        the next forward runs; else it is merged right after its forward. Either way the batch is handed
+        over (or merged) and counted with Ctrl-C held (see :func:`~featuremaps.datapass.interrupts_held`),
+        and a checkpoint written on an interrupt first waits for the merge in flight, so it holds the batch.
         """
         n = int(indices.shape[0])
         if n:
