@@ -667,6 +667,13 @@ def test_cli_builds_an_atlas_of_the_sample_photos(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "atlas of 4 images" in result.output and "wrote" in result.output
+    # the time is split: the pass (and its rate, of the images read) apart from the patches and pages after it
+    said = re.search(r"atlas of 4 images in ([\d.]+) s \(the pass ([\d.]+) s, ([\d.]+) images/s; "
+                     r"then patches and pages ([\d.]+) s\)", result.output)
+    assert said, result.output
+    whole, pass_s, rate, rest = (float(v) for v in said.groups())
+    assert pass_s + rest <= whole + 0.1 and rate > 0
+    assert pass_s < 0.5 or rate == pytest.approx(4 / pass_s, rel=0.2)  # (both rounded to 0.1)
     atlas = load_atlas(out)
     assert atlas.layers() == ["_blocks.15._project_conv"] and len(list(atlas.channels(atlas.layers()[0]))) == 320
     assert atlas.images == sorted(p.name for p in samples.iterdir() if p.suffix == ".png")

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -273,6 +274,29 @@ def test_the_kernel_is_compiled_once_then_loaded_and_a_damaged_file_is_rebuilt(m
                           env={**os.environ, "FEATUREMAPS_CACHE_DIR": str(fresh_kernel.parent)})
     assert done.returncode == 0, done.stderr
     assert built[0].read_bytes()[:4] == b"\x7fELF" if sys.platform.startswith("linux") else True
+
+
+def test_compiling_removes_kernels_unused_for_a_month_and_loading_marks_a_kernel_used(monkeypatch, fresh_kernel):
+    day = 86400.0
+    fresh_kernel.mkdir(parents=True)
+    old, recent, other = (fresh_kernel / f"map_numbers-{n}.so" for n in ("old", "recent", "other"))
+    for path, age in ((old, native.STALE_DAYS + 1), (recent, native.STALE_DAYS - 1), (other, 400)):
+        path.write_bytes(b"a kernel of another version")
+        os.utime(path, (time.time() - age * day,) * 2)
+    kept = fresh_kernel / "notes.txt"
+    kept.write_text("not a kernel")
+    os.utime(kept, (0, 0))
+    assert native.kernel() is not None  # compiled: the folder is pruned
+    left = sorted(p.name for p in fresh_kernel.iterdir())
+    built = [n for n in left if n not in ("map_numbers-recent.so", "notes.txt")]
+    assert len(built) == 1 and built[0].startswith("map_numbers-") and "map_numbers-recent.so" in left
+    assert "notes.txt" in left and not old.exists() and not other.exists()
+    # a later process loads the kernel two days on: its time is set to now, so it is not taken for stale
+    target = fresh_kernel / built[0]
+    os.utime(target, (time.time() - 2 * day,) * 2)
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.kernel() is not None
+    assert time.time() - target.stat().st_mtime < 60
 
 
 def test_a_compiler_that_refuses_the_cpu_tuning_builds_the_portable_kernel(monkeypatch, fresh_kernel, tmp_path):

@@ -331,6 +331,28 @@ def test_torchvision_random_weights_never_fetch_a_backbone(monkeypatch: pytest.M
     model, _ = load_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
     assert type(model).__name__ == "FasterRCNN"
 
+def test_random_weights_are_the_same_every_call_and_leave_the_callers_random_state() -> None:
+    # The same command with --weights random must draw the same pictures; the caller's draws must not shift.
+    from featuremaps.models.load import RANDOM_SEED
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)  # what the caller draws next, without any load in between
+    torch.manual_seed(123)
+    a, _ = load_model("torchvision:resnet18", weights="random")
+    assert torch.equal(torch.rand(4), expected_next)
+    b, _ = load_model("torchvision:resnet18", weights="random")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    # independently: the same architecture built by torchvision under the documented seed
+    import torchvision
+
+    torch.manual_seed(RANDOM_SEED)
+    ref = torchvision.models.resnet18()
+    assert torch.equal(ref.conv1.weight, a.conv1.weight) and torch.equal(ref.fc.weight, a.fc.weight)
+    torch.manual_seed(RANDOM_SEED + 1)
+    assert not torch.equal(torchvision.models.resnet18().conv1.weight, a.conv1.weight)
+
+
 
 def test_torchvision_weights_file_reproduces_the_model(tmp_path: Path) -> None:
     import torchvision

@@ -7,7 +7,9 @@ Library functions that take a while (a dataset pass, a synthesis run, a report, 
 - ``True``: a rich progress bar on stderr, one row per stage, with a count, a rate and the time left (shown
   only on a terminal or in a notebook, so logs and pipes stay clean);
 - a callable ``progress(stage: str, done: int, total: int | None) -> None``, called with the stage's name,
-  the units done so far in that stage, and the stage's total (``None`` when unknown).
+  the units done so far in that stage, and the stage's total (``None`` when unknown);
+- a :class:`Watch`: a callable that sees every update while the bar is drawn as with ``True`` (a caller
+  timing the stages, like the command line, keeps the library's bar and its units).
 
 Call :func:`reporter` once per call to turn that argument into a callable, inside a ``with`` block that
 closes the bar::
@@ -24,14 +26,35 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Union
 
-__all__ = ["Progress", "ProgressArg", "reporter", "silent"]
+__all__ = ["Progress", "ProgressArg", "Watch", "reporter", "silent"]
 
 #: The one progress callback shape: ``(stage, done, total)``.
 Progress = Callable[[str, int, Union[int, None]], None]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A ``progress=`` argument that calls ``callback`` with every update, and draws the bar when ``bar``.
+
+    The bar is the one ``progress=True`` draws, with the units the call gives each stage.
+
+    Example:
+        >>> seen = []
+        >>> with reporter(Watch(lambda *update: seen.append(update), bar=False), unit="images") as report:
+        ...     report("pass", 1, 2)
+        >>> seen
+        [('pass', 1, 2)]
+    """
+
+    callback: Progress
+    bar: bool = True
+
+
 #: What ``progress=`` accepts.
-ProgressArg = Union[bool, None, Progress]
+ProgressArg = Union[bool, None, Progress, Watch]
 
 
 def silent(stage: str, done: int, total: int | None) -> None:
@@ -43,8 +66,8 @@ def reporter(progress: ProgressArg, *, unit: str = "", min_total: int = 0) -> It
     """Turn a ``progress=`` argument into a ``(stage, done, total)`` callable for the duration of a call.
 
     Args:
-        progress: ``True`` for a rich bar on stderr, ``False``/``None`` for silence, or a callable that
-            receives every update unchanged.
+        progress: ``True`` for a rich bar on stderr, ``False``/``None`` for silence, a callable that
+            receives every update unchanged, or a :class:`Watch` (both).
         unit: The unit shown after the counts and in the rate column (``"images"``, ``"forwards"``).
         min_total: Stages whose total is below this are not drawn (a bar for 2 items is noise).
 
@@ -62,6 +85,16 @@ def reporter(progress: ProgressArg, *, unit: str = "", min_total: int = 0) -> It
     """
     if progress is None or progress is False:
         yield silent
+        return
+    if isinstance(progress, Watch):
+        watch = progress
+        with reporter(watch.bar, unit=unit, min_total=min_total) as shown:
+
+            def both(stage: str, done: int, total: int | None) -> None:
+                watch.callback(stage, done, total)
+                shown(stage, done, total)
+
+            yield both
         return
     if callable(progress):
         yield progress

@@ -43,7 +43,7 @@ __all__ = ["ExactSum", "LIMB_BITS", "LIMBS", "FRAC_BITS"]
 LIMB_BITS = 32
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 FRAC_BITS = 96  # bits kept below the binary point: values are multiples of 2**-96
-LIMBS = 12  # 12 x 32 bits: |values| up to ~2**240 fit without touching the top limb
+LIMBS = 12  # 12 x 32 bits: |values| below 2**244 fit, leaving the top limb for the sums' growth and sign
 _MAX_WEIGHT = (1 << 31) - 1
 _CHUNK = 1 << 16  # values per step when splitting into limbs
 _MAX_PENDING = 1 << 28  # values per channel summed into unnormalized limbs (< 2**33 each) between carries
@@ -110,7 +110,7 @@ class ExactSum:
         """Add a ``(batch, channels)`` (or ``(channels,)``) tensor of finite values.
 
         Args:
-            values: the values; each must be below ``2**240`` in magnitude.
+            values: the values; each must be below ``2**244`` in magnitude.
             weight: an integer factor per channel (``(channels,)``, each
                 below ``2**31``): adds ``weight * sum(values)``, exactly.
                 Batches with the same weights are summed first and weighted
@@ -313,7 +313,7 @@ class ExactSum:
 
 
 _RANGE_ERROR = (
-    "ExactSum.add got a value beyond the exact range (magnitude 2**240 or more); filter non-finite or huge "
+    "ExactSum.add got a value beyond the exact range (magnitude 2**244 or more); filter non-finite or huge "
     "values before adding"
 )
 

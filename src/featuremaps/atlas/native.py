@@ -15,7 +15,9 @@ in ``/proc/self/maps``), so that the kernel's threads are PyTorch's own
 one thread). The shared library is kept in the cache folder
 (``$FEATUREMAPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/featuremaps`` or
 ``~/.cache/featuremaps``), under a name made from the source, the flags, the
-runtime's name and the CPU's features, so later processes load it at once.
+runtime's name and the CPU's features, so later processes load it at once
+(a kernel not loaded for :data:`STALE_DAYS` days, left by an older version,
+is removed when a new one is compiled).
 Compiling takes about half a second; processes that compile at the same time
 (``torchrun``) each write their own file and rename it into place. Nothing is
 downloaded; no compiler at all means :func:`kernel` is
@@ -32,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +52,8 @@ _TUNED = ("-march=native",)  # tried first; some compilers or CPUs refuse it
 _OPENMP = ("-fopenmp",)  # tried first, where PyTorch's OpenMP runtime is found
 _RUNTIMES = ("libgomp", "libiomp5", "libomp")  # OpenMP runtimes that GCC's OpenMP code can call
 
+#: Days after which a kernel no process has loaded is removed (when another is compiled into the folder).
+STALE_DAYS = 30
 _lib: Any = None  # the loaded library
 _failed: str | None = None  # why the kernel is unavailable in this process
 _omp: Any = None  # PyTorch's OpenMP runtime (False: none found)
@@ -276,6 +281,7 @@ def _library() -> Any:
         if target.exists():
             try:
                 _lib = _load(target)
+                _mark_used(target)
                 return _lib
             except (OSError, RuntimeError, AttributeError):
                 target.unlink(missing_ok=True)  # a damaged or foreign file: build it again
@@ -284,6 +290,7 @@ def _library() -> Any:
             raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
         _compile(cc, _SOURCE, target, runtime)
         _lib = _load(target)
+        _remove_stale(folder, keep=target)
     except Exception as exc:  # any failure: PyTorch's reductions, after one warning
         _failed = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         warnings.warn(
@@ -292,3 +299,43 @@ def _library() -> Any:
             RuntimeWarning, stacklevel=4,
         )
     return _lib
+
+
+def _mark_used(path: Path, now: float | None = None) -> None:
+    """Set a kernel's modification time to now when it is a day old or more (so it is not taken for stale)."""
+    now = time.time() if now is None else now
+    try:
+        if now - path.stat().st_mtime >= 86400:
+            os.utime(path, (now, now))
+    except OSError:  # a read-only cache: the kernel may then be compiled again one day, nothing worse
+        pass
+
+
+def _remove_stale(folder: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove the kernels in ``folder`` not loaded (nor compiled) for :data:`STALE_DAYS` days, but ``keep``.
+
+    Another featuremaps, PyTorch or CPU sharing the folder marks the kernel it
+    loads (:func:`_mark_used`); should it be removed all the same, it is
+    compiled again. Returns what was removed.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("map_numbers-old.so", "map_numbers-new.so", "notes.txt"):
+        ...     (folder / name).touch()
+        >>> os.utime(folder / "map_numbers-old.so", (0, 0)); os.utime(folder / "notes.txt", (0, 0))
+        >>> [p.name for p in _remove_stale(folder, keep=folder / "map_numbers-new.so")]
+        ['map_numbers-old.so']
+        >>> sorted(p.name for p in folder.iterdir())
+        ['map_numbers-new.so', 'notes.txt']
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob("map_numbers-*.so"):
+        try:
+            if path != keep and now - path.stat().st_mtime > STALE_DAYS * 86400:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone already (another process), or not ours to remove
+            continue
+    return removed

@@ -21,7 +21,47 @@ from .dataset import dataset_options, dataset_pass, echo_skipped
 from .options import ModelOptions, layers_option, model_options, out_option, parse_layers, pass_model
 from .outputs import count, output_folder
 
-__all__ = ["atlas_cmd"]
+__all__ = ["PassClock", "atlas_cmd"]
+
+
+class PassClock:
+    """Times a call's dataset pass from its ``"atlas"`` progress updates, apart from what follows it.
+
+    The pass runs from the first update (before the first batch: the images
+    a resumed run already has) to the last; its rate counts the images read
+    in between, so writing patches and pages does not pass for a slow pass.
+
+    Example:
+        >>> clock = PassClock(start=0.0)
+        >>> clock("atlas", 0, 64, now=1.0); clock("atlas", 64, 64, now=9.0)
+        >>> clock.summary("pages", now=12.0)
+        '12.0 s (the pass 8.0 s, 8.0 images/s; then pages 3.0 s)'
+        >>> resumed = PassClock(start=0.0)
+        >>> resumed("atlas", 48, 64, now=1.0); resumed("atlas", 64, 64, now=3.0)
+        >>> resumed.summary("pages", now=4.0)
+        '4.0 s (the pass 2.0 s, 8.0 images/s, 48 images from the checkpoint; then pages 1.0 s)'
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self.start = time.perf_counter() if start is None else start
+        self.first: tuple[float, int] | None = None
+        self.last: tuple[float, int] | None = None
+
+    def __call__(self, stage: str, done: int, total: int | None, now: float | None = None) -> None:
+        if stage == "atlas":
+            self.last = (time.perf_counter() if now is None else now, done)
+            self.first = self.first or self.last
+
+    def summary(self, rest: str, now: float | None = None) -> str:
+        """The whole time, the pass's time and rate, and the time of ``rest`` (what came after the pass)."""
+        end = time.perf_counter() if now is None else now
+        whole = f"{end - self.start:.1f} s"
+        if self.first is None or self.last is None:
+            return whole
+        seconds, read = self.last[0] - self.first[0], self.last[1] - self.first[1]
+        rate = f", {read / seconds:.1f} images/s" if read > 0 and seconds > 0 else ""
+        resumed = f", {count(self.first[1], 'image')} from the checkpoint" if self.first[1] else ""
+        return f"{whole} (the pass {seconds:.1f} s{rate}{resumed}; then {rest} {end - self.last[0]:.1f} s)"
 
 
 def _default_layers(model: Any, rank: int) -> Any:
@@ -89,25 +129,26 @@ def atlas_cmd(
         featuremaps atlas photos/ --layers '_blocks.15.*' --synthesize -o atlas/
         torchrun --nproc_per_node=4 -m featuremaps atlas photos/ --layers ... -o atlas/
     """
+    from .._progress import Watch  # lazy: as below
     from ..atlas import build_atlas  # lazy: PyTorch stays out of `featuremaps --help`
 
     output_folder(out_dir, create=False)  # before any work: a folder of the user's is refused here
     with dataset_pass(model.device, timeout) as (device, rank):
         net, preprocess = model.load(device)
         layers = parse_layers(layer_patterns) or _default_layers(net, rank)
-        t0 = time.perf_counter()
+        clock = PassClock()
         atlas = build_atlas(
             net, image_dir, preprocess=preprocess, layers=layers, k=k, score=score,
             batch_size=batch_size, num_workers=workers, checkpoint_every=checkpoint_every, out=out_dir,
-            resume=not no_resume, progress=not quiet, patch_size=patch_size, receptive=receptive,
-            synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size, timeout=timeout,
+            resume=not no_resume, progress=Watch(clock, bar=not quiet), patch_size=patch_size,
+            receptive=receptive, synthesize=synthesize, synth_steps=synth_steps, synth_size=synth_size,
+            timeout=timeout,
         )
-        seconds = time.perf_counter() - t0
         if rank == 0:
             channels = sum(atlas.layer(name).channels for name in atlas.layers())
-            rate = atlas.num_images / seconds if seconds > 0 else 0.0
+            rest = "synthesis, patches and pages" if atlas.synthesis else "patches and pages"
             click.echo(
-                f"atlas of {count(atlas.num_images, 'image')} ({rate:.1f} images/s): "
+                f"atlas of {count(atlas.num_images, 'image')} in {clock.summary(rest)}: "
                 f"{count(len(atlas.layers()), 'layer')}, {count(channels, 'channel')}, top {k} by {score}"
                 + (f", synthesized images ({synth_steps} steps)" if atlas.synthesis else "")
             )

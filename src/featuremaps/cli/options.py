@@ -203,7 +203,8 @@ def model_options(*, image: bool = True, input_size: bool = True) -> Callable[[F
         f = click.option("--device", callback=_keep, help="Device for the model, e.g. cpu, cuda, cuda:1, mps.",
                          **hidden)(f)
         f = click.option("--weights", callback=_keep, help=(
-            "Weights for --model: a state-dict file, 'random', or 'download' (fetches the library's own)."),
+            "Weights for --model: a state-dict file, 'random' (seeded: the same every run), or 'download' "
+            "(fetches the library's own)."),
             **hidden)(f)
         f = click.option("--model", "spec", default=DEFAULT_MODEL, show_default=True, callback=_keep, help=(
             "Model spec: efficientnet_lite0, torchvision:NAME, timm:NAME, xrv:NAME (torchxrayvision), "

@@ -7,6 +7,8 @@ What this module guarantees:
   ``package.module:factory`` specs are tried after it, in that order.
 * Nothing touches the network unless ``weights="download"``; every
   architecture spec but the embedded default needs ``weights=``.
+* ``weights="random"`` is the same initialization on every call (built
+  under :data:`RANDOM_SEED`; the caller's random state is left as it was).
 * Optional libraries (torchvision, timm, torchxrayvision) are imported only
   for their own specs; a missing one is a one-line error with the install command.
 """
@@ -41,11 +43,13 @@ from .weights import (
 )
 from .xrv import load_xrv
 
-__all__ = ["DEFAULT_MODEL", "LOADERS", "available_models", "load_spec"]
+__all__ = ["DEFAULT_MODEL", "LOADERS", "RANDOM_SEED", "available_models", "load_spec"]
 
 #: Name of the embedded default model.
 DEFAULT_MODEL = "efficientnet_lite0"
 _DEFAULT_ALIASES = frozenset({"efficientnet_lite0", "efficientnet-lite0", "default"})
+#: The seed ``weights="random"`` builds under: the same weights, and so the same pictures, from run to run.
+RANDOM_SEED = 0
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (pixel - 127) / 128.
 _LITE_MEAN = (127.0 / 255.0,) * 3
@@ -89,11 +93,27 @@ def load_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: b
     existing file, ``package.module:factory``; anything else is an error
     naming the spec forms (with a close name when there is one).
 
+    With ``weights="random"`` the model is built under :data:`RANDOM_SEED`,
+    in a forked random state: the same weights on every call, and the
+    caller's random numbers unchanged.
+
     Example:
         >>> model, card = load_spec("efficientnet_lite0", None, False)
         >>> card.name, card.interpolation
         ('efficientnet_lite0', 'bicubic')
+        >>> a, _ = load_spec("efficientnet_lite0", "random", False)
+        >>> b, _ = load_spec("efficientnet_lite0", "random", False)
+        >>> all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+        True
     """
+    if _weights_kind(weights) != "random":
+        return _load_spec(spec, weights, trust_pickle)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return _load_spec(spec, weights, trust_pickle)
+
+
+def _load_spec(spec: str, weights: str | os.PathLike[str] | None, trust_pickle: bool) -> tuple[nn.Module, ModelCard]:
     if spec.lower() in _DEFAULT_ALIASES:
         return _load_default(spec, weights, trust_pickle)
     prefix, colon, _ = spec.partition(":")

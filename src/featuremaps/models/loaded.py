@@ -192,7 +192,9 @@ def load_model(
             ``weights_only=True``, strictly; a dict nested under ``"state_dict"``
             or ``"model"`` and a ``"module."`` prefix are accepted),
             ``"download"`` (the library's pretrained weights: the only option
-            that may use the network) or ``"random"``. Required except for the
+            that may use the network) or ``"random"`` (a seeded initialization:
+            the same weights on every call; the caller's random state is left
+            as it was). Required except for the
             embedded default, whose weights ship with featuremaps, and for
             model files and modules, which already hold theirs (a path is then
             loaded on top).
