@@ -202,13 +202,16 @@ def main() -> None:
         })
     wall, cpu = measure_paired(variants, args.reps)
     print("\nthroughput, x plain: the median over repetitions of each run's ratio to a plain pass run just before it")
-    print(f"  {'':<44} {'images/s':>9}   {'x plain (wall)':>14}   {'x plain (CPU time)':>18}")
+    print("(quartiles: of the wall-time ratios, the spread from repetition to repetition)")
+    print(f"  {'':<44} {'images/s':>9}   {'x plain (wall)':>14}   {'quartiles':>11}   {'x plain (CPU time)':>18}")
     for name in variants:
         if name == "plain":
             continue
         seconds = statistics.median(t for t, _ in wall[name])
-        print(f"  {name:<44} {args.images / seconds:9.1f}   {statistics.median(p / t for t, p in wall[name]):14.2f}"
-              f"   {statistics.median(p / t for t, p in cpu[name]):18.2f}")
+        ratios = [p / t for t, p in wall[name]]
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        print(f"  {name:<44} {args.images / seconds:9.1f}   {statistics.median(ratios):14.2f}   "
+              f"{f'{low:.2f}-{high:.2f}':>11}   {statistics.median(p / t for t, p in cpu[name]):18.2f}")
     plain_s = statistics.median(p for name in wall for _, p in wall[name])
     print(f"  {'plain':<44} {args.images / plain_s:9.1f}")
 
