@@ -135,7 +135,44 @@ def test_capture_keeps_only_the_call_and_the_tensor_selected(net: Net, x: torch.
     assert list(only) == ["pair[1]"]
     first = fm.get_feature_maps(net, x, layers="pair[0]")["pair[0]"].tensor
     assert torch.equal(only["pair[1]"].tensor, -first)  # Pair returns (x, -x): the second tensor, not the first
-    assert list(fm.get_feature_maps(net, x, layers="act[0]")) == []  # act returns a tensor, which has no [0]
+    with pytest.raises(LayerNotFoundError, match=r"layers='act\[0\]': the output of act is one tensor, with "
+                       r"nothing at \[0\]$"):  # act returns a tensor, which has no [0]: never a silent nothing
+        fm.get_feature_maps(net, x, layers="act[0]")
+    with pytest.raises(LayerNotFoundError, match=r"the output of pair holds the tensors \[0\], \[1\], with nothing "
+                       r"at \[2\]"):
+        fm.get_feature_maps(net, x, layers=["pair[2]", "stem"])
+
+
+def test_an_output_key_that_names_no_tensor_says_what_the_text_matches_as_a_glob() -> None:
+    # "_blocks.1[45]" reads as tensor [45] of _blocks.1; a user who meant the glob gets the names and a regex
+    net = nn.Sequential(*[nn.Conv2d(2, 2, 1) for _ in range(16)]).eval()
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(LayerNotFoundError) as caught:
+        fm.get_feature_maps(net, x, layers="1[45]")
+    message = str(caught.value)
+    assert "the output of 1 is one tensor, with nothing at [45]" in message
+    assert "would match the modules 14, 15" in message and "\n" not in message
+    regex = message.rsplit("write ", 1)[1].strip("'")
+    assert list(fm.get_feature_maps(net, x, layers=regex)) == ["14", "15"]  # the advice selects what the glob meant
+    with pytest.raises(LayerNotFoundError) as caught:  # no module matches as a glob: no such advice
+        fm.get_feature_maps(net, x, layers="1[7]")
+    assert "glob" not in str(caught.value)
+    # a key-less selection of a module whose output holds no tensor stays quiet, as before
+
+    class Nothing(nn.Module):
+        def forward(self, x: torch.Tensor) -> None:
+            return None
+
+    class WithNothing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.nothing = nn.Conv2d(2, 2, 1), Nothing()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.nothing(x)
+            return self.conv(x)
+
+    assert list(fm.get_feature_maps(WithNothing().eval(), x, layers="all")) == ["conv"]
 
 
 def test_layouts_keys_are_selectors(net: Net, x: torch.Tensor) -> None:

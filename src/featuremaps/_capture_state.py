@@ -52,7 +52,7 @@ class Run:
     """The state of one call of one extractor: what its forward kept, nothing shared."""
 
     __slots__ = ("owner", "maps", "versions", "watched", "calls", "used", "in_spatial", "in_batch", "fixed",
-                 "graph_written", "guarded")
+                 "graph_written", "guarded", "outputs", "keyed")
 
     def __init__(self, owner: Any, in_spatial: tuple[int, ...] | None, fixed: frozenset[int], guarded: bool,
                  in_batch: int | None = None) -> None:
@@ -67,6 +67,8 @@ class Run:
         self.in_batch = in_batch
         self.fixed = fixed  # storage of the inputs, parameters and buffers: kept maps there are copied
         self.graph_written: set[str] = set()
+        self.outputs: dict[str, tuple[str, ...]] = {}  # module -> its output's tensor paths, where none was selected
+        self.keyed: set[str] = set()  # modules of which some tensor was selected
 
     def keep(self, key: str, value: torch.Tensor, info: Any, graph: bool, live: torch.Tensor) -> None:
         """Keep ``value`` (taken from the module output ``live``) so that no later write can change it.

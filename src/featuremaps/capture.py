@@ -50,7 +50,7 @@ from torch import nn
 from ._capture_state import CURRENT, FunctionGuard, InplaceGuard, ModelUse, Run, storage_key
 from ._outputs import copy_tensors, first_tensor, iter_tensors, move_to, replace_with_clones
 from .errors import CaptureError, LayerNotFoundError, MemoryBudgetError
-from .layers import LayerSelector, Selection, select
+from .layers import LayerSelector, Selection, missed_key, select
 from .layout import LayoutSpec, canonical_shape, infer_layout, input_geometry, module_context, to_canonical
 from .maps import FeatureMaps, LayerInfo
 from .models import as_inputs
@@ -385,6 +385,11 @@ class FeatureExtractor:
             return self.model(*args, **kwargs)
 
     def _warn_unused(self, run: Run) -> None:
+        """Warn about named layers that did not run; raise for an output key that named no tensor of its output."""
+        for name in sorted(run.outputs.keys() - run.keyed):
+            message = missed_key(self.model, self.selection, name, run.outputs[name])
+            if message:
+                raise LayerNotFoundError(message)
         ran = {n for n, c in run.calls.items() if c > 0}
         missing = sorted(self.selection.explicit - ran)
         if missing:
@@ -410,12 +415,17 @@ class FeatureExtractor:
                 return None
             base = name if call == 0 else f"{name}:{call}"
             replaced: dict[str, torch.Tensor] = {}
+            paths = []
             for path, t in iter_tensors(output):
+                paths.append(path)
                 if not selection.covers(name, call, path):
                     continue  # another tensor of the output than the one selected ("name[key]")
+                run.keyed.add(name)
                 kept = self._capture(run, base + path, name, call, path, module_type, mod, t)
                 if kept and self.keep_graph and t.requires_grad:
                     replaced[path] = t
+            if name not in run.keyed:
+                run.outputs[name] = tuple(paths)
             if replaced:
                 return replace_with_clones(output, replaced)
             return None

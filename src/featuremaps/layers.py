@@ -31,7 +31,9 @@ a list of these                            their union, in model (or capture) or
 On captured maps a glob or regex also matches the whole captured key
 (``"blocks.3:1[0]"``), and a name means every map its module produced. A
 selector that matches nothing is a one-line :class:`~featuremaps.errors.LayerNotFoundError`
-naming it and the closest names; an empty list selects nothing.
+naming it and the closest names; an empty list selects nothing. An output
+key that names no tensor of its module's output is the same error, after the
+forward (:func:`missed_key`: with the modules the text matches as a glob).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from .errors import LayerNotFoundError
 
 __all__ = [
     "LayerSelector", "LayerRef", "Selection", "select", "resolve_layers", "block_names", "closest_names",
-    "is_leaf", "split_key",
+    "is_leaf", "missed_key", "split_key",
 ]
 
 LayerSelector = Union[
@@ -204,6 +206,36 @@ class Selection:
 def is_leaf(module: nn.Module) -> bool:
     """A module with no child modules."""
     return next(iter(module.children()), None) is None
+
+
+def missed_key(model: nn.Module, selection: Selection, name: str, paths: Sequence[str]) -> str | None:
+    """The error for output keys of ``selection`` that named no tensor of module ``name``'s output (its
+    tensors at ``paths``), or None where the module was selected without a key.
+
+    ``"name[45]"`` reads as tensor ``[45]`` of ``name``'s output; the message
+    also says which modules the same text matches as a glob (``[45]``: the
+    characters 4 or 5), in case that was meant.
+
+    Example:
+        >>> net = nn.Sequential(*[nn.Identity() for _ in range(16)])
+        >>> print(missed_key(net, select(net, "1[45]"), "1", [""]))
+        layers='1[45]': the output of 1 is one tensor, with nothing at [45]; as a glob, '1[45]' would match the modules 14, 15: to mean them, list them or write 're:^1[45]$'
+    """
+    refs = [r for r in selection if r.name == name and r.key]
+    if not refs:
+        return None
+    text = refs[0].selector
+    held = "is one tensor" if list(paths) == [""] else (
+        f"holds the tensors {', '.join(paths[:8])}" if paths else "holds no tensor")
+    message = f"layers={text!r}: the output of {name} {held}, with nothing at {refs[0].key}"
+    if _GLOB_CHARS & set(text):
+        hits = [n for n, _ in model.named_modules() if n and fnmatch.fnmatchcase(n, text)]
+        if hits:
+            shown = ", ".join(hits[:6]) + (", ..." if len(hits) > 6 else "")
+            regex = "^" + re.escape(name) + refs[0].key + "$"
+            message += (f"; as a glob, {text!r} would match the modules {shown}: to mean them, list them or "
+                        f"write 're:{regex}'")
+    return message
 
 
 def closest_names(name: str, names: Sequence[str], n: int = 5) -> list[str]:
