@@ -154,6 +154,8 @@ def test_an_output_key_that_names_no_tensor_says_what_the_text_matches_as_a_glob
     assert "would match the modules 14, 15" in message and "\n" not in message
     regex = message.rsplit("write ", 1)[1].strip("'")
     assert list(fm.get_feature_maps(net, x, layers=regex)) == ["14", "15"]  # the advice selects what the glob meant
+    with pytest.raises(LayerNotFoundError, match=r"would match the module 10: to mean it, name it or write"):
+        fm.get_feature_maps(net, x, layers="1[0]")
     with pytest.raises(LayerNotFoundError) as caught:  # no module matches as a glob: no such advice
         fm.get_feature_maps(net, x, layers="1[7]")
     assert "glob" not in str(caught.value)

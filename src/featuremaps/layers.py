@@ -233,8 +233,10 @@ def missed_key(model: nn.Module, selection: Selection, name: str, paths: Sequenc
         if hits:
             shown = ", ".join(hits[:6]) + (", ..." if len(hits) > 6 else "")
             regex = "^" + re.escape(name) + refs[0].key + "$"
-            message += (f"; as a glob, {text!r} would match the modules {shown}: to mean them, list them or "
-                        f"write 're:{regex}'")
+            many = len(hits) > 1
+            what = "the modules" if many else "the module"
+            how = "to mean them, list them" if many else "to mean it, name it"
+            message += f"; as a glob, {text!r} would match {what} {shown}: {how} or write 're:{regex}'"
     return message
 
 
