@@ -224,15 +224,15 @@ def missed_key(model: nn.Module, selection: Selection, name: str, paths: Sequenc
     refs = [r for r in selection if r.name == name and r.key]
     if not refs:
         return None
-    text = refs[0].selector
+    text, key = refs[0].selector, refs[0].key or ""
     held = "is one tensor" if list(paths) == [""] else (
         f"holds the tensors {', '.join(paths[:8])}" if paths else "holds no tensor")
-    message = f"layers={text!r}: the output of {name} {held}, with nothing at {refs[0].key}"
+    message = f"layers={text!r}: the output of {name} {held}, with nothing at {key}"
     if _GLOB_CHARS & set(text):
         hits = [n for n, _ in model.named_modules() if n and fnmatch.fnmatchcase(n, text)]
         if hits:
             shown = ", ".join(hits[:6]) + (", ..." if len(hits) > 6 else "")
-            regex = "^" + re.escape(name) + refs[0].key + "$"
+            regex = "^" + re.escape(name) + key + "$"
             many = len(hits) > 1
             what = "the modules" if many else "the module"
             how = "to mean them, list them" if many else "to mean it, name it"
