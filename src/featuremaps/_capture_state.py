@@ -67,8 +67,10 @@ class Run:
         self.in_batch = in_batch
         self.fixed = fixed  # storage of the inputs, parameters and buffers: kept maps there are copied
         self.graph_written: set[str] = set()
-        self.outputs: dict[str, tuple[str, ...]] = {}  # module -> its output's tensor paths, where none was selected
-        self.keyed: set[str] = set()  # modules of which some tensor was selected
+        # modules selected with an output key: the tensor paths of an output where the key named none, and
+        # the modules where it named one (checked after the forward)
+        self.outputs: dict[str, tuple[str, ...]] = {}
+        self.keyed: set[str] = set()
 
     def keep(self, key: str, value: torch.Tensor, info: Any, graph: bool, live: torch.Tensor) -> None:
         """Keep ``value`` (taken from the module output ``live``) so that no later write can change it.

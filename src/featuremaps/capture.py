@@ -404,6 +404,7 @@ class FeatureExtractor:
     def _make_hook(self, name: str, module: nn.Module) -> Callable[..., Any]:
         selection = self.selection
         module_type = type(module).__name__
+        keyed = any(ref.key for ref in selection if ref.name == name)  # output keys to check after the forward
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> Any:
             run = CURRENT.get()
@@ -415,17 +416,19 @@ class FeatureExtractor:
                 return None
             base = name if call == 0 else f"{name}:{call}"
             replaced: dict[str, torch.Tensor] = {}
-            paths = []
+            selected = False
             for path, t in iter_tensors(output):
-                paths.append(path)
                 if not selection.covers(name, call, path):
                     continue  # another tensor of the output than the one selected ("name[key]")
-                run.keyed.add(name)
+                selected = True
                 kept = self._capture(run, base + path, name, call, path, module_type, mod, t)
                 if kept and self.keep_graph and t.requires_grad:
                     replaced[path] = t
-            if name not in run.keyed:
-                run.outputs[name] = tuple(paths)
+            if keyed:
+                if selected:
+                    run.keyed.add(name)
+                else:
+                    run.outputs[name] = tuple(path for path, _ in iter_tensors(output))
             if replaced:
                 return replace_with_clones(output, replaced)
             return None

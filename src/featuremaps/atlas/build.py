@@ -286,8 +286,9 @@ class _Pass:
             with warnings.catch_warnings(), ThreadPoolExecutor(1, thread_name_prefix="atlas-merge") as worker:
                 warnings.filterwarnings("ignore", message=r"layers .* did not run")
                 with FeatureExtractor(model, layers, reduce=reducer) as fx:
+                    beside = _merged_beside(reducer.device)  # (decided once, as the reducer decides its paths)
                     for indices, batch, failed in loader:
-                        self._merge(fx, reducer, layers, indices, batch, failed, worker)
+                        self._merge(fx, reducer, layers, indices, batch, failed, worker if beside else None)
                         if self.state is not None and self.ckpt.due(self.position, self.last_saved):
                             self._join()
                             # saving adds the statistics' queued or pending batches to the state: an interrupt in there
@@ -344,11 +345,11 @@ class _Pass:
 
     def _merge(
         self, fx: FeatureExtractor, reducer: AtlasReducer, layers: LayerSelector, indices: torch.Tensor, batch: Any,
-        failed: list[tuple[int, str]], worker: ThreadPoolExecutor,
+        failed: list[tuple[int, str]], worker: ThreadPoolExecutor | None,
     ) -> None:
         """Run one batch and merge it into the state.
 
-        Where :func:`_merged_beside` says so, the worker merges it (after the previous batch's merge) while
+        With a ``worker`` (where :func:`_merged_beside` says so), the worker merges it (after the previous batch's merge) while
         the next forward runs; else it is merged right after its forward. Either way the batch is handed
         over (or merged) and counted with Ctrl-C held (see :func:`~featuremaps.datapass.interrupts_held`),
         and a checkpoint written on an interrupt first waits for the merge in flight, so it holds the batch.
@@ -368,7 +369,7 @@ class _Pass:
                     self.state = new_state(reducer, layers)
                     if isinstance(x, torch.Tensor):
                         self.state.input_shape = tuple(int(s) for s in x.shape[1:])
-                if _merged_beside(reducer.device):
+                if worker is not None:
                     self.inflight = worker.submit(_merge_beside, reducer, taken, self.state, reduced)
                 else:
                     _merge_batch(reducer, taken, self.state, reduced)

@@ -301,9 +301,9 @@ def _library() -> Any:
     return _lib
 
 
-def _mark_used(path: Path, now: float | None = None) -> None:
+def _mark_used(path: Path) -> None:
     """Set a kernel's modification time to now when it is a day old or more (so it is not taken for stale)."""
-    now = time.time() if now is None else now
+    now = time.time()
     try:
         if now - path.stat().st_mtime >= 86400:
             os.utime(path, (now, now))
@@ -311,7 +311,7 @@ def _mark_used(path: Path, now: float | None = None) -> None:
         pass
 
 
-def _remove_stale(folder: Path, keep: Path, now: float | None = None) -> list[Path]:
+def _remove_stale(folder: Path, keep: Path) -> list[Path]:
     """Remove the kernels in ``folder`` not loaded (nor compiled) for :data:`STALE_DAYS` days, but ``keep``.
 
     Another featuremaps, PyTorch or CPU sharing the folder marks the kernel it
@@ -329,7 +329,7 @@ def _remove_stale(folder: Path, keep: Path, now: float | None = None) -> list[Pa
         >>> sorted(p.name for p in folder.iterdir())
         ['map_numbers-new.so', 'notes.txt']
     """
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     for path in folder.glob("map_numbers-*.so"):
         try:
